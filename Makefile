@@ -1,0 +1,38 @@
+# Transfer Learning Lab: `make run` starts the app, `make test` runs every test.
+PY     ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PORT   ?= 8501
+
+.PHONY: install run test test-fast browser bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(STAMP): requirements.txt requirements-nodeps.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -r requirements.txt -r requirements-dev.txt
+	$(BIN)/pip install --no-deps -r requirements-nodeps.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/python -m streamlit run app.py --server.port $(PORT)
+
+# Debian's chromium drives the real-browser tests (Playwright's own browser download is blocked offline).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update && apt-get install -y --no-install-recommends chromium fonts-dejavu-core)
+
+test: install browser
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not browser and not slow"
+
+bench: install
+	$(BIN)/python benchmarks/bench_feature_extraction.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

