@@ -219,7 +219,8 @@ def _cached_file(spec: BackboneSpec) -> Path | None:
     if spec.pretrained_tag:
         from huggingface_hub import try_to_load_from_cache
 
-        hit = try_to_load_from_cache(f"timm/{spec.pretrained_tag}", "model.safetensors")
+        hit = try_to_load_from_cache(f"timm/{spec.pretrained_tag}", "model.safetensors",
+                                     cache_dir=os.environ.get("HF_HUB_CACHE"))
         if isinstance(hit, str) and Path(hit).is_file():
             return Path(hit)
     return None

@@ -1,0 +1,28 @@
+"""Shared test set-up: no network, two threads, and every file a test writes lands in tmp_path."""
+import os
+
+os.environ["TL_OFFLINE"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dirs(tmp_path_factory, monkeypatch):
+    """Runs, lab backbones and caches of a test never touch the checkout or the user's home."""
+    base = tmp_path_factory.mktemp("tl")
+    monkeypatch.setenv("TL_RUNS_DIR", str(base / "runs"))
+    monkeypatch.setenv("TL_BACKBONES_DIR", str(base / "backbones"))
+    monkeypatch.setenv("TORCH_HOME", str(base / "torch"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(base / "hf"))
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_data_cache(tmp_path_factory):
+    """Decoded built-in datasets are cached once per test session, outside the user's home."""
+    os.environ["TL_CACHE_DIR"] = str(tmp_path_factory.mktemp("data-cache"))
+    yield

@@ -1,0 +1,132 @@
+"""The block hierarchy and freeze plans, on a ResNet, a MobileNet/EfficientNet and a ViT."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tl_core import backbones, surgery
+
+MODELS = {"resnet18": 10, "mobilenetv2": 20, "efficientnet_lite0": 19, "vit_tiny": 15}  # toggleable blocks
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def built(request):
+    torch.manual_seed(0)
+    model, _ = backbones.create_model(request.param, num_classes=4, weights="random")
+    return request.param, model, surgery.hierarchy(model, image_size=64)
+
+
+def test_hierarchy_covers_every_parameter_once(built):
+    key, model, hier = built
+    names = [n for b in hier.blocks for n in b.param_names]
+    assert sorted(names) == sorted(n for n, _ in model.named_parameters())
+    assert sum(b.params for b in hier.blocks) == hier.total_params == sum(p.numel() for p in model.parameters())
+    assert len(hier.blocks) == MODELS[key]
+    assert hier.blocks[0].kind == "stem" and hier.blocks[-1].kind == "head"
+    assert hier.blocks[-1].out_shape == [4]
+
+
+def test_hierarchy_shapes_and_batchnorm():
+    model, _ = backbones.create_model("resnet18", num_classes=4, weights="random")
+    hier = surgery.hierarchy(model, image_size=64)
+    assert [n.name for n in hier.tree] == ["stem", "stage1", "stage2", "stage3", "stage4", "fc"]
+    assert hier.block("stem").out_shape == [64, 16, 16]  # after the max-pool that closes the stem
+    assert hier.block("layer4.1").out_shape == [512, 2, 2]
+    assert all(b.has_bn for b in hier.blocks[:-1]) and not hier.blocks[-1].has_bn
+    assert hier.groups()[1] == ["layer1.0", "layer1.1"]
+
+    vit, _ = backbones.create_model("vit_tiny", num_classes=4, weights="random")
+    vh = surgery.hierarchy(vit, image_size=64)
+    assert [b.kind for b in vh.blocks] == ["stem"] + ["block"] * 12 + ["neck", "head"]
+    assert vh.block("blocks.0").out_shape == [1 + 4 * 4, 192]  # class token + 4x4 patches
+    assert not any(b.has_bn for b in vh.blocks)
+    assert vh.block("stem").members == ["cls_token", "pos_embed", "patch_embed"]
+
+
+def _train_steps(model, hier, plan, steps=2):
+    surgery.apply_plan(model, hier, plan)
+    opt = torch.optim.SGD(surgery.param_groups(model, hier, plan, lr=0.05), momentum=0.9)
+    gen = torch.Generator().manual_seed(1)
+    model.train()
+    for _ in range(steps):
+        x, y = torch.randn(4, 3, 32, 32, generator=gen), torch.randint(0, 4, (4,), generator=gen)
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("bn_mode", ["frozen", "train"])
+def test_freeze_plan_is_real(built, bn_mode):
+    key, model, hier = built
+    k = len(hier.blocks) // 2
+    plan = surgery.FreezePlan.for_hierarchy(hier, frozen_upto=k, bn_mode=bn_mode)
+    counts = surgery.apply_plan(model, hier, plan)
+    assert counts["trainable"] == sum(b.params for b in hier.blocks[k:])
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    _train_steps(model, hier, plan)
+    after = model.state_dict()
+    frozen, trainable = hier.blocks[:k], hier.blocks[k:]
+    for b in frozen:  # parameters bit-identical
+        assert all(torch.equal(before[n], after[n]) for n in b.param_names), b.name
+    assert any(not torch.equal(before[n], after[n]) for b in trainable for n in b.param_names)
+    stats = [n for b in frozen for m in b.members for n in after if n.startswith(m + ".") and "running_" in n]
+    if hier.blocks[0].has_bn:
+        assert stats
+        changed = [n for n in stats if not torch.equal(before[n], after[n])]
+        assert (changed == []) if bn_mode == "frozen" else (len(changed) == len(stats))
+    else:
+        assert not stats  # ViT: LayerNorm has no running statistics
+
+
+def test_unfreezing_restores_batchnorm_updates():
+    model, _ = backbones.create_model("mobilenetv2", num_classes=4, weights="random")
+    hier = surgery.hierarchy(model, image_size=64)
+    _train_steps(model, hier, surgery.FreezePlan.for_hierarchy(hier, frozen_upto=5), steps=1)
+    before = model.bn1.running_mean.clone()
+    _train_steps(model, hier, surgery.FreezePlan.for_hierarchy(hier, frozen_upto=0), steps=1)
+    assert not torch.equal(before, model.bn1.running_mean)
+    assert model.bn1.weight.requires_grad
+
+
+def test_plan_json_round_trip_and_checks():
+    model, _ = backbones.create_model("resnet18", num_classes=4, weights="random")
+    hier = surgery.hierarchy(model, image_size=32)
+    plan = surgery.FreezePlan.for_hierarchy(hier, frozen_upto=3, bn_mode="train")
+    plan.blocks["layer4.1"].lr_mult = 0.5
+    again = surgery.FreezePlan.from_json(plan.to_json())
+    assert again == plan and again.frozen == ["stem", "layer1.0", "layer1.1"]
+    with pytest.raises(ValueError, match="can freeze 0..9 blocks"):
+        surgery.FreezePlan.for_hierarchy(hier, frozen_upto=10)
+    with pytest.raises(ValueError, match="bn_mode"):
+        surgery.BlockSetting(bn_mode="sometimes")
+    other = surgery.hierarchy(backbones.create_model("mobilenetv2", weights="random")[0], image_size=32)
+    with pytest.raises(ValueError, match="does not match"):
+        surgery.apply_plan(model, other, plan)
+
+
+def test_param_groups_carry_block_learning_rates():
+    model, _ = backbones.create_model("resnet18", num_classes=4, weights="random")
+    hier = surgery.hierarchy(model, image_size=32)
+    plan = surgery.FreezePlan.for_hierarchy(hier, frozen_upto=7)
+    plan.blocks["layer4.0"].lr_mult = 0.1
+    groups = surgery.param_groups(model, hier, plan, lr=0.01)
+    assert [g["name"] for g in groups] == ["layer4.0", "layer4.1", "fc"]
+    assert [g["lr"] for g in groups] == pytest.approx([0.001, 0.01, 0.01])
+    assert sum(p.numel() for g in groups for p in g["params"]) == surgery.apply_plan(model, hier, plan)["trainable"]
+
+
+def test_sequential_chain_splits_cnns_and_refuses_vits():
+    model, _ = backbones.create_model("mobilenetv2", num_classes=4, weights="random")
+    chain = surgery.sequential_chain(model)
+    assert chain is not None
+    x = torch.randn(2, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        mid = x
+        for _, m in chain[:6]:
+            mid = m(mid)
+        out = mid
+        for _, m in chain[6:]:
+            out = m(out)
+        torch.testing.assert_close(out, model(x))
+    vit, _ = backbones.create_model("vit_tiny", num_classes=4, weights="random")
+    assert surgery.sequential_chain(vit) is None
