@@ -1,0 +1,187 @@
+"""tl_core against the plain loop of PyTorch's transfer-learning tutorial, in one process.
+
+The plain loop (``transfer_learning_tutorial``, "ConvNet as fixed feature extractor"):
+torchvision MobileNetV2 with the bundled ImageNet weights, every parameter frozen except a new
+final layer, SGD lr 0.001 momentum 0.9 with StepLR(7, 0.1), ImageFolder + per-image PIL
+transforms, and the full network's forward pass on every batch of every epoch (train phase in
+``model.train()``, then a validation phase). Both sides get the same images: 1,000 training
+silhouettes from animal shapes (100 per class) written as PNGs, the same validation images, 96 px,
+no augmentation, the same number of epochs.
+
+    python benchmarks/bench_feature_extraction.py            # 20 epochs feature extraction, 3 fine-tuning
+    python benchmarks/bench_feature_extraction.py --quick    # 5 and 1
+
+Prints a markdown table: wall time, validation accuracy, training throughput and peak memory.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("TL_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+from PIL import Image  # noqa: E402
+from torch import nn  # noqa: E402
+from torchvision import transforms  # noqa: E402
+
+from tl_core import backbones, data, training  # noqa: E402
+
+
+class PeakRSS:
+    """Peak resident memory of this process while the block runs (sampled every 20 ms), in MB."""
+
+    def __enter__(self):
+        self.peak, self._stop = self._rss(), threading.Event()
+        self._t = threading.Thread(target=self._poll, daemon=True)
+        self._t.start()
+        return self
+
+    @staticmethod
+    def _rss() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def _poll(self):
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self._rss())
+
+
+def write_pngs(ds: data.ImageSet, idx: torch.Tensor, folder: Path) -> None:
+    for i in idx.tolist():
+        d = folder / ds.class_names[int(ds.labels[i])]
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(ds.images[i, 0].numpy()).save(d / f"{i:05d}.png")
+
+
+def plain_loop(root: Path, epochs: int, image_size: int, finetune: bool) -> dict:
+    """The tutorial's train_model, minus the printing and the best-weights copy."""
+    dcfg = backbones.data_config("mobilenetv2")
+    tf = transforms.Compose([
+        transforms.Resize(int(image_size / dcfg["crop_pct"])), transforms.CenterCrop(image_size),
+        transforms.ToTensor(), transforms.Normalize(dcfg["mean"], dcfg["std"]),
+    ])
+    sets = {p: torchvision.datasets.ImageFolder(str(root / p), tf) for p in ("train", "val")}
+    loaders = {p: torch.utils.data.DataLoader(sets[p], batch_size=32, shuffle=(p == "train"), num_workers=0)
+               for p in sets}
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2()
+    model.load_state_dict(torch.load(backbones.weight_status("mobilenetv2").source, weights_only=True))
+    if not finetune:
+        for p in model.parameters():
+            p.requires_grad = False
+    model.classifier[1] = nn.Linear(model.last_channel, len(sets["train"].classes))
+    params = model.parameters() if finetune else model.classifier[1].parameters()
+    optimizer = torch.optim.SGD(params, lr=0.001, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.1)
+    criterion = nn.CrossEntropyLoss()
+    train_time, accs = 0.0, []
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        for phase in ("train", "val"):
+            model.train(phase == "train")
+            correct, t = 0, time.perf_counter()
+            for x, y in loaders[phase]:
+                optimizer.zero_grad()
+                with torch.set_grad_enabled(phase == "train"):
+                    out = model(x)
+                    loss = criterion(out, y)
+                    if phase == "train":
+                        loss.backward()
+                        optimizer.step()
+                correct += (out.argmax(1) == y).sum().item()
+            if phase == "train":
+                scheduler.step()
+                train_time += time.perf_counter() - t
+            else:
+                accs.append(correct / len(sets["val"]))
+    wall = time.perf_counter() - t0
+    return {"wall_s": wall, "val_acc": accs[-1], "best_val_acc": max(accs),
+            "images_per_s": epochs * len(sets["train"]) / train_time}
+
+
+def tl_run(epochs: int, image_size: int, val_fraction: float, **kw) -> dict:
+    cfg = training.TrainConfig(backbone="mobilenetv2", data="animal_shapes", per_class=100, val_fraction=val_fraction,
+                               image_size=image_size, epochs=epochs, batch_size=32, seed=0, **kw)
+    t0 = time.perf_counter()
+    s = training.fit(cfg)
+    assert s["status"] == "completed", s["reason"]
+    return {"wall_s": time.perf_counter() - t0, "val_acc": s["final_val_acc"], "best_val_acc": s["best_val_acc"],
+            "images_per_s": s["images_per_s"], "cache": s["cache"][0]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--epochs", type=int, default=20, help="feature-extraction epochs (default 20)")
+    ap.add_argument("--finetune-epochs", type=int, default=3, help="full fine-tuning epochs (default 3; 0 skips)")
+    ap.add_argument("--quick", action="store_true", help="5 feature-extraction epochs, 1 fine-tuning epoch")
+    ap.add_argument("--image-size", type=int, default=96)
+    ap.add_argument("--val-fraction", type=float, default=0.05, help="validation share of each class (default 0.05)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.epochs, args.finetune_epochs = 5, 1
+    threads = args.threads or training._cores()
+    torch.set_num_threads(threads)
+
+    ds = data.load_dataset("animal_shapes")
+    train_idx, val_idx = data.split(ds, args.val_fraction, seed=0, per_class=100)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tl_bench_") as tmp:
+        root = Path(tmp)
+        write_pngs(ds, train_idx, root / "train")
+        write_pngs(ds, val_idx, root / "val")
+        print(f"{len(train_idx)} train / {len(val_idx)} val images, {args.image_size} px, {threads} threads, "
+              f"torch {torch.__version__}", file=sys.stderr)
+
+        def measure(label, fn, **kw):
+            with PeakRSS() as mem:
+                r = fn(**kw)
+            r["peak_rss_mb"] = mem.peak
+            rows.append((label, r))
+            print(f"  {label}: {r['wall_s']:.1f} s, val acc {r['val_acc']:.3f}", file=sys.stderr)
+            return r
+
+        E = args.epochs
+        fe_kw = dict(epochs=E, image_size=args.image_size, val_fraction=args.val_fraction)
+        tl = measure(f"tl_core feature_extraction (defaults: AdamW, cosine), {E} ep", tl_run,
+                     strategy="feature_extraction", **fe_kw)
+        tl_sgd = measure(f"tl_core feature_extraction (SGD 0.001 m 0.9 like the tutorial), {E} ep", tl_run,
+                         strategy="feature_extraction", optimizer="sgd", lr=0.001, schedule="constant", **fe_kw)
+        plain = measure(f"plain loop, frozen backbone, {E} ep", plain_loop, root=root, epochs=E,
+                        image_size=args.image_size, finetune=False)
+        F = args.finetune_epochs
+        if F:
+            pf = measure(f"plain loop, full fine-tuning, {F} ep", plain_loop, root=root, epochs=F,
+                         image_size=args.image_size, finetune=True)
+            tf = measure(f"tl_core full (SGD 0.001 m 0.9), {F} ep", tl_run, strategy="full", optimizer="sgd", lr=0.001,
+                         schedule="constant", epochs=F, image_size=args.image_size, val_fraction=args.val_fraction)
+
+    print("\n| run | wall s | val acc (final / best) | train img/s | peak RSS MB |")
+    print("|---|---:|---:|---:|---:|")
+    for label, r in rows:
+        print(f"| {label} | {r['wall_s']:.1f} | {r['val_acc']:.3f} / {r['best_val_acc']:.3f} | "
+              f"{r['images_per_s']:.0f} | {r['peak_rss_mb']:.0f} |")
+    print(f"\nfeature extraction speed-up (plain wall / tl_core wall): {plain['wall_s'] / tl['wall_s']:.1f}x "
+          f"(SGD variant {plain['wall_s'] / tl_sgd['wall_s']:.1f}x); val acc {tl['val_acc']:.3f} vs {plain['val_acc']:.3f}")
+    if F:
+        print(f"full fine-tuning throughput (tl_core / plain): {tf['images_per_s'] / pf['images_per_s']:.2f}x; "
+              f"wall {tf['wall_s']:.1f} s vs {pf['wall_s']:.1f} s")
+    print(f"tl_core cache: {tl['cache']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
