@@ -1,0 +1,85 @@
+"""Transfer Learning Lab: the router (st.navigation) and the home page."""
+from pathlib import Path
+
+import streamlit as st
+
+st.set_page_config(page_title="Transfer Learning Lab", page_icon=":material/ac_unit:", layout="wide")
+
+from pages import _ui  # noqa: E402  (after set_page_config)
+
+
+def home() -> None:
+    import torch
+
+    from tl_core import visuals
+
+    st.title("Transfer Learning Lab")
+    st.markdown(
+        "**Transfer learning** reuses a network trained on millions of photos (ImageNet) for a new task. "
+        "Its early layers detect edges and textures, useful for almost any image; its late layers detect "
+        "ImageNet-specific parts. So we keep (**freeze** ❄) what is general, adapt (**train** ⚡) what is "
+        "specific, and swap the last layer for a new **head** with our own classes. With little data this "
+        "beats training from scratch: a *higher start*, a *higher slope*, often a *higher asymptote*."
+    )
+    _ui.legend()
+
+    left, right = st.columns([3, 2], gap="large")
+    with left:
+        st.subheader("Your first experiment (about 2 minutes)")
+        st.markdown("1. **Backbone**: keep *MobileNetV2* and click the **Feature extraction** preset: "
+                    "only the head trains.")
+        st.page_link("pages/backbone.py", label="Open Backbone", icon=":material/account_tree:")
+        st.markdown("2. **Data**: pick *Animal shapes*; look at the samples and what the network really sees.")
+        st.page_link("pages/data.py", label="Open Data", icon=":material/image:")
+        st.markdown("3. **Train**: press **Launch** and watch the live curves, weight drift and feature maps.")
+        st.page_link("pages/train.py", label="Open Train", icon=":material/model_training:")
+        st.markdown("4. Go back, click **From scratch**, launch again; then **Compare** the two runs: "
+                    "does transfer give a higher start, slope or asymptote?")
+        st.page_link("pages/compare.py", label="Open Compare", icon=":material/stacked_line_chart:")
+        st.markdown("5. **Inspect** a finished run: confusion matrix, mistakes, feature maps before/after.")
+        st.page_link("pages/inspect.py", label="Open Inspect", icon=":material/search:")
+        if (Path(__file__).parent / "pages/labs.py").exists():
+            st.markdown("6. Ready for more? The **Labs** run small real experiments that test a claim of theory.")
+            st.page_link("pages/labs.py", label="Open Labs", icon=":material/science:")
+    with right:
+        st.subheader("This machine")
+        if torch.cuda.is_available():
+            name = torch.cuda.get_device_name(0)
+            mem = torch.cuda.get_device_properties(0).total_memory / 2**30
+            st.success(f"GPU: **{name}** ({mem:.0f} GiB) · {torch.get_num_threads()} CPU threads")
+        else:
+            st.info(f"CPU only · {torch.get_num_threads()} threads. The defaults finish a first run in under "
+                    "a minute.")
+        rows = _ui.catalogue_rows()
+        st.dataframe(
+            [{"Backbone": r["label"], "Params": visuals.fmt_count(r["params"]),
+              "Weights": ("✔ " if r["weights"] in ("bundled", "cached", "user") else "⬇ " if r["weights"] ==
+                          "download" else "✖ ") + _ui.WEIGHT_BADGE[r["weights"]][0],
+              "Input": f"{r['input_size']} px"} for r in rows],
+            hide_index=True, width="stretch",
+        )
+        usable = [r["label"] for r in rows if r["weights"] in ("bundled", "cached", "user")]
+        st.caption("Usable offline with pretrained weights: " + (", ".join(usable) or "none") +
+                   ". The others train from random weights unless you upload a weights file.")
+        try:
+            runs = _ui.store().list_runs()
+        except Exception:
+            runs = []
+        if runs:
+            active = sum(r.status in ("queued", "running") for r in runs)
+            st.caption(f"{len(runs)} runs recorded, {active} queued or running.")
+
+
+_ui.setup_page()
+_ui.inputs()  # the session's inputs dict exists from the first page on
+pages = [
+    st.Page(home, title="Home", icon=":material/home:", default=True),
+    st.Page("pages/backbone.py", title="Backbone", icon=":material/account_tree:"),
+    st.Page("pages/data.py", title="Data", icon=":material/image:"),
+    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/stacked_line_chart:"),
+    st.Page("pages/inspect.py", title="Inspect", icon=":material/search:"),
+]
+if (Path(__file__).parent / "pages/labs.py").exists():  # guided experiments, built beside this app
+    pages.append(st.Page("pages/labs.py", title="Labs", icon=":material/science:"))
+st.navigation(pages, position="top").run()

@@ -1,0 +1,420 @@
+"""Small shared UI helpers for the pages: the session "inputs dict", cached resources, badges.
+
+The inputs dict (``st.session_state["inputs"]``) holds plain TrainConfig fields, like
+traingenerator's inputs: every page reads and writes it, the Train page turns it into a
+TrainConfig. Everything heavy lives in tl_core; these helpers only glue it to Streamlit.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import uuid
+from pathlib import Path
+
+import streamlit as st
+
+from tl_core import backbones, surgery, visuals
+
+FROZEN, TRAINABLE = visuals.FROZEN, visuals.TRAINABLE
+STRATEGY_ORDER = ["scratch", "feature_extraction", "partial", "full", "two_phase", "gradual"]
+STRATEGY_LABELS = {
+    "scratch": "From scratch", "feature_extraction": "Feature extraction", "partial": "Partial fine-tune",
+    "full": "Full fine-tune", "two_phase": "Two-phase", "gradual": "Gradual unfreezing",
+}
+STRATEGY_HELP = {
+    "scratch": "Random weights, everything trains. The baseline that shows what pretraining buys.",
+    "feature_extraction": "Freeze the whole backbone, train only the new head. Fast, needs little data.",
+    "partial": "Freeze the early blocks (generic edges and textures), fine-tune the late ones and the head.",
+    "full": "Everything trains from the pretrained weights, the backbone with a smaller learning rate.",
+    "two_phase": "First train the head on a frozen backbone, then unfreeze everything with a small LR "
+                 "(Keras' recipe; LP-FT).",
+    "gradual": "Unfreeze one group of blocks per epoch, from the head backwards (ULMFiT).",
+}
+WEIGHT_BADGE = {"user": ("user file", "violet"), "bundled": ("bundled · offline", "green"),
+                "cached": ("in local cache", "green"), "download": ("needs a download", "yellow"),
+                "random": ("random init only", "gray")}
+
+# Mirrors training.TrainConfig's defaults (used until/unless that module can be imported).
+_FALLBACK_INPUTS = dict(
+    name="", backbone="mobilenetv2", weights="pretrained", weights_file=None, data="animal_shapes",
+    data_root=None, per_class=100, val_fraction=0.2, image_size=96, augment={}, normalization="backbone",
+    strategy="feature_extraction", freeze_blocks=None, head_epochs=1, epochs=3, batch_size=32, lr=None,
+    optimizer="adamw", momentum=0.9, weight_decay=0.0, backbone_lr_mult=0.1, lr_decay=None, bn_mode="frozen",
+    plan=None, seed=0, device="auto", cache_features=True, snapshot_layers=None, num_threads=None,
+)
+
+
+def setup_page() -> None:
+    """Projector-friendly type sizes; called by app.py once per run."""
+    st.markdown(
+        """<style>
+        html, body, [data-testid="stMarkdownContainer"] p, [data-testid="stMarkdownContainer"] li {font-size: 1.08rem;}
+        [data-testid="stMetricValue"] p {font-size: 2.3rem !important; line-height: 1.2;}
+        [data-testid="stMainBlockContainer"] {padding-top: 3.2rem;}
+        .tl-meter {display:flex; height:26px; border-radius:6px; overflow:hidden; margin:4px 0 6px 0;}
+        .tl-legend span {display:inline-block; padding:2px 10px; border-radius:6px; color:white; font-weight:600;
+                         margin-right:6px;}
+        </style>""",
+        unsafe_allow_html=True,
+    )
+
+
+# ------------------------------------------------------------------ the inputs dict
+
+
+def default_inputs() -> dict:
+    try:
+        from tl_core.training import TrainConfig
+
+        return TrainConfig().to_dict()
+    except Exception:  # training module not importable yet: the documented defaults
+        return copy.deepcopy(_FALLBACK_INPUTS)
+
+
+def start_page() -> dict:
+    """Call first in every page; returns the inputs dict.
+
+    Streamlit runs a deep link (``/train?run=...``) in its legacy "pages/ folder" mode when it is
+    the first request after a server start, bypassing app.py's router (no wide layout, the folder
+    listed in a sidebar). Detect that once and rerun through the router."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+    return inputs()
+
+
+def inputs() -> dict:
+    """The session's inputs dict (TrainConfig fields), created with the defaults on first use."""
+    if "inputs" not in st.session_state:
+        st.session_state["inputs"] = default_inputs()
+    return st.session_state["inputs"]
+
+
+def to_config(inp: dict):
+    """inputs dict -> validated TrainConfig (raises ValueError with one clear line)."""
+    from tl_core.training import TrainConfig
+
+    fields = set(TrainConfig().to_dict())
+    cfg = TrainConfig.from_dict({k: v for k, v in inp.items() if k in fields})
+    cfg.validate()
+    return cfg
+
+
+# ------------------------------------------------------------------ folders and stores
+
+
+def runs_dir() -> Path:
+    return Path(os.environ.get("TL_RUNS_DIR") or "runs").resolve()
+
+
+def upload_path(kind: str, suffix: str) -> Path:
+    """A fresh server-side path with a generated name (never the uploader's file name)."""
+    if kind == "data":
+        from tl_core.data import data_root
+
+        folder = data_root() / "uploads"
+    else:
+        folder = runs_dir() / "uploads" / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{uuid.uuid4().hex[:12]}{suffix}"
+
+
+@st.cache_resource(show_spinner=False)
+def _store(path: str):
+    from tl_core.runs import RunStore
+
+    return RunStore(path)
+
+
+def store():
+    """The process-wide RunStore for $TL_RUNS_DIR (thread-safe, shared by all sessions)."""
+    return _store(str(runs_dir()))
+
+
+# ------------------------------------------------------------------ backbones
+
+
+@st.cache_data(show_spinner=False)
+def describe(key: str) -> dict:
+    return backbones.describe(key)
+
+
+@st.cache_data(show_spinner=False, ttl=30)
+def catalogue_rows() -> list[dict]:
+    return [describe(k) for k in backbones.catalogue()]
+
+
+@st.cache_resource(show_spinner="Reading the backbone's layers…", max_entries=8)
+def hierarchy_for(key: str, image_size: int, num_classes: int) -> surgery.Hierarchy:
+    """Block hierarchy of a backbone (random weights are enough: the structure is the same)."""
+    model, _ = backbones.create_model(key, num_classes=num_classes, weights="random")
+    return surgery.hierarchy(model, image_size=image_size)
+
+
+def weights_badge(kind: str, label: str | None = None) -> None:
+    text, colour = WEIGHT_BADGE.get(kind, (kind, "gray"))
+    st.badge(label or text, color=colour)
+
+
+def legend() -> None:
+    st.markdown(
+        f"<div class='tl-legend'><span style='background:{FROZEN}'>❄ frozen</span>"
+        f"<span style='background:{TRAINABLE}'>⚡ trainable</span></div>",
+        unsafe_allow_html=True,
+    )
+
+
+def meter(trainable: int, total: int, note: str = "") -> None:
+    """A bar split in the frozen / trainable colours: the live trainable-parameter meter."""
+    frac = trainable / total if total else 0.0
+    st.markdown(
+        f"<div class='tl-meter'><div style='width:{frac * 100:.2f}%; background:{TRAINABLE}'></div>"
+        f"<div style='flex:1; background:{FROZEN}'></div></div>"
+        f"<div style='font-size:1.05rem'><b>{frac:.1%}</b> trainable{' · ' + note if note else ''}</div>",
+        unsafe_allow_html=True,
+    )
+
+
+def num_classes(inp: dict) -> int:
+    """Classes of the chosen data (for the head size); 10 when it cannot be known yet."""
+    try:
+        from tl_core.data import BUILTIN
+
+        if inp.get("data") in BUILTIN:
+            return BUILTIN[inp["data"]].num_classes
+    except Exception:
+        pass
+    return int(st.session_state.get("data_num_classes", 10))
+
+
+def data_label(inp: dict) -> str:
+    try:
+        from tl_core.data import BUILTIN
+
+        if inp.get("data") in BUILTIN:
+            return BUILTIN[inp["data"]].name
+    except Exception:
+        pass
+    return Path(str(inp.get("data"))).name
+
+
+# ------------------------------------------------------------------ strategies and plans
+
+
+def default_lr(strategy: str, optimizer: str = "adamw") -> float:
+    try:
+        from tl_core import strategies
+
+        return float(strategies.default_lr(strategy, optimizer))
+    except Exception:
+        return {"scratch": 1e-3, "feature_extraction": 3e-3, "two_phase": 3e-3, "full": 3e-4}.get(strategy, 1e-3)
+
+
+def strategy_phases(inp: dict, hier: surgery.Hierarchy, with_plan: bool = True) -> list[tuple[str, int, dict]]:
+    """(name, epochs, plan dict) per phase for the current inputs (tl_core.strategies.schedule).
+    ``with_plan=False`` ignores the user's per-block plan: the strategy's own preset."""
+    from types import SimpleNamespace
+
+    try:
+        from tl_core import strategies
+
+        cfg = SimpleNamespace(**{**_FALLBACK_INPUTS, **inp, "plan": inp.get("plan") if with_plan else None})
+        return [(p.name, int(p.epochs), p.plan.to_dict()) for p in strategies.schedule(cfg, hier)]
+    except (ImportError, ValueError):
+        return _fallback_phases(inp, hier)
+
+
+def _fallback_phases(inp: dict, hier: surgery.Hierarchy) -> list[tuple[str, int, dict]]:
+    names = hier.block_names
+    n = len(names)
+    bn = inp.get("bn_mode", "frozen")
+    epochs = int(inp.get("epochs", 3))
+    mult = float(inp.get("backbone_lr_mult", 0.1))
+
+    def plan(frozen_upto: int, backbone_mult: float = 1.0) -> dict:
+        return {b: {"frozen": i < frozen_upto, "lr_mult": 1.0 if i == n - 1 else backbone_mult, "bn_mode": bn}
+                for i, b in enumerate(names)}
+
+    s = inp.get("strategy", "feature_extraction")
+    if s in ("scratch",):
+        return [("train", epochs, plan(0))]
+    if s == "feature_extraction":
+        return [("head only", epochs, plan(n - 1))]
+    if s == "partial":
+        k = inp.get("freeze_blocks")
+        k = int(k) if k is not None else max(1, n - 1 - len(hier.groups()[-2]) - len(hier.groups()[-3]))
+        return [("partial", epochs, plan(min(k, n - 1)))]
+    if s == "full":
+        return [("full", epochs, plan(0, mult))]
+    if s == "two_phase":
+        head = int(inp.get("head_epochs", 1))
+        return [("head only", head, plan(n - 1)), ("fine-tune all", max(1, epochs - head), plan(0, mult))]
+    if s == "gradual":
+        groups = hier.groups()
+        out, unfrozen = [], 1
+        for e in range(epochs):
+            k = n - sum(len(g) for g in groups[len(groups) - unfrozen:])
+            out.append((f"unfreeze {unfrozen} group(s)", 1, plan(max(k, 0), mult)))
+            unfrozen = min(len(groups), unfrozen + 1)
+        return out
+    return [("train", epochs, plan(0))]
+
+
+def current_plan(inp: dict, hier: surgery.Hierarchy) -> dict:
+    """The first-phase freeze plan (inputs["plan"]), rebuilt from the strategy when missing or stale."""
+    plan = inp.get("plan")
+    if plan:
+        try:
+            surgery.FreezePlan.from_dict(plan).check(hier)
+            return plan
+        except (ValueError, TypeError):
+            pass
+    plan = strategy_phases(inp, hier, with_plan=False)[0][2]
+    inp["plan"] = plan
+    return plan
+
+
+def run_label(info) -> str:
+    return f"{info.name} · {info.status}"
+
+
+def status_badge(status: str) -> str:
+    """Markdown for a coloured status badge, e.g. ``:green-badge[✔ completed]``."""
+    colour = {"queued": "gray", "running": "violet", "completed": "green", "stopped": "gray",
+              "failed": "red", "diverged": "red"}.get(status, "gray")
+    icon = {"queued": "…", "running": "▶", "completed": "✔", "stopped": "■", "failed": "✖", "diverged": "✖"}
+    return f":{colour}-badge[{icon.get(status, '')} {status}]"
+
+
+def fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "–"
+    s = int(round(s))
+    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
+
+
+# ------------------------------------------------------------------ widgets bound to the inputs dict
+
+
+def _write_back(field: str, key: str, convert=None) -> None:
+    value = st.session_state[key]
+    inputs()[field] = convert(value) if convert else value
+
+
+def bind(field: str, key: str | None = None, convert=None, on_change=None) -> dict:
+    """Keyword arguments that bind a widget to ``inputs()[field]``: ``st.slider("x", **bind("epochs"))``.
+
+    Streamlit forgets a widget's value when its page is left; the inputs dict does not, so the
+    widget is re-initialised from it on every visit and writes back through its callback."""
+    key = key or f"in_{field}"
+    if key not in st.session_state:
+        st.session_state[key] = inputs().get(field)
+
+    def changed():
+        _write_back(field, key, convert)
+        if on_change:
+            on_change()
+
+    return {"key": key, "on_change": changed}
+
+
+def set_input(field: str, value, key: str | None = None) -> None:
+    """Change an input from code (a callback): the bound widget shows the new value too."""
+    inputs()[field] = value
+    st.session_state[key or f"in_{field}"] = value
+
+
+# ------------------------------------------------------------------ finished runs: models and maps
+
+
+@st.cache_resource(show_spinner="Loading the trained model…", max_entries=3)
+def run_model(run_dir: str):
+    """(fine-tuned model, TrainConfig, class names) of a finished run, in eval mode."""
+    from tl_core import training
+
+    return training.load_model(run_dir)
+
+
+@st.cache_resource(show_spinner="Rebuilding the model as it was before training…", max_entries=3)
+def initial_model(run_dir: str):
+    """The run's starting point: the pretrained backbone with the same freshly initialised head (same seed),
+    or the same random initialisation for a scratch run."""
+    import torch
+
+    from tl_core import training
+
+    _, cfg, class_names = run_model(run_dir)
+    training._seed_everything(cfg.seed)
+    model, _ = training._build_arch(cfg.backbone, len(class_names), cfg.effective_weights, cfg.weights_file)
+    return model.eval()
+
+
+@st.cache_resource(show_spinner="Reading the run's data…", max_entries=3)
+def run_data(run_dir: str) -> dict:
+    from tl_core import training
+
+    model, cfg, _ = run_model(run_dir)
+    return training.prepare(cfg, training.data_config_for(cfg.backbone, model))
+
+
+@st.cache_data(show_spinner="Classifying validation images…", max_entries=3)
+def predictions(run_dir: str, limit: int = 600):
+    """(val indices, predicted labels, confidence) for up to ``limit`` validation images."""
+    import torch
+
+    model, cfg, _ = run_model(run_dir)
+    d = run_data(run_dir)
+    idx = d["val_idx"][:limit]
+    preds, conf = [], []
+    with torch.no_grad():
+        for s in range(0, len(idx), 128):
+            p = model(d["eval_tf"](d["ds"].images[idx[s:s + 128]])).softmax(1)
+            c, k = p.max(1)
+            preds.append(k)
+            conf.append(c)
+    return idx.numpy(), torch.cat(preds).numpy(), torch.cat(conf).numpy()
+
+
+def layer_maps(model, hier, x, layers: list[str], channels: dict | None = None) -> tuple[dict, dict]:
+    """Feature maps of image ``x`` [3,H,W] at blocks ``layers``: ({layer: uint8 [k,h,w]}, channels used).
+    Pass the returned channels back to show the same channels of another model."""
+    import torch
+
+    from tl_core import training
+
+    raw, handles = {}, []
+    for name in layers:
+        mods = []
+        for m in hier.block(name).members:
+            try:
+                mods.append(model.get_submodule(m))
+            except AttributeError:
+                continue
+        if mods:
+            handles.append(mods[-1].register_forward_hook(
+                lambda _m, _i, out, name=name: raw.__setitem__(name, out[0].detach()) if isinstance(out, torch.Tensor)
+                else None))
+    try:
+        with torch.no_grad():
+            model.eval()(x[None])
+    finally:
+        for h in handles:
+            h.remove()
+    maps, used = {}, {}
+    prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
+    for name, t in raw.items():
+        m = training._to_map(t.float(), prefix)
+        if m is not None:
+            maps[name], used[name] = training.snapshot_maps(m, (channels or {}).get(name))
+    return maps, used
+
+
+def first_conv_weight(model):
+    import torch
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d) and m.weight.shape[1] == 3:
+            return m.weight.detach().cpu().numpy()
+    return None

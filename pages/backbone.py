@@ -1,0 +1,261 @@
+"""Backbone page: pick a pretrained network, see its layers, decide which blocks learn."""
+import pandas as pd
+import streamlit as st
+
+from pages import _ui
+from tl_core import backbones, codegen, surgery, visuals
+
+inp = _ui.start_page()
+st.title("1 · Backbone")
+st.markdown(
+    "A pretrained network already knows **edges and textures in its early blocks** and **object parts in "
+    "its late blocks**. Choose what to keep (**freeze** ❄) and what to adapt to your data (**train** ⚡)."
+)
+
+# ------------------------------------------------------------------ choose the backbone
+rows = {r["key"]: r for r in _ui.catalogue_rows()}
+if inp["backbone"] not in rows:
+    inp["backbone"] = "mobilenetv2"
+
+
+def _backbone_changed():
+    inp["plan"], inp["weights_file"] = None, None
+    st.session_state["plan_version"] = st.session_state.get("plan_version", 0) + 1
+
+
+left, right = st.columns([3, 2], gap="large")
+with left:
+    key = st.selectbox(
+        "Backbone", list(rows), format_func=lambda k: f"{rows[k]['label']}  ·  {visuals.fmt_count(rows[k]['params'])} "
+        f"params  ·  {_ui.WEIGHT_BADGE[rows[k]['weights']][0]}",
+        help="Every backbone is a timm architecture. 'bundled · offline' weights ship with the lab; others need "
+             "a download (or your own file), or can only start from random weights.",
+        **_ui.bind("backbone", on_change=_backbone_changed),
+    )
+    info = rows[key]
+    status = backbones.weight_status(key, inp.get("weights_file"))
+    badge_cols = st.columns([1, 1, 1, 3])
+    with badge_cols[0]:
+        _ui.weights_badge(status.kind)
+    with badge_cols[1]:
+        st.badge(info["family"], color="gray")
+    with badge_cols[2]:
+        st.badge(f"{info['input_size']} px", color="gray")
+    st.caption(info["description"])
+
+    can_pretrain = status.kind != "random" and (status.kind != "download" or backbones.is_online())
+    if st.session_state.pop("weights_uploaded", False):
+        _ui.set_input("weights", "pretrained")
+    if not can_pretrain and inp["weights"] == "pretrained":
+        _ui.set_input("weights", "random")
+    st.radio(
+        "Start from", ["pretrained", "random"], horizontal=True,
+        format_func={"pretrained": "pretrained weights (transfer)", "random": "random weights (from scratch)"}.get,
+        help="Random weights = the 'from scratch' baseline: same architecture, nothing learned yet.",
+        **_ui.bind("weights"),
+    )
+    if not can_pretrain:
+        st.warning(
+            f"No pretrained weights for {info['label']} on this machine (they would come from "
+            f"{status.source or 'nowhere'}). Upload a weights file below, pick a backbone marked "
+            "'bundled · offline', or train from random weights."
+        )
+
+    with st.expander("Use your own weights file (.safetensors or .pth state_dict)"):
+        up = st.file_uploader("Weights for this architecture", type=["safetensors", "pth", "pt", "bin"],
+                              key="weights_upload",
+                              help="Loaded safely: safetensors, or torch.load(weights_only=True). Never a pickle.")
+        if up is not None and st.session_state.get("weights_upload_done") != up.file_id:
+            st.session_state["weights_upload_done"] = up.file_id
+            suffix = ".safetensors" if up.name.endswith(".safetensors") else ".pth"
+            path = _ui.upload_path("weights", suffix)
+            path.write_bytes(up.getvalue())
+            with st.spinner("Checking that the weights fit the architecture…"):
+                try:
+                    backbones.read_state_dict(path)
+                    backbones.create_model(key, num_classes=_ui.num_classes(inp), weights="pretrained",
+                                           weights_file=path)
+                except Exception as exc:  # WeightsError, safetensors header errors, ...
+                    path.unlink(missing_ok=True)
+                    st.session_state["weights_upload_error"] = str(exc)
+                else:
+                    st.session_state.pop("weights_upload_error", None)
+                    inp["weights_file"] = str(path)
+                    st.session_state["weights_uploaded"] = True
+                    st.rerun()
+        if st.session_state.get("weights_upload_error"):
+            st.error(
+                f"These weights cannot be used: {st.session_state['weights_upload_error']}\n\n"
+                f"What to do: upload the state_dict of a {info['timm_name']} model (timm key names), saved with "
+                "`safetensors.torch.save_file(model.state_dict(), ...)` or `torch.save(model.state_dict(), ...)`."
+            )
+        if inp.get("weights_file"):
+            st.success("Using your uploaded weights for this backbone.")
+            if st.button("Stop using my file", key="weights_clear"):
+                inp["weights_file"] = None
+                st.rerun()
+
+# ------------------------------------------------------------------ hierarchy + plan
+try:
+    with st.spinner("Reading the backbone's layers…"):
+        hier = _ui.hierarchy_for(key, int(inp["image_size"]), _ui.num_classes(inp))
+except Exception as exc:
+    st.error(f"Could not build {info['label']}: {exc}. Pick another backbone.")
+    st.stop()
+plan = _ui.current_plan(inp, hier)
+counts = visuals.plan_counts(hier, plan)
+names = hier.block_names
+labels = {b["name"]: b["label"] for b in visuals.block_rows(hier)}
+
+
+def _set_plan(new_plan: dict) -> None:
+    inp["plan"] = new_plan
+    st.session_state["plan_version"] = st.session_state.get("plan_version", 0) + 1
+
+
+def _preset(strategy: str) -> None:
+    inp["strategy"] = strategy
+    inp["lr"] = None
+    if strategy == "scratch":
+        _ui.set_input("weights", "random")
+    elif inp["weights"] == "random" and can_pretrain:
+        _ui.set_input("weights", "pretrained")
+    _set_plan(_ui.strategy_phases(inp, hier, with_plan=False)[0][2])
+
+
+def _toggle(block: str) -> None:
+    new = {b: dict(s) for b, s in inp["plan"].items()}
+    new[block]["frozen"] = not new[block]["frozen"]
+    _set_plan(new)
+
+
+def _freeze_upto(block: str) -> None:
+    k = names.index(block)
+    _set_plan({b: {**s, "frozen": i <= k} for i, (b, s) in enumerate(inp["plan"].items())})
+
+
+def _unfreeze_all() -> None:
+    _set_plan({b: {**s, "frozen": False} for b, s in inp["plan"].items()})
+
+
+with right:
+    st.metric("Trainable parameters", f"{visuals.fmt_count(counts['trainable'])} of {visuals.fmt_count(counts['total'])}",
+              help="Parameters that receive gradients and change during training. Frozen ones keep their "
+                   "pretrained values.")
+    _ui.meter(counts["trainable"], counts["total"], f"{counts['frozen_blocks']} of {counts['blocks']} blocks frozen")
+    _ui.legend()
+    st.caption(f"Strategy: **{_ui.STRATEGY_LABELS.get(inp['strategy'], inp['strategy'])}** · "
+               f"{_ui.STRATEGY_HELP.get(inp['strategy'], '')}")
+
+st.subheader("Layer hierarchy", help="Bar height = parameters (log scale): late blocks hold most of the "
+                                     "weights, so freezing them saves the most compute. Blue = frozen, orange = trains.")
+st.caption(f"Input image ({inp['image_size']} px) → forward order → prediction. Under each block: its output "
+           "channels × height × width. Click a bar to select that block.")
+if st.session_state.get("block_pick") not in names:
+    st.session_state["block_pick"] = names[-2] if len(names) > 1 else names[0]
+
+
+def _chart_clicked() -> None:
+    points = st.session_state["hier_chart"].selection.get("points", [])
+    if points and points[0].get("customdata"):
+        st.session_state["block_pick"] = points[0]["customdata"][0]
+
+
+phases = _ui.strategy_phases(inp, hier)
+shown = plan
+if len(phases) > 1:
+    view = st.segmented_control(
+        "Show phase", list(range(len(phases))), default=0, key="phase_view",
+        format_func=lambda i: f"{i + 1} · {phases[i][0]} ({phases[i][1]} ep.)",
+        help="Two-phase and gradual strategies unfreeze more blocks as training goes. Phase 1 is yours to edit; "
+             "later phases follow from the strategy.")
+    if view:
+        shown = phases[view][2]
+        st.caption(f"Phase {view + 1} as the strategy sets it: {visuals.plan_counts(hier, shown)['frozen_blocks']} "
+                   "blocks frozen. Edit phase 1 below; later phases follow from it.")
+st.plotly_chart(visuals.hierarchy_figure(hier, shown, selected=st.session_state["block_pick"]), key="hier_chart",
+                width="stretch", on_select=_chart_clicked, selection_mode="points")
+
+st.subheader("Strategy presets", help="Each preset sets the freeze plan of its first phase; two-phase and "
+                                      "gradual unfreeze more blocks later during training (see the Train page).")
+cols = st.columns(len(_ui.STRATEGY_ORDER))
+for col, s in zip(cols, _ui.STRATEGY_ORDER):
+    col.button(_ui.STRATEGY_LABELS[s], key=f"preset_{s}", help=_ui.STRATEGY_HELP[s], on_click=_preset, args=(s,),
+               width="stretch", type="primary" if inp["strategy"] == s else "secondary")
+if len(phases) > 1:
+    st.caption("Phases: " + " → ".join(
+        f"**{n}** ({e} epoch{'s' if e != 1 else ''}, {sum(not v['frozen'] for v in p.values())} blocks train)"
+        for n, e, p in phases))
+
+c1, c2, c3, c4 = st.columns([3, 2, 2, 2], vertical_alignment="bottom")
+pick = c1.selectbox("Block", names, key="block_pick", format_func=lambda b: f"{labels[b]}  ({b})")
+frozen_now = plan[pick]["frozen"]
+c2.button("Unfreeze this block ⚡" if frozen_now else "Freeze this block ❄", key="toggle_block", on_click=_toggle,
+          args=(pick,), width="stretch")
+c3.button("Freeze everything up to here", key="freeze_upto", on_click=_freeze_upto, args=(pick,), width="stretch",
+          help="Freezes this block and every block before it; the rest train. fastai calls this freeze_to.")
+c4.button("Unfreeze everything", key="unfreeze_all", on_click=_unfreeze_all, width="stretch")
+
+# ------------------------------------------------------------------ per-block settings + LR bars
+st.subheader("Per-block settings")
+version = st.session_state.get("plan_version", 0)
+editor_key = f"plan_editor_{key}_{version}"
+base = visuals.block_rows(hier, plan)
+if st.session_state.get("plan_editor_base_key") != editor_key:
+    st.session_state["plan_editor_base_key"] = editor_key
+    st.session_state["plan_editor_base"] = {b: dict(s) for b, s in plan.items()}
+COLS = {"frozen": "Frozen", "lr_mult": "LR ×", "bn_mode": "BatchNorm"}
+
+
+def _editor_changed() -> None:
+    base_plan = st.session_state["plan_editor_base"]
+    new = {b: dict(s) for b, s in base_plan.items()}
+    for row, edits in st.session_state[editor_key].get("edited_rows", {}).items():
+        name = list(base_plan)[int(row)]
+        for col, value in edits.items():
+            field = {v: k for k, v in COLS.items()}.get(col)
+            if field == "lr_mult":
+                value = max(0.0, float(value or 0.0))
+            if field:
+                new[name][field] = value
+    inp["plan"] = new
+
+
+lr = inp["lr"] if inp.get("lr") else _ui.default_lr(inp["strategy"], inp.get("optimizer", "adamw"))
+ed_col, lr_col = st.columns([5, 4], gap="large")
+with ed_col:
+    df = pd.DataFrame({
+        "Block": [r["label"] for r in base], "Params": [visuals.fmt_count(r["params"]) for r in base],
+        "Output": [visuals.fmt_shape(r["out_shape"]) for r in base], "Frozen": [r["frozen"] for r in base],
+        "LR ×": [r["lr_mult"] for r in base], "BatchNorm": [r["bn_mode"] if r["has_bn"] else "—" for r in base],
+    })
+    st.data_editor(
+        df, key=editor_key, on_change=_editor_changed, hide_index=True, width="stretch", height=min(740, 38 + 35 * len(df)),
+        disabled=["Block", "Params", "Output"],
+        column_config={
+            "Frozen": st.column_config.CheckboxColumn(help="Frozen blocks keep their pretrained weights."),
+            "LR ×": st.column_config.NumberColumn(
+                min_value=0.0, max_value=10.0, step=0.05, format="%.2f",
+                help="Why a smaller LR for the backbone? Its weights are already good: big steps would destroy "
+                     "them before the new head has learned anything useful."),
+            "BatchNorm": st.column_config.SelectboxColumn(
+                options=list(surgery.BN_MODES), help="Why freeze BatchNorm? In plain PyTorch, requires_grad=False "
+                "does NOT stop BatchNorm's running mean/variance from changing in train mode: a 'frozen' block "
+                "drifts anyway. 'frozen' keeps the statistics fixed; 'train' lets them adapt to the new data."),
+        },
+    )
+with lr_col:
+    st.number_input("Base learning rate", min_value=1e-6, max_value=1.0, value=float(lr), format="%.0e",
+                    step=1e-4, key=f"base_lr_{inp['strategy']}",
+                    help="Each block learns at base LR × its multiplier; frozen blocks do not learn at all.",
+                    on_change=lambda: inp.update(lr=float(st.session_state[f"base_lr_{inp['strategy']}"])))
+    st.plotly_chart(visuals.lr_figure(hier, plan, lr), key="lr_chart", width="stretch")
+
+# ------------------------------------------------------------------ show the code
+with st.expander(":material/code: Show the code: these choices in plain PyTorch + timm"):
+    spec = backbones.get_spec(key)
+    bb = {**info, "pretrained_tag": spec.pretrained_tag, "torchvision_weights": spec.torchvision_weights,
+          "weights_file": spec.weights_file, "num_classes": spec.num_classes}
+    st.code(codegen.generate_code(inp, hier, bb, _ui.num_classes(inp), phases=phases, lr=lr), language="python")
+
+st.page_link("pages/data.py", label="Next: choose the data →", icon=":material/image:")

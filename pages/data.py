@@ -1,0 +1,203 @@
+"""Data page: choose a dataset (built-in or your own zip), look at it, and see what the network sees."""
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+import torch
+
+from pages import _ui
+from tl_core import backbones, data, visuals
+
+inp = _ui.start_page()
+st.title("2 · Data")
+st.markdown(
+    "Transfer works best when the new images resemble what the backbone was trained on (ImageNet photos). "
+    "Pick a dataset, check it, and look at **the exact tensor the network receives**."
+)
+
+UPLOAD = "__upload__"
+caps = data.Caps()
+
+
+def _user_sets() -> list[str]:
+    folder = data.data_root() / "uploads"
+    return sorted(str(p) for p in folder.glob("*.zip")) if folder.is_dir() else []
+
+
+choices = list(data.BUILTIN) + _user_sets() + [UPLOAD]
+if inp["data"] not in choices:
+    choices.insert(-1, inp["data"])
+
+
+def _label(k: str) -> str:
+    if k == UPLOAD:
+        return "Upload a zip of my own images…"
+    if k in data.BUILTIN:
+        i = data.BUILTIN[k]
+        return f"{i.name} · {i.num_classes} classes · {i.size:,} images · similarity to ImageNet: {i.similarity}"
+    return f"My upload · {st.session_state.get('upload_names', {}).get(k, Path(k).name)}"
+
+
+left, right = st.columns([3, 2], gap="large")
+with left:
+    if st.session_state.get("data_pick_pending") in choices:
+        st.session_state["data_pick"] = st.session_state.pop("data_pick_pending")
+    if st.session_state.get("data_pick") not in choices:
+        st.session_state["data_pick"] = inp["data"]
+    pick = st.selectbox("Dataset", choices, format_func=_label, key="data_pick",
+                        help="Built-in sets ship with the lab and work offline. 'near/medium/far' says how much "
+                             "they resemble ImageNet photos.")
+    if pick != UPLOAD and pick != inp["data"]:
+        inp["data"] = pick
+
+if pick == UPLOAD:
+    with left:
+        st.markdown("One sub-folder of images per class (ImageFolder layout), optionally inside `train/` and `val/`. "
+                    f"Up to {caps.max_files:,} files and {caps.max_total_bytes / 1e6:.0f} MB unpacked.")
+        up = st.file_uploader("Zip file", type=["zip"], key="data_upload")
+    if up is None:
+        st.info("Upload a zip to continue, or pick a built-in dataset above.")
+        st.stop()
+    if st.session_state.get("data_upload_done") != up.file_id:
+        st.session_state["data_upload_done"] = up.file_id
+        if up.size > caps.max_total_bytes:
+            st.error(f"{up.name} is {up.size / 1e6:.0f} MB, over the {caps.max_total_bytes / 1e6:.0f} MB cap. "
+                     "What to do: resize the images (a few hundred pixels is plenty) or use fewer of them.")
+            st.stop()
+        path = _ui.upload_path("data", ".zip")
+        path.write_bytes(up.getvalue())
+        with st.spinner("Checking every image in the zip…"):
+            try:
+                report = data.check_data(path)
+            except data.DataError as exc:
+                report = None
+                st.error(f"{exc}")
+        st.session_state["upload_report"] = report.to_dict() if report else None
+        st.session_state.setdefault("upload_names", {})[str(path)] = up.name
+        if report and report.ok:
+            inp["data"] = str(path)
+            st.session_state["data_num_classes"] = len(report.classes)
+            st.session_state["data_pick_pending"] = str(path)
+            st.rerun()
+    rep = st.session_state.get("upload_report")
+    if rep and not rep["ok"]:
+        st.error("This data cannot be used yet:\n\n" + "\n".join(f"- {e}" for e in rep["errors"]) +
+                 "\n\nWhat to do: fix the folders in the zip and upload it again.")
+        if rep["skipped"]:
+            st.dataframe([{"file": f, "why skipped": w} for f, w in rep["skipped"]], hide_index=True, width="stretch")
+    st.stop()
+
+# ------------------------------------------------------------------ the chosen dataset
+try:
+    with st.spinner("Loading the images…"):
+        ds = data.load_dataset(inp["data"])
+except data.DataError as exc:
+    st.error(f"{exc}\n\nWhat to do: pick another dataset or upload the zip again.")
+    st.stop()
+st.session_state["data_num_classes"] = ds.num_classes
+
+with right:
+    if inp["data"] in data.BUILTIN:
+        info = data.BUILTIN[inp["data"]]
+        st.markdown(f"**{info.name}** · {info.description}")
+        st.caption(f"Similarity to ImageNet: **{info.similarity}**. {info.similarity_note}")
+    elif ds.report is not None:
+        r = ds.report
+        st.markdown(f"**{ds.name}**: {r.num_images:,} images in {len(r.classes)} classes"
+                    + (" (train/ and val/ folders)" if r.has_split else ""))
+        if r.skipped:
+            with st.expander(f"Validation report: {len(r.skipped)} file(s) skipped"):
+                st.dataframe([{"file": f, "why skipped": w} for f, w in r.skipped], hide_index=True, width="stretch")
+        else:
+            st.success("Validation report: every file was readable.")
+
+with left:
+    c1, c2 = st.columns(2)
+    max_per = int(max(data.class_counts(ds).values()))
+    options = [5, 10, 20, 50, 100, 200, 500, 1000]
+    if inp.get("per_class") not in options:
+        _ui.set_input("per_class", 100)
+    c1.select_slider("Training images per class", options, help="Transfer learning shines with little data: try "
+                     f"20 per class, then 200. This set has at most {max_per} per class (validation images "
+                     "are set aside first).", **_ui.bind("per_class"))
+    c2.slider("Validation share", 0.1, 0.5, step=0.05, disabled=ds.split_hint is not None,
+              help="Held-out images, never trained on, that measure accuracy.", **_ui.bind("val_fraction"))
+
+try:
+    train_idx, val_idx = data.split(ds, float(inp["val_fraction"]), int(inp.get("seed", 0)), int(inp["per_class"]))
+except data.DataError as exc:
+    st.error(f"{exc}")
+    st.stop()
+
+g1, g2 = st.columns([3, 2], gap="large")
+with g1:
+    st.subheader("Samples per class")
+    st.plotly_chart(visuals.sample_grid_figure(data.sample_grid(ds, per_class=8, seed=0), tile=56),
+                    key="sample_grid", width="stretch")
+with g2:
+    st.subheader("Class balance")
+    st.plotly_chart(visuals.class_counts_figure(data.class_counts(ds, train_idx), data.class_counts(ds, val_idx)),
+                    key="class_counts", width="stretch")
+    st.caption(f"{len(train_idx):,} training and {len(val_idx):,} validation images.")
+
+# ------------------------------------------------------------------ augmentation
+st.subheader("Augmentation", help="Random changes applied to training images each time they are seen: more "
+                                  "variety from the same data. Validation images are never augmented.")
+aug = dict(inp.get("augment") or {})
+a1, a2, a3 = st.columns(3)
+for col, field, label, tip in (
+    (a1, "flip", "Horizontal flip", "Mirror left-right at random. Wrong for text or digits!"),
+    (a2, "random_resized_crop", "Random resized crop", "Zoom into a random 35-100% of the image."),
+    (a3, "color_jitter", "Colour jitter", "Random brightness, contrast and saturation."),
+):
+    key = f"aug_{field}"
+    st.session_state.setdefault(key, bool(aug.get(field, False)))
+    aug[field] = col.toggle(label, key=key, help=tip)
+inp["augment"] = aug
+
+# ------------------------------------------------------------------ preprocessing
+st.subheader("What the network sees", help="Pretrained weights expect images resized and normalised exactly "
+                                           "as during pretraining. A mismatch silently costs accuracy.")
+dcfg = backbones.data_config(inp["backbone"])
+bb = _ui.describe(inp["backbone"])
+p1, p2, p3 = st.columns([2, 2, 3], gap="large")
+with p1:
+    st.markdown(f"**{bb['label']}** was pretrained at **{dcfg['input_size'][1]} px**, "
+                f"{dcfg['interpolation']} resize, crop {dcfg['crop_pct']:.3g}")
+    st.markdown(f"mean `{[round(m, 3) for m in dcfg['mean']]}`  \nstd `{[round(s, 3) for s in dcfg['std']]}`")
+    st.select_slider("Image size fed to the network", [64, 80, 96, 112, 128, 160, 192, 224],
+                     help="Smaller = much faster on a CPU; larger = closer to how the backbone was trained.",
+                     **_ui.bind("image_size"))
+    st.selectbox("Normalisation", list(data.NORMALIZATIONS), format_func=lambda k: f"{k}: {data.NORMALIZATIONS[k]}",
+                 help="Try 'wrong' to see what a preprocessing mismatch does to the input and to accuracy.",
+                 **_ui.bind("normalization"))
+    mean, std = data.normalization_stats(dcfg, inp["normalization"])
+    if not np.allclose((mean, std), (dcfg["mean"], dcfg["std"]), atol=1e-3):
+        st.warning(f"This normalisation (mean {[round(m, 3) for m in mean]}, std {[round(s, 3) for s in std]}) "
+                   f"differs from the one {bb['label']} was trained with: its first layer sees shifted colours. "
+                   "Expect lower accuracy, especially with a frozen backbone.")
+with p2:
+    if not 0 <= st.session_state.get("view_index", 0) < len(ds):
+        st.session_state["view_index"] = 0
+    idx = st.number_input("Sample", 0, len(ds) - 1, key="view_index", help="Index of the image to inspect.")
+    x, picture = data.network_view(ds, int(idx), dcfg, int(inp["image_size"]), inp["normalization"])
+    original = ds.images[int(idx)].expand(3, -1, -1).permute(1, 2, 0).numpy()
+    st.image([original, picture], caption=[f"stored ({original.shape[0]} px): "
+                                           f"{ds.class_names[int(ds.labels[int(idx)])]}",
+                                           f"network input ({picture.shape[0]} px), de-normalised"], width=150)
+with p3:
+    st.markdown("**The tensor itself** (per channel, after normalisation)")
+    st.dataframe([{"channel": c, "min": round(float(x[i].min()), 3), "mean": round(float(x[i].mean()), 3),
+                   "max": round(float(x[i].max()), 3)} for i, c in enumerate("RGB")], hide_index=True, width="stretch")
+    st.caption(f"shape {list(x.shape)}, dtype {x.dtype}. With the backbone's own statistics, values centre "
+               "near 0 with spread about 1, as in pretraining.")
+    if aug and any(aug.values()):
+        train_tf, _ = data.make_transforms(dcfg, int(inp["image_size"]), data.Augment(**aug), inp["normalization"])
+        torch.manual_seed(0)
+        m = torch.tensor(dcfg["mean"]).view(3, 1, 1)
+        s = torch.tensor(dcfg["std"]).view(3, 1, 1)
+        views = [((train_tf(ds.images[int(idx)]) * s + m).clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+                 for _ in range(5)]
+        st.image(views, caption=["augmented"] * 5, width=90)
+
+st.page_link("pages/train.py", label="Next: train →", icon=":material/model_training:")

@@ -1,0 +1,216 @@
+"""End to end in a real browser: `streamlit run app.py` driven by headless Chromium (Playwright).
+
+One long test walks the first-experiment path a student follows: pick a backbone, toggle a block
+and watch the meter, pick a data set, launch a one-epoch run, see the live curve, reload and
+re-attach, then visit Compare and Inspect. It saves a projector-size screenshot of every page to
+artifacts/screenshots/ (1600x1000 viewport, plus a full-height *_full.png).
+"""
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = ROOT / "artifacts" / "screenshots"
+VIEWPORT = {"width": 1600, "height": 1000}
+
+pytestmark = pytest.mark.browser
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is absent: run `make browser` (apt-get install chromium) to enable browser tests")
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-dev.txt)")
+    port = _free_port()
+    env = {**os.environ, "TL_RUNS_DIR": str(tmp_path / "runs"), "TL_DATA_ROOT": str(tmp_path / "data"),
+           "TL_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    log = open(tmp_path / "streamlit.log", "wb")  # a file, not a pipe: a full pipe can block the server
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+         "--client.toolbarMode", "viewer"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, (tmp_path / "streamlit.log").read_text()
+            assert time.time() < deadline, "streamlit did not become healthy in 60 s"
+            time.sleep(0.3)
+        yield url, tmp_path
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        # stop any worker still training (they run in their own sessions by design)
+        from tl_core.runs import RunStore
+
+        store = RunStore(tmp_path / "runs")
+        for r in store.list_runs():
+            if r.active and r.pid:
+                try:
+                    os.kill(r.pid, 15)
+                except OSError:
+                    pass
+
+
+def _settle(page, timeout=120_000):
+    page.wait_for_selector("[data-testid='stApp'][data-test-connection-state='CONNECTED']", timeout=timeout)
+    page.wait_for_timeout(400)  # let a just-triggered rerun start
+    page.wait_for_selector("[data-test-script-state='notRunning']", timeout=timeout)
+
+
+def _shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.mouse.move(5, 995)  # no tooltip in the picture
+    page.evaluate("() => { window.scrollTo(0, 0); const m = document.querySelector('[data-testid=\"stMain\"]');"
+                  " if (m) m.scrollTop = 0; }")
+    page.wait_for_timeout(800)  # plotly animations
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+    height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": min(int(height) + 40, 5000)})
+    page.wait_for_timeout(800)
+    page.screenshot(path=str(SHOTS / f"{name}_full.png"))
+    page.set_viewport_size(VIEWPORT)
+
+
+def _nav(page, label: str) -> None:
+    page.locator("[data-testid='stTopNavLink']", has_text=label).first.click()
+    page.wait_for_timeout(300)
+    _settle(page)
+
+
+def _select(page, label: str, option: str) -> None:
+    page.get_by_role("combobox", name=label, exact=True).click()
+    page.get_by_role("option", name=re.compile(re.escape(option))).first.click()
+    _settle(page)
+
+
+def _meter(page) -> str:
+    return page.locator("[data-testid='stMetricValue']").first.inner_text()
+
+
+def _live_points(page) -> int:
+    """Points plotted in the run's curves (the first plotly chart on the Train page)."""
+    return page.evaluate("""() => {
+        const g = document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot');
+        return g && g.data ? g.data.reduce((n, t) => n + (t.x ? t.x.length : 0), 0) : 0; }""")
+
+
+def test_first_experiment_in_a_real_browser(server):
+    from playwright.sync_api import sync_playwright
+
+    url, tmp = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport=VIEWPORT)
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url)
+        _settle(page)
+        assert page.get_by_text("Your first experiment").is_visible()
+        _shot(page, "home")
+
+        # Backbone: pick one, toggle a block, the meter changes
+        page.get_by_text("Open Backbone").click()
+        _settle(page)
+        _select(page, "Backbone", "EfficientNet-Lite0")
+        page.get_by_role("button", name="Two-phase").click()
+        _settle(page)
+        before = _meter(page)
+        # click a bar of the hierarchy picture: it selects that block
+        block = page.get_by_role("combobox", name="Block", exact=True)
+        picked = block.input_value()
+        chart = page.locator("[data-testid='stPlotlyChart']").first
+        chart.scroll_into_view_if_needed()
+        page.wait_for_timeout(500)
+        bar = chart.locator(".point path").nth(3).bounding_box()
+        plot = chart.locator("rect.nsewdrag").first.bounding_box()
+        page.mouse.click(bar["x"] + bar["width"] / 2, plot["y"] + plot["height"] - 8)  # bars run off the log axis
+        _settle(page)
+        page.wait_for_timeout(500)
+        _settle(page)
+        assert block.input_value() != picked
+        page.get_by_role("button", name=re.compile(r"(Unf|F)reeze this block")).click()
+        _settle(page)
+        after = _meter(page)
+        assert after != before, f"meter stayed at {before}"
+        page.get_by_role("button", name=re.compile(r"(Unf|F)reeze this block")).click()  # back to the preset
+        _settle(page)
+        assert _meter(page) == before
+        assert page.locator("[data-testid='stPlotlyChart']").count() >= 2
+        _shot(page, "backbone")
+
+        # Data: a small built-in set
+        _nav(page, "Data")
+        _select(page, "Dataset", "Faces")
+        assert page.get_by_text("Samples per class").is_visible()
+        _shot(page, "data")
+
+        # Train: one epoch, launch, the live curve appears
+        _nav(page, "Train")
+        epochs = page.get_by_role("spinbutton", name="Epochs", exact=True)
+        epochs.fill("2")  # two-phase: 1 epoch head only, then 1 epoch unfrozen
+        epochs.press("Enter")
+        _settle(page)
+        name = page.get_by_role("textbox", name="Run name", exact=True)
+        name.fill("browser run")
+        name.press("Enter")
+        _settle(page)
+        page.get_by_role("button", name="Launch training").click()
+        _settle(page)
+        assert "run=" in page.url
+        run_id = page.url.split("run=")[1].split("&")[0]
+        deadline = time.time() + 240
+        while _live_points(page) == 0:
+            assert time.time() < deadline, "no live curve within 240 s"
+            page.wait_for_timeout(1000)  # the fragment refreshes about once a second by itself
+        page.get_by_text("Finished").wait_for(timeout=240_000)
+        _settle(page)
+
+        # Reload: a new session re-attaches to the run from the URL
+        page.wait_for_url(re.compile(f"run={run_id}"), timeout=10_000)
+        page.reload()
+        _settle(page)
+        assert run_id in page.url
+        assert page.get_by_text("Finished").is_visible()
+        assert page.get_by_role("heading", name=re.compile("browser run")).is_visible()
+        assert _live_points(page) > 0
+        _shot(page, "train")  # after the reload the set-up form is folded away: the run fills the screen
+
+        _nav(page, "Compare")
+        assert page.get_by_text("What did pretraining buy?").is_visible()
+        _shot(page, "compare")
+        _nav(page, "Inspect")
+        page.get_by_text("Misclassified examples").wait_for(timeout=60_000)
+        _settle(page)
+        assert page.get_by_role("button", name=re.compile("model.safetensors")).is_visible()
+        _shot(page, "inspect")
+
+        assert not page.locator("[data-testid='stException']").count(), "an exception box is on the page"
+        assert not errors, errors
+        browser.close()

@@ -1,0 +1,236 @@
+"""Show the code: plain PyTorch + timm code equivalent to the lab's current choices.
+
+``generate_code`` is a pure string function: given the choices (backbone, weights, per-block
+freeze plan with LR multipliers and BatchNorm modes, phases, optimiser, preprocessing) it
+returns a self-contained script a student can copy into a notebook. The script reproduces the
+lab's trainable-parameter count and per-block learning rates exactly (tests execute it).
+
+The block → module mapping comes from ``surgery.hierarchy`` (timm's own group matcher), so
+the generated code lists the module names of each block explicitly instead of relying on lab
+code.
+"""
+from __future__ import annotations
+
+import json
+import pprint
+from collections.abc import Mapping, Sequence
+
+OPTIMIZERS = {
+    "adamw": "torch.optim.AdamW(param_groups, lr=LR, weight_decay=WEIGHT_DECAY)",
+    "adam": "torch.optim.Adam(param_groups, lr=LR, weight_decay=WEIGHT_DECAY)",
+    "sgd": "torch.optim.SGD(param_groups, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)",
+}
+
+
+def _block_members(hier) -> dict[str, list[str]]:
+    """block name -> module (or bare parameter) names, in forward order."""
+    if isinstance(hier, Mapping):
+        out = {}
+
+        def rec(nodes):
+            for n in nodes:
+                if n["children"]:
+                    rec(n["children"])
+                else:
+                    out[n["name"]] = list(n["members"])
+
+        rec(hier["tree"])
+        return out
+    return {n.name: list(n.members) for n in hier.blocks}
+
+
+def _phase_entry(name: str, epochs: int, plan: Mapping[str, Mapping]) -> dict:
+    return {
+        "name": name,
+        "epochs": int(epochs),
+        "frozen": [b for b, s in plan.items() if s.get("frozen")],
+        "lr_mult": {b: float(s.get("lr_mult", 1.0)) for b, s in plan.items()
+                    if not s.get("frozen") and float(s.get("lr_mult", 1.0)) != 1.0},
+        "bn_train": [b for b, s in plan.items() if s.get("frozen") and s.get("bn_mode") == "train"],
+    }
+
+
+def _weights_code(backbone: Mapping, weights: str, weights_file: str | None, num_classes: int) -> str:
+    name = backbone["timm_name"]
+    if weights == "random":
+        return (f"# Random initialisation (training from scratch)\n"
+                f"model = timm.create_model({name!r}, pretrained=False, num_classes=NUM_CLASSES)")
+    file = weights_file or backbone.get("weights_file")
+    if file:
+        return (f"# Pretrained weights from a file (safetensors, or a torch state_dict loaded safely)\n"
+                f"model = timm.create_model({name!r}, pretrained=False, num_classes={backbone.get('num_classes', 1000)})\n"
+                f"WEIGHTS = {str(file)!r}\n"
+                "if WEIGHTS.endswith('.safetensors'):\n"
+                "    from safetensors.torch import load_file\n"
+                "    state_dict = load_file(WEIGHTS)\n"
+                "else:\n"
+                "    state_dict = torch.load(WEIGHTS, map_location='cpu', weights_only=True)\n"
+                "model.load_state_dict(state_dict)\n"
+                "model.reset_classifier(NUM_CLASSES)  # a fresh head for our classes")
+    if backbone.get("torchvision_weights"):
+        enum_name, member = backbone["torchvision_weights"].split(".")
+        tv_fn = {"MobileNet_V2_Weights": "mobilenet_v2"}.get(enum_name, enum_name.lower().replace("_weights", ""))
+        return ("# torchvision's ImageNet weights, loaded into timm's identical architecture\n"
+                "import torchvision\n"
+                f"model = timm.create_model({name!r}, pretrained=False)  # 1000-class ImageNet head\n"
+                f"tv_state = torchvision.models.{tv_fn}(weights={member!r}).state_dict()\n"
+                "model.load_state_dict(dict(zip(model.state_dict(), tv_state.values())))  # same tensors, same order\n"
+                "model.reset_classifier(NUM_CLASSES)  # a fresh head for our classes")
+    tag = backbone.get("pretrained_tag") or name
+    return ("# ImageNet weights from the Hugging Face hub; timm gives it a fresh head for our classes\n"
+            f"model = timm.create_model({tag!r}, pretrained=True, num_classes=NUM_CLASSES)")
+
+
+def generate_code(
+    cfg: Mapping,
+    hier,
+    backbone: Mapping,
+    num_classes: int,
+    phases: Sequence[tuple[str, int, Mapping[str, Mapping]]] | None = None,
+    lr: float = 1e-3,
+) -> str:
+    """Python source equivalent to the choices.
+
+    cfg: the app's inputs dict (TrainConfig fields: weights, weights_file, plan, optimizer,
+    momentum, weight_decay, image_size, normalization, batch_size, epochs...).
+    hier: ``surgery.Hierarchy`` or its ``to_dict()``. backbone: ``backbones.describe(key)`` plus
+    optional ``torchvision_weights``, ``pretrained_tag``, ``weights_file``, ``num_classes``.
+    phases: (name, epochs, plan dict) per phase; default one phase with ``cfg["plan"]``."""
+    members = _block_members(hier)
+    if not phases:
+        plan = cfg.get("plan") or {b: {"frozen": False} for b in members}
+        phases = [("train", int(cfg.get("epochs", 3)), plan)]
+    phase_list = [_phase_entry(n, e, p) for n, e, p in phases]
+    optimizer = str(cfg.get("optimizer", "adamw")).lower()
+    norm = cfg.get("normalization", "backbone")
+    mean, std = list(backbone["mean"]), list(backbone["std"])
+    norm_note = "the backbone's own statistics: the ones it was pretrained with"
+    if norm == "imagenet":
+        mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+        norm_note = "ImageNet statistics (as chosen in the lab; check they match the backbone)"
+    elif norm == "none":
+        mean, std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+        norm_note = "no normalisation (as chosen in the lab): pixels in 0..1"
+    elif norm == "wrong":
+        norm_note = "the lab used deliberately wrong statistics; these are the right ones"
+    size = int(cfg.get("image_size", backbone.get("input_size", 224)))
+    crop = float(backbone.get("crop_pct", 0.875) or 1.0)
+    interp = backbone.get("interpolation", "bilinear")
+    blocks_src = pprint.pformat(members, width=110, sort_dicts=False)
+    phases_src = pprint.pformat(phase_list, width=110, sort_dicts=False)
+
+    return f'''\
+# Transfer Learning Lab: your choices as plain PyTorch + timm code.
+# Backbone: {backbone.get("label", backbone["timm_name"])} (timm "{backbone["timm_name"]}"), {num_classes} classes.
+import math
+
+import timm
+import torch
+from torch import nn
+from torchvision.transforms import v2
+
+NUM_CLASSES = {num_classes}
+LR = {float(lr)!r}
+WEIGHT_DECAY = {float(cfg.get("weight_decay", 0.0))!r}
+MOMENTUM = {float(cfg.get("momentum", 0.9))!r}
+SCHEDULE = {str(cfg.get("schedule", "cosine"))!r}  # learning rate over each phase: cosine decay or constant
+
+{_weights_code(backbone, cfg.get("weights", "pretrained"), cfg.get("weights_file"), num_classes)}
+
+# Preprocessing: {norm_note}.
+MEAN, STD = {json.dumps([round(m, 4) for m in mean])}, {json.dumps([round(s, 4) for s in std])}
+eval_transform = v2.Compose([
+    v2.Resize({int(size / crop)}, interpolation=v2.InterpolationMode({interp!r}), antialias=True),
+    v2.CenterCrop({size}),
+    v2.ToDtype(torch.float32, scale=True),  # uint8 [3, H, W] -> float in 0..1
+    v2.Normalize(MEAN, STD),
+])
+
+# The blocks you can freeze, in forward order: block -> the modules (or parameters) it holds.
+BLOCKS = {blocks_src}
+
+# Your plan. Each phase freezes some blocks; the others learn at LR x their multiplier.
+# "bn_train": frozen blocks whose BatchNorm statistics may still update (otherwise they are fixed).
+PHASES = {phases_src}
+
+
+def block_of(param_name):
+    for block, mods in BLOCKS.items():
+        if any(param_name == m or param_name.startswith(m + ".") for m in mods):
+            return block
+    raise KeyError(param_name)
+
+
+_bn_hooks = []
+
+
+def keep_bn_statistics(module, inputs):
+    # Plain requires_grad=False does NOT stop BatchNorm from updating its running mean/var
+    # in model.train() mode. Switching the layer to eval mode before each forward does.
+    module.eval()
+
+
+def apply_phase(phase):
+    """Freeze/unfreeze the blocks of one phase and build its optimizer (one param group per block)."""
+    frozen = set(phase["frozen"])
+    for name, p in model.named_parameters():
+        p.requires_grad = block_of(name) not in frozen
+    while _bn_hooks:
+        _bn_hooks.pop().remove()
+    for block in frozen - set(phase["bn_train"]):
+        for mod_name in BLOCKS[block]:
+            try:
+                module = model.get_submodule(mod_name)
+            except AttributeError:  # a bare parameter, e.g. a ViT's cls_token
+                continue
+            for m in module.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    _bn_hooks.append(m.register_forward_pre_hook(keep_bn_statistics))
+    params = dict(model.named_parameters())
+    param_groups = []
+    for block, mods in BLOCKS.items():
+        mult = phase["lr_mult"].get(block, 1.0)
+        if block in frozen or mult == 0:
+            continue
+        group = [p for n, p in params.items() if block_of(n) == block]
+        param_groups.append({{"params": group, "lr": LR * mult, "name": block}})
+    return {OPTIMIZERS.get(optimizer, OPTIMIZERS["adamw"])}
+
+
+optimizer = apply_phase(PHASES[0])
+trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+total = sum(p.numel() for p in model.parameters())
+print(f"trainable parameters: {{trainable:,}} / {{total:,}} ({{trainable / total:.1%}})")
+
+
+def make_scheduler(optimizer, steps):
+    if SCHEDULE == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+
+
+def train(train_loader, val_loader, device="cpu"):
+    """Train phase by phase: each phase re-applies its freeze plan and rebuilds the optimizer."""
+    global optimizer
+    model.to(device)
+    loss_fn = nn.CrossEntropyLoss()
+    for phase in PHASES:
+        optimizer = apply_phase(phase)
+        scheduler = make_scheduler(optimizer, max(1, phase["epochs"] * len(train_loader)))
+        for epoch in range(phase["epochs"]):
+            model.train()
+            for x, y in train_loader:
+                x, y = x.to(device), y.to(device)
+                optimizer.zero_grad()
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+            model.eval()
+            correct = seen = 0
+            with torch.no_grad():
+                for x, y in val_loader:
+                    correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
+                    seen += len(y)
+            print(f"{{phase['name']}} epoch {{epoch + 1}}: val acc {{correct / max(seen, 1):.1%}}")
+'''
