@@ -1,0 +1,163 @@
+"""Run the strategy-race and Yosinski labs in their DEFAULT configuration, on this machine.
+
+Prints each lab's result table, "what we measured" and timing; writes the charts as PNG
+(docs/img/lab_race.png, docs/img/lab_yosinski.png: plotly → standalone HTML → headless Chromium
+screenshot) and docs/labs.md with the measured numbers.
+
+    .venv/bin/python benchmarks/bench_labs.py [--labs race yosinski] [--runs-dir DIR]
+
+Runs and the lab-saved backbones go to a temporary folder unless --runs-dir is given.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TL_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def screenshot(fig, out_png: Path, width: int = 1200, height: int = 650) -> bool:
+    """plotly figure → standalone HTML (plotly.js inlined) → PNG via headless Chromium."""
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    exe = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
+    if not exe:
+        print(f"chromium not found: {out_png} not written (apt-get install -y --no-install-recommends chromium "
+              "fonts-dejavu-core)")
+        return False
+    fig.update_layout(width=width - 20, height=height - 20)
+    with tempfile.TemporaryDirectory() as tmp:
+        html = Path(tmp) / "chart.html"
+        fig.write_html(str(html), include_plotlyjs=True, full_html=True, config={"displayModeBar": False})
+        profile = Path(tmp) / "profile"
+        cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+               "--hide-scrollbars", "--virtual-time-budget=5000", f"--screenshot={out_png}",
+               f"--window-size={width},{height}", html.as_uri()]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    ok = out_png.exists() and out_png.stat().st_size > 1000
+    print(f"wrote {out_png}" if ok else f"screenshot failed: {proc.stderr[-500:]}")
+    return ok
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    dev = f"GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU"
+    return f"{cores} CPU cores ({cpu}), {dev}, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def load() -> str:
+    try:
+        return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def md_table(df, cols=None) -> str:
+    df = df[cols] if cols else df
+    lines = ["| " + " | ".join(str(c) for c in df.columns) + " |", "|" + "---|" * len(df.columns)]
+    for _, row in df.iterrows():
+        cells = []
+        for c in df.columns:
+            v = row[c]
+            if isinstance(v, float):
+                cells.append("–" if v != v else (f"{v:.1%}" if ("acc" in str(c) or c in (
+                    "BnB", "BnB+", "AnB", "AnB+", "baseline B", "start (epoch 1)")) else f"{v:g}"))
+            elif v is None:
+                cells.append("–")
+            else:
+                cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--labs", nargs="+", default=["race", "yosinski"])
+    p.add_argument("--runs-dir", default=None)
+    p.add_argument("--no-docs", action="store_true", help="print only; do not write docs/labs.md and the PNGs")
+    args = p.parse_args()
+    runs_dir = Path(args.runs_dir) if args.runs_dir else Path(tempfile.mkdtemp(prefix="bench_labs_"))
+    os.environ["TL_RUNS_DIR"] = str(runs_dir)
+    os.environ.setdefault("TL_BACKBONES_DIR", str(runs_dir / "backbones"))
+
+    from tl_core import labs
+
+    info = machine()
+    print(f"machine: {info}; load average before: {load()}; runs in {runs_dir}")
+    sections, loads, cpu = [], {}, {}
+    for lab in args.labs:
+        cfg = labs.default_config(lab)
+        n_runs = len(labs.plan_runs(cfg, runs_dir / "plan-preview"))
+        print(f"\n=== {labs.LABS[lab].title}: {n_runs} runs, default config: {cfg.to_query_string()}", flush=True)
+        t0, c0 = time.time(), time.process_time()
+        res = labs.run_lab(cfg, runs_dir)
+        wall, cpu[lab] = time.time() - t0, time.process_time() - c0
+        print(res.table.drop(columns=[c for c in ("run",) if c in res.table]).to_string(index=False))
+        print(res.text)
+        loads[lab] = load()
+        print(f"--- {lab}: {wall:.0f} s wall, {cpu[lab]:.0f} s CPU for {n_runs} runs (load average now "
+              f"{loads[lab]})", flush=True)
+        png = ROOT / "docs" / "img" / f"lab_{lab}.png"
+        if not args.no_docs:
+            screenshot(res.figure, png)
+        sections.append((lab, cfg, res, wall, n_runs, png))
+
+    if args.no_docs:
+        return 0
+    header = ["# Labs: measured results", "",
+              "Measured by `benchmarks/bench_labs.py`. Each lab ran in its **default** configuration (the one the "
+              "Labs page starts with), all runs of a lab one after another in one process, on the same data split "
+              "and seed. Numbers are single-seed measurements, not constants: rerun the script to reproduce them "
+              "on your machine.", ""]
+    doc = ROOT / "docs" / "labs.md"
+    old = doc.read_text() if doc.exists() else ""
+    blocks = {}
+    for lab in labs.LABS:  # keep the sections of labs not re-run this time
+        a, b = f"<!-- lab:{lab} -->", f"<!-- /lab:{lab} -->"
+        if a in old and b in old:
+            blocks[lab] = old[old.index(a):old.index(b) + len(b)]
+    for lab, cfg, res, wall, n_runs, png in sections:
+        li = labs.LABS[lab]
+        sec = [f"<!-- lab:{lab} -->", f"## {li.title}", "", f"**Question.** {li.question}", "",
+               f"**Theory predicts.** {li.prediction}", "",
+               f"Configuration: `{cfg.to_query_string()}` ({li.timing}).", "",
+               f"**Time: {wall / 60:.1f} min** ({wall:.0f} s wall for {n_runs} runs, including data loading and "
+               f"model building), measured {time.strftime('%Y-%m-%d %H:%M')} on {info} "
+               f"(1-min load average at the end: {loads[lab]}; other jobs shared the cores). The lab used "
+               f"{cpu[lab]:.0f} s of CPU time: on an idle 2-core machine that is about "
+               f"{cpu[lab] / 2 / 60:.1f}–{cpu[lab] / 1.6 / 60:.1f} min of wall time.", ""]
+        if png.exists():
+            sec += [f"![{li.title}](img/{png.name})", ""]
+        cols = [c for c in res.table.columns if c not in ("run", "key", "total params")]
+        sec += [md_table(res.table, cols), "", "**What we measured.**", "", res.text, "", f"<!-- /lab:{lab} -->"]
+        blocks[lab] = "\n".join(sec)
+    body = [blocks[k] for k in labs.LABS if k in blocks]
+    doc.write_text("\n".join(header) + "\n" + "\n\n".join(body) + "\n")
+    print(f"\nwrote {ROOT / 'docs' / 'labs.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

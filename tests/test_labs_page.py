@@ -1,0 +1,85 @@
+"""The Labs page through AppTest: tabs, settings from the URL, and a tiny lab launched from the page
+that runs in its background process and ends with a chart and a "what we measured" box."""
+import time
+from pathlib import Path
+
+import pytest
+import streamlit as st
+import timm
+import torch
+from streamlit.testing.v1 import AppTest
+
+from tl_core import backbones, labs
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 120
+
+
+@pytest.fixture(autouse=True)
+def _page_env(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    yield
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+def _page(**query) -> AppTest:
+    if "pages/labs.py" in (ROOT / "app.py").read_text():  # through the router, as users get it
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+        assert not at.exception, at.exception
+        at.switch_page("pages/labs.py")
+    else:  # not registered in app.py's st.navigation yet: the page on its own
+        at = AppTest.from_file(str(ROOT / "pages" / "labs.py"), default_timeout=TIMEOUT)
+    for k, v in query.items():
+        at.query_params[k] = v
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_labs_page_renders_every_lab_tab_and_reads_the_url():
+    at = _page(lab="bn", epochs="2", per_class="12")
+    assert [t.label for t in at.tabs] == [labs.LABS[k].title for k in labs.LABS]
+    assert len([b for b in at.button if b.label == "Run this lab"]) == len(labs.LABS)
+    assert at.session_state["labcfg_bn"]["epochs"] == 2 and at.session_state["labcfg_bn"]["per_class"] == 12
+    assert at.number_input(key="bn_epochs").value == 2
+    assert any("Not run yet" in i.value for i in at.info)
+    # an edit goes back into the address
+    at.number_input(key="race_epochs").set_value(3).run()
+    assert not at.exception
+    q = {k: (v[-1] if isinstance(v, list) else v) for k, v in at.query_params.items()}
+    assert q["lab"] == "race" and q["epochs"] == "3"
+    # the GPU toggle switches to the bigger preset
+    at.toggle(key="race_gpu").set_value(True).run()
+    assert at.session_state["labcfg_race"]["preset"] == "gpu"
+    assert at.session_state["labcfg_race"]["image_size"] == labs.default_config("race", "gpu").image_size
+
+
+@pytest.mark.slow
+def test_tiny_lab_launched_from_the_page_completes_with_chart_and_verdict():
+    torch.manual_seed(0)
+    spec = backbones.BackboneSpec(
+        key="tiny_cnn", label="Tiny CNN", family="Lab", timm_name="test_resnet", num_classes=10,
+        data_config={"input_size": [3, 32, 32], "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3,
+                     "crop_pct": 1.0})
+    backbones.save_local_backbone(timm.create_model("test_resnet", num_classes=10), spec)
+    backbones._data_config.cache_clear()
+    at = _page(lab="normalization", backbone="tiny_cnn", data="digits8", per_class="4", image_size="32",
+               epochs="1", batch_size="16")
+    assert at.session_state["labcfg_normalization"]["backbone"] == "tiny_cnn"
+    at.button(key="launch_normalization").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    lab_id = labs.list_labs(lab="normalization")[0]["id"]
+    t = time.time()
+    while labs.read_state(lab_id)["status"] in labs.ACTIVE:
+        assert time.time() - t < 180, "lab did not finish"
+        time.sleep(0.3)
+    assert labs.read_state(lab_id)["status"] == "completed"
+    at.run()  # run_every never fires in AppTest: rerun by hand once the lab has ended
+    assert not at.exception
+    boxes = [b.value for b in list(at.success) + list(at.warning) if "What we measured" in b.value]
+    assert boxes and "Accuracy gap" in boxes[0]
+    assert len(at.get("plotly_chart")) >= 1
+    assert len(at.get("download_button")) >= 2  # the config (JSON) and the results (CSV)
