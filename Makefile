@@ -10,9 +10,9 @@ PORT   ?= 8501
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-$(STAMP): requirements.txt requirements-nodeps.txt requirements-dev.txt | $(BIN)/python
+$(STAMP): requirements.txt requirements-nodeps.txt requirements-dev.txt constraints.txt | $(BIN)/python
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -r requirements.txt -r requirements-dev.txt
+	$(BIN)/pip install -r requirements.txt -r requirements-dev.txt -c constraints.txt
 	$(BIN)/pip install --no-deps -r requirements-nodeps.txt
 	touch $(STAMP)
 

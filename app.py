@@ -1,6 +1,4 @@
 """Transfer Learning Lab: the router (st.navigation) and the home page."""
-from pathlib import Path
-
 import streamlit as st
 
 st.set_page_config(page_title="Transfer Learning Lab", page_icon=":material/ac_unit:", layout="wide")
@@ -38,9 +36,8 @@ def home() -> None:
         st.page_link("pages/compare.py", label="Open Compare", icon=":material/stacked_line_chart:")
         st.markdown("5. **Inspect** a finished run: confusion matrix, mistakes, feature maps before/after.")
         st.page_link("pages/inspect.py", label="Open Inspect", icon=":material/search:")
-        if (Path(__file__).parent / "pages/labs.py").exists():
-            st.markdown("6. Ready for more? The **Labs** run small real experiments that test a claim of theory.")
-            st.page_link("pages/labs.py", label="Open Labs", icon=":material/science:")
+        st.markdown("6. Ready for more? The **Labs** run small real experiments that test a claim of theory.")
+        st.page_link("pages/labs.py", label="Open Labs", icon=":material/science:")
     with right:
         st.subheader("This machine")
         if torch.cuda.is_available():
@@ -79,7 +76,6 @@ pages = [
     st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/stacked_line_chart:"),
     st.Page("pages/inspect.py", title="Inspect", icon=":material/search:"),
+    st.Page("pages/labs.py", title="Labs", icon=":material/science:"),
 ]
-if (Path(__file__).parent / "pages/labs.py").exists():  # guided experiments, built beside this app
-    pages.append(st.Page("pages/labs.py", title="Labs", icon=":material/science:"))
 st.navigation(pages, position="top").run()

@@ -2,7 +2,7 @@
 
 One long test walks the first-experiment path a student follows: pick a backbone, toggle a block
 and watch the meter, pick a data set, launch a one-epoch run, see the live curve, reload and
-re-attach, then visit Compare and Inspect. It saves a projector-size screenshot of every page to
+re-attach, then visit Compare and Inspect, and run a tiny lab from a shared link. It saves a projector-size screenshot of every page to
 artifacts/screenshots/ (1600x1000 viewport, plus a full-height *_full.png).
 """
 import os
@@ -33,6 +33,7 @@ def _free_port() -> int:
 @pytest.fixture
 def server(tmp_path):
     if not Path(CHROMIUM).exists():
+        assert not os.environ.get("CI"), f"{CHROMIUM} is absent: CI must run the browser tests (make browser)"
         pytest.skip(f"{CHROMIUM} is absent: run `make browser` (apt-get install chromium) to enable browser tests")
     pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-dev.txt)")
     port = _free_port()
@@ -112,15 +113,14 @@ def _meter(page) -> str:
     return page.locator("[data-testid='stMetricValue']").first.inner_text()
 
 
-def _live_points(page) -> int:
-    """Points plotted in the run's curves (the first plotly chart on the Train page)."""
-    return page.evaluate("""() => {
-        const g = document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot');
-        return g && g.data ? g.data.reduce((n, t) => n + (t.x ? t.x.length : 0), 0) : 0; }""")
+def _points(chart) -> int:
+    """Points plotted in a plotly chart (a Playwright locator of its stPlotlyChart element)."""
+    return chart.locator(".js-plotly-plot").first.evaluate(
+        "g => g.data ? g.data.reduce((n, t) => n + (t.x ? t.x.length : 0), 0) : 0")
 
 
 def test_first_experiment_in_a_real_browser(server):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     url, tmp = server
     with sync_playwright() as p:
@@ -186,7 +186,8 @@ def test_first_experiment_in_a_real_browser(server):
         assert "run=" in page.url
         run_id = page.url.split("run=")[1].split("&")[0]
         deadline = time.time() + 240
-        while _live_points(page) == 0:
+        curves = page.locator("[data-testid='stPlotlyChart']").first  # the run's loss/accuracy curves
+        while _points(curves) == 0:
             assert time.time() < deadline, "no live curve within 240 s"
             page.wait_for_timeout(1000)  # the fragment refreshes about once a second by itself
         page.get_by_text("Finished").wait_for(timeout=240_000)
@@ -199,7 +200,7 @@ def test_first_experiment_in_a_real_browser(server):
         assert run_id in page.url
         assert page.get_by_text("Finished").is_visible()
         assert page.get_by_role("heading", name=re.compile("browser run")).is_visible()
-        assert _live_points(page) > 0
+        assert _points(page.locator("[data-testid='stPlotlyChart']").first) > 0
         _shot(page, "train")  # after the reload the set-up form is folded away: the run fills the screen
 
         _nav(page, "Compare")
@@ -210,6 +211,20 @@ def test_first_experiment_in_a_real_browser(server):
         _settle(page)
         assert page.get_by_role("button", name=re.compile("model.safetensors")).is_visible()
         _shot(page, "inspect")
+
+        # Labs: a shared link opens the BatchNorm lab with a tiny setup; run it and see its chart
+        page.goto(f"{url}/labs?lab=bn&per_class=5&image_size=32&epochs=1")
+        _settle(page)
+        assert page.get_by_role("tab", name="BatchNorm pitfall", selected=True).is_visible()
+        assert page.get_by_role("spinbutton", name="Epochs", exact=True).first.input_value() == "1"
+        page.get_by_role("tabpanel").get_by_role("button", name="Run this lab").click()
+        panel = page.get_by_role("tabpanel")
+        panel.locator("[data-testid='stAlert']", has_text="What we measured").wait_for(timeout=240_000)
+        _settle(page)
+        chart = panel.locator("[data-testid='stPlotlyChart']")
+        assert chart.count() == 1 and _points(chart) > 0
+        expect(panel.get_by_text("BN frozen reached")).to_be_visible()
+        _shot(page, "labs")
 
         assert not page.locator("[data-testid='stException']").count(), "an exception box is on the page"
         assert not errors, errors

@@ -184,6 +184,18 @@ def test_per_class_caps_train_and_keeps_validation():
     assert data.class_counts(ds, data.split(ds, per_class=10_000)[0]) == data.class_counts(ds, full_train)
 
 
+def test_subset_classes_relabels_in_the_given_order():
+    ds = data.load_dataset("animal_shapes")
+    sub = data.subset_classes(ds, ["zebra", "bear"])
+    assert sub.class_names == ["zebra", "bear"]
+    counts = data.class_counts(ds)
+    assert data.class_counts(sub) == {"zebra": counts["zebra"], "bear": counts["bear"]}
+    zebra = ds.images[ds.labels == ds.class_names.index("zebra")]
+    assert torch.equal(sub.images[sub.labels == 0], zebra)
+    with pytest.raises(DataError, match="no class 'unicorn'"):
+        data.subset_classes(ds, ["bear", "unicorn"])
+
+
 def test_split_honours_split_hint():
     hint = [False] * 4 + [True] * 2 + [False] * 3 + [True] * 1
     train, val = data.split(toy_set([6, 4], hint), seed=0, per_class=2)

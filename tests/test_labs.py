@@ -5,7 +5,6 @@ Tiny means: digits8 / faces, a few images per class, 32 px, 1-2 epochs and a tes
 "pretrained" backbone saved as a lab backbone (``backbones.save_local_backbone``) so that every
 pretrained path (weights file, freezing, caching) runs without the 2M-parameter MobileNetV2.
 """
-import dataclasses
 import time
 
 import pytest
@@ -14,9 +13,7 @@ import torch
 
 from tl_core import backbones, labs
 from tl_core.runs import RunStore
-from tl_core.training import TrainConfig
 
-HAS_CLASSES = "classes" in {f.name for f in dataclasses.fields(TrainConfig)}
 TINY_KEY = "tiny_cnn"
 
 
@@ -261,7 +258,6 @@ def test_freeze_depth_lab_end_to_end(tiny_backbone):
     assert by_key["copy:2"].summary["weights"] == "user"
 
 
-@pytest.mark.skipif(not HAS_CLASSES, reason="needs TrainConfig.classes (the lead adds it to tl_core.training)")
 def test_yosinski_lab_end_to_end_registers_source_backbone():
     cfg = tiny("yosinski", backbone="test_resnet", per_class=6, source_per_class=20, source_epochs=1,
                depths=[1, 5], val_fraction=0.2)

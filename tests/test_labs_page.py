@@ -26,12 +26,9 @@ def _page_env(monkeypatch):
 
 
 def _page(**query) -> AppTest:
-    if "pages/labs.py" in (ROOT / "app.py").read_text():  # through the router, as users get it
-        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
-        assert not at.exception, at.exception
-        at.switch_page("pages/labs.py")
-    else:  # not registered in app.py's st.navigation yet: the page on its own
-        at = AppTest.from_file(str(ROOT / "pages" / "labs.py"), default_timeout=TIMEOUT)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()  # through the router
+    assert not at.exception, at.exception
+    at.switch_page("pages/labs.py")
     for k, v in query.items():
         at.query_params[k] = v
     at.run()

@@ -200,6 +200,13 @@ def test_same_seed_same_split_and_run():
     assert s1["final_val_loss"] == s2["final_val_loss"]
 
 
+def test_classes_restrict_the_task():
+    d = prepare(tiny(classes=["7", "1"]))
+    assert d["ds"].class_names == ["7", "1"]
+    assert sorted(set(d["ds"].labels[d["train_idx"]].tolist())) == [0, 1]
+    assert len(d["train_idx"]) == 2 * 12
+
+
 def test_save_and_load_give_identical_predictions(tmp_path):
     trainer, _, _ = run(tiny(backbone="test_efficientnet", strategy="partial", epochs=1))
     save_model(trainer.model, trainer.cfg, trainer.class_names, tmp_path)
@@ -268,6 +275,7 @@ def test_pretrained_feature_extraction_beats_scratch():
     (dict(device="tpu"), "device"),
     (dict(plan={"stem": {"frozen": True}}), "plan"),
     (dict(snapshot_layers=["nowhere"]), "snapshot layer"),
+    (dict(classes=["cat"]), "at least two distinct"),
 ])
 def test_validate_rejects_bad_config(kw, words):
     with pytest.raises(ValueError, match=words):

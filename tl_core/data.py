@@ -574,6 +574,22 @@ def split(ds: ImageSet, val_fraction: float = 0.2, seed: int = 0,
     return torch.cat(train).sort().values, torch.cat(val).sort().values
 
 
+def subset_classes(ds: ImageSet, classes: list[str]) -> ImageSet:
+    """Only the images of ``classes``, relabelled 0..k-1 in the given order (a task made of some of
+    a data set's classes, as in the Yosinski lab). Raises DataError naming an unknown class."""
+    unknown = [c for c in classes if c not in ds.class_names]
+    if unknown:
+        raise DataError(f"{ds.name} has no class {unknown[0]!r}; its classes are: {', '.join(ds.class_names)}")
+    if len(set(classes)) != len(classes):
+        raise DataError(f"classes must be distinct, got {', '.join(classes)}")
+    old = torch.tensor([ds.class_names.index(c) for c in classes])
+    keep = torch.isin(ds.labels, old)
+    remap = torch.full((len(ds.class_names),), -1, dtype=torch.int64)
+    remap[old] = torch.arange(len(classes))
+    return ImageSet(ds.images[keep], remap[ds.labels[keep]], list(classes), ds.name, ds.report,
+                    None if ds.split_hint is None else ds.split_hint[keep])
+
+
 def class_counts(ds: ImageSet, indices: torch.Tensor | None = None) -> dict[str, int]:
     labels = ds.labels if indices is None else ds.labels[indices]
     counts = torch.bincount(labels, minlength=len(ds.class_names)).tolist()

@@ -64,6 +64,7 @@ class TrainConfig:
     weights_file: str | None = None
     data: str = "animal_shapes"
     data_root: str | None = None
+    classes: list[str] | None = None  # train on these classes only (in this order); None: all
     per_class: int | None = 100  # training images per class (validation does not depend on it)
     val_fraction: float = 0.2
     image_size: int = 96
@@ -140,6 +141,9 @@ class TrainConfig:
             bad(f"unknown strategy {self.strategy!r}; choose one of: {', '.join(strategies.STRATEGIES)}")
         if not isinstance(self.data, str) or not self.data:
             bad("data must name a built-in dataset or a folder/zip in the data root")
+        if self.classes is not None and (not isinstance(self.classes, list) or len(set(self.classes)) < 2
+                                         or not all(isinstance(c, str) for c in self.classes)):
+            bad(f"classes must list at least two distinct class names (or be None for all), not {self.classes!r}")
         if self.per_class is not None and (not is_int(self.per_class) or self.per_class < 1):
             bad(f"per_class must be a whole number >= 1 (or None for all), not {self.per_class!r}")
         if not 0 < self.val_fraction < 1:
@@ -341,6 +345,8 @@ def prepare(cfg: TrainConfig, data_cfg: dict | None = None) -> dict:
     from . import data
 
     ds = data.load_dataset(cfg.data, cfg.data_root)
+    if cfg.classes:
+        ds = data.subset_classes(ds, cfg.classes)
     train_idx, val_idx = data.split(ds, cfg.val_fraction, cfg.seed, cfg.per_class)
     out = {"ds": ds, "train_idx": train_idx, "val_idx": val_idx, "augment": data.Augment(**(cfg.augment or {}))}
     if data_cfg is None and cfg.backbone in backbones.catalogue():

@@ -71,9 +71,9 @@ def _outcome(exc: BaseException) -> tuple[str, str]:
     from . import training
 
     name = type(exc).__name__
-    if isinstance(exc, getattr(training, "Diverged", ())):
+    if isinstance(exc, training.Diverged):
         return "diverged", f"Training diverged: {exc or 'the loss became NaN or infinite'}. {DIVERGED_ADVICE}"
-    if isinstance(exc, getattr(training, "CancelFit", ())):
+    if isinstance(exc, training.CancelFit):
         return "stopped", str(exc) or "stopped"
     if isinstance(exc, Terminated):
         return "failed", f"worker process was terminated ({exc})"
