@@ -74,7 +74,7 @@ def load() -> str:
         return "?"
 
 
-def md_table(df, cols=None) -> str:
+def md_table(df, cols=None, percent=()) -> str:
     df = df[cols] if cols else df
     lines = ["| " + " | ".join(str(c) for c in df.columns) + " |", "|" + "---|" * len(df.columns)]
     for _, row in df.iterrows():
@@ -82,8 +82,7 @@ def md_table(df, cols=None) -> str:
         for c in df.columns:
             v = row[c]
             if isinstance(v, float):
-                cells.append("–" if v != v else (f"{v:.1%}" if ("acc" in str(c) or c in (
-                    "BnB", "BnB+", "AnB", "AnB+", "baseline B", "start (epoch 1)")) else f"{v:g}"))
+                cells.append("–" if v != v else f"{v:.1%}" if c in percent else f"{v:g}")
             elif v is None:
                 cells.append("–")
             else:
@@ -145,13 +144,13 @@ def main() -> int:
                f"Configuration: `{cfg.to_query_string()}` ({li.timing}).", "",
                f"**Time: {wall / 60:.1f} min** ({wall:.0f} s wall for {n_runs} runs, including data loading and "
                f"model building), measured {time.strftime('%Y-%m-%d %H:%M')} on {info} "
-               f"(1-min load average at the end: {loads[lab]}; other jobs shared the cores). The lab used "
+               f"(1-min / 5-min / 15-min load average at the end: {loads[lab]}). The lab used "
                f"{cpu[lab]:.0f} s of CPU time: on an idle 2-core machine that is about "
                f"{cpu[lab] / 2 / 60:.1f}–{cpu[lab] / 1.6 / 60:.1f} min of wall time.", ""]
         if png.exists():
             sec += [f"![{li.title}](img/{png.name})", ""]
         cols = [c for c in res.table.columns if c not in ("run", "key", "total params")]
-        sec += [md_table(res.table, cols), "", "**What we measured.**", "", res.text, "", f"<!-- /lab:{lab} -->"]
+        sec += [md_table(res.table, cols, res.percent_columns()), "", "**What we measured.**", "", res.text, "", f"<!-- /lab:{lab} -->"]
         blocks[lab] = "\n".join(sec)
     body = [blocks[k] for k in labs.LABS if k in blocks]
     doc.write_text("\n".join(header) + "\n" + "\n\n".join(body) + "\n")

@@ -257,7 +257,9 @@ def results(lab: str) -> None:
             box = st.success if res.agrees else st.warning if res.agrees is False else st.info
             box("**What we measured**\n\n" + res.text)
         if not res.table.empty:
-            st.dataframe(res.table, hide_index=True, width="stretch", key=f"labtable_{lab}_{pick}")
+            st.dataframe(res.table, hide_index=True, width="stretch", key=f"labtable_{lab}_{pick}",
+                         column_config={c: st.column_config.NumberColumn(format="percent")
+                                        for c in res.percent_columns()})
             st.download_button("Download results (CSV)", labs.result_csv(res), file_name=f"lab_{lab}_{pick}.csv",
                                mime="text/csv", key=f"labcsv_{lab}_{pick}", icon=":material/download:")
         failed = [r for r in state["runs"] if p["statuses"].get(r["key"]) in ("failed", "diverged")]

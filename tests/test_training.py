@@ -123,7 +123,7 @@ def test_gradual_unfreezing_with_discriminative_lrs():
 def test_cached_and_uncached_paths_agree(backbone, strategy):
     results = {}
     for cache in (True, False):
-        trainer, rec, summary = run(tiny(backbone=backbone, strategy=strategy, cache_features=cache, epochs=1))
+        trainer, rec, summary = run(tiny(backbone=backbone, strategy=strategy, cache_features=cache, epochs=2))
         results[cache] = (summary, rec.of("after_epoch")[-1]["metrics"], trainer.model.state_dict())
     (s1, m1, w1), (s0, m0, w0) = results[True], results[False]
     assert s1["cache"][0].startswith("cached") and s0["cache"][0].startswith("not cached")
@@ -132,6 +132,38 @@ def test_cached_and_uncached_paths_agree(backbone, strategy):
     assert m1["val_acc"] == m0["val_acc"]
     for k in w1:
         torch.testing.assert_close(w1[k], w0[k], atol=1e-4, rtol=1e-4)
+
+
+def test_frozen_prefix_runs_once_per_image_and_training_starts_at_once():
+    """The cache fills during epoch 1 (each image through the frozen prefix exactly once, the first
+    loss after one batch); later epochs never run the prefix."""
+
+    class StemCounter:
+        def __init__(self):
+            self.images, self.counting, self.first_batch_seen = {}, None, None
+
+        def on(self, event, trainer, **data):
+            if event == "before_fit":
+                first_conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
+                first_conv.register_forward_hook(lambda m, i, o: self._count(len(o)))
+            elif event == "before_epoch":
+                self.counting = data["epoch"]
+                self.images[self.counting] = 0
+            elif event == "after_batch" and self.first_batch_seen is None:
+                self.first_batch_seen = self.images[data["epoch"]]
+            elif event == "after_epoch":
+                self.counting = None
+
+        def _count(self, n):
+            if self.counting is not None:
+                self.images[self.counting] += n
+
+    counter = StemCounter()
+    trainer, rec, summary = run(tiny(strategy="feature_extraction", epochs=3), counter)
+    info = rec.of("before_fit")[0]["info"]
+    assert summary["cache"][0].startswith("cached")
+    assert counter.images == {1: info["num_train"] + info["num_val"], 2: 0, 3: 0}
+    assert counter.first_batch_seen == trainer.cfg.batch_size  # one batch, not the whole data set
 
 
 # --------------------------------------------------------------------------- ending a run

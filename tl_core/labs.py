@@ -891,6 +891,9 @@ def result(lab_id: str, runs_dir=None, store=None) -> "LabResult":
 # ----------------------------------------------------------------------------- analysis (pure)
 
 
+_ACC_COLUMNS = ("BnB", "BnB+", "AnB", "AnB+", "baseline B", "start (epoch 1)")
+
+
 @dataclass
 class LabResult:
     table: pd.DataFrame
@@ -902,6 +905,12 @@ class LabResult:
 
     def verdict(self) -> str:
         return "agrees" if self.agrees else "unknown" if self.agrees is None else "disagrees"
+
+    def percent_columns(self) -> list[str]:
+        """The table's accuracy columns (fractions 0..1), for display as percentages."""
+        from .strategies import STRATEGIES
+
+        return [c for c in self.table.columns if "acc" in str(c) or c in _ACC_COLUMNS or c in STRATEGIES]
 
 
 def _legend_below(fig: go.Figure) -> go.Figure:

@@ -334,6 +334,45 @@ class _Batches(torch.utils.data.Dataset):
         return x[0], y[0]
 
 
+class _PrefixCache:
+    """The outputs of a frozen prefix for a fixed set of images, computed once per image the first
+    time a batch asks for it (so the first epoch trains from its first batch on) and kept for every
+    later epoch. Indexed like a tensor: ``cache[idx]`` gives the prefix outputs of images ``idx``."""
+
+    device = torch.device("cpu")  # where _Batches puts the indices
+    CHUNK = 128
+
+    def __init__(self, prefix, model: nn.Module, images: torch.Tensor, transform, to_device):
+        self.prefix, self.model, self.images, self.transform, self.to_device = prefix, model, images, transform, to_device
+        first = self._run(torch.zeros(1, dtype=torch.long))  # one image: the output shape, for the memory check
+        self.shape = first.shape[1:]
+        self.nbytes = first[0].numel() * first.element_size() * len(images)
+        self.out: torch.Tensor | None = None  # allocated on first use (after the memory check)
+        self.done = torch.zeros(len(images), dtype=torch.bool)
+
+    @torch.no_grad()
+    def _run(self, idx: torch.Tensor) -> torch.Tensor:
+        was = self.model.training
+        self.model.eval()  # the frozen part runs as at inference (no dropout, BatchNorm statistics fixed)
+        try:
+            return self.prefix(self.to_device(self.transform(self.images[idx]))).float()
+        finally:
+            self.model.train(was)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        todo = idx[~self.done[idx]]
+        for part in todo.split(self.CHUNK) if len(todo) else ():  # a large validation batch is filled a chunk at a time
+            out = self._run(part)
+            if self.out is None:
+                self.out = torch.empty((len(self.images), *self.shape), dtype=out.dtype, device=out.device)
+            self.out[part.to(out.device)] = out
+            self.done[part] = True
+        return self.out[idx.to(self.out.device)]
+
+
 def _identity(batch):
     return batch
 
@@ -544,15 +583,6 @@ class Trainer:
                     out.add(i)
         return out
 
-    @torch.no_grad()
-    def _run_prefix(self, prefix, idx: torch.Tensor) -> torch.Tensor:
-        ds, tf, outs = self.data["ds"], self.data["eval_tf"], []
-        bs = max(64, self.cfg.batch_size)
-        for s in range(0, len(idx), bs):
-            x = self._to_device(tf(ds.images[idx[s:s + bs]]))
-            outs.append(prefix(x).float())
-        return torch.cat(outs)
-
     def _phase_data(self, phase: strategies.Phase) -> dict:
         """Loaders (and the forward function) for a phase: cached prefix outputs when possible."""
         cfg, d = self.cfg, self.data
@@ -560,27 +590,18 @@ class Trainer:
         ytr, yva = labels[d["train_idx"]], labels[d["val_idx"]]
         cache = self._cache_plan(phase.plan)
         if cache["ok"]:
-            was = self.model.training
-            self.model.eval()
-            try:
-                # size check on one sample first (bounded memory)
-                one = self._run_prefix(cache["prefix"], d["train_idx"][:1])
-                total = one[0].numel() * 4 * (len(ytr) + len(yva))
-                if total > CACHE_LIMIT_BYTES:
-                    cache = {"ok": False, "why": f"not cached: the frozen part's outputs would take "
-                             f"{total / 2**20:,.0f} MB, over the {CACHE_LIMIT_BYTES / 2**20:,.0f} MB limit"}
-                else:
-                    t = time.time()
-                    ftr = self._run_prefix(cache["prefix"], d["train_idx"])
-                    fva = self._run_prefix(cache["prefix"], d["val_idx"])
-                    cache["why"] += (f" ({len(ytr) + len(yva)} images x {tuple(one.shape[1:])} = "
-                                     f"{total / 2**20:.1f} MB, {time.time() - t:.1f} s)")
-            finally:
-                self.model.train(was)
+            caches = [_PrefixCache(cache["prefix"], self.model, ds.images[i], d["eval_tf"], self._to_device)
+                      for i in (d["train_idx"], d["val_idx"])]
+            total = sum(c.nbytes for c in caches)
+            if total > CACHE_LIMIT_BYTES:
+                cache = {"ok": False, "why": f"not cached: the frozen part's outputs would take "
+                         f"{total / 2**20:,.0f} MB, over the {CACHE_LIMIT_BYTES / 2**20:,.0f} MB limit"}
+            else:
+                cache["why"] += (f" ({len(ytr) + len(yva)} images x {tuple(caches[0].shape)} = {total / 2**20:.1f} MB, "
+                                 "filled during the first epoch)")
         if cache["ok"]:
-            ytr_d, yva_d = ytr.to(self.device), yva.to(self.device)
-            train = _Batches(ftr, ytr_d)
-            val = _Batches(fva, yva_d)
+            train = _Batches(caches[0], ytr.to(self.device))
+            val = _Batches(caches[1], yva.to(self.device))
             forward, pin = cache["suffix"], False
             val_bs = 1024
         else:
