@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 8501
 
-.PHONY: install run test test-fast browser bench clean
+.PHONY: install run test test-fast browser bench screenshots clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,8 +31,14 @@ test: install browser
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not browser and not slow"
 
-bench: install
+bench: install browser
 	$(BIN)/python benchmarks/bench_feature_extraction.py
+	$(BIN)/python benchmarks/bench_labs.py
+
+# The README's screenshots: the browser test takes them (artifacts/screenshots/); this copies them to docs/img/.
+screenshots: install browser
+	$(BIN)/python -m pytest -q tests/test_browser.py
+	for p in home backbone data train inspect; do cp artifacts/screenshots/$$p.png docs/img/app_$$p.png; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -58,10 +58,7 @@ def home() -> None:
         usable = [r["label"] for r in rows if r["weights"] in ("bundled", "cached", "user")]
         st.caption("Usable offline with pretrained weights: " + (", ".join(usable) or "none") +
                    ". The others train from random weights unless you upload a weights file.")
-        try:
-            runs = _ui.store().list_runs()
-        except Exception:
-            runs = []
+        runs = _ui.store().list_runs()
         if runs:
             active = sum(r.status in ("queued", "running") for r in runs)
             st.caption(f"{len(runs)} runs recorded, {active} queued or running.")

@@ -6,42 +6,21 @@ TrainConfig. Everything heavy lives in tl_core; these helpers only glue it to St
 """
 from __future__ import annotations
 
-import copy
 import os
 import uuid
 from pathlib import Path
 
 import streamlit as st
 
-from tl_core import backbones, surgery, visuals
+from tl_core import backbones, strategies, surgery, visuals
+from tl_core.data import BUILTIN
+from tl_core.strategies import STRATEGIES
 
 FROZEN, TRAINABLE = visuals.FROZEN, visuals.TRAINABLE
-STRATEGY_ORDER = ["scratch", "feature_extraction", "partial", "full", "two_phase", "gradual"]
-STRATEGY_LABELS = {
-    "scratch": "From scratch", "feature_extraction": "Feature extraction", "partial": "Partial fine-tune",
-    "full": "Full fine-tune", "two_phase": "Two-phase", "gradual": "Gradual unfreezing",
-}
-STRATEGY_HELP = {
-    "scratch": "Random weights, everything trains. The baseline that shows what pretraining buys.",
-    "feature_extraction": "Freeze the whole backbone, train only the new head. Fast, needs little data.",
-    "partial": "Freeze the early blocks (generic edges and textures), fine-tune the late ones and the head.",
-    "full": "Everything trains from the pretrained weights, the backbone with a smaller learning rate.",
-    "two_phase": "First train the head on a frozen backbone, then unfreeze everything with a small LR "
-                 "(Keras' recipe; LP-FT).",
-    "gradual": "Unfreeze one group of blocks per epoch, from the head backwards (ULMFiT).",
-}
 WEIGHT_BADGE = {"user": ("user file", "violet"), "bundled": ("bundled · offline", "green"),
                 "cached": ("in local cache", "green"), "download": ("needs a download", "yellow"),
                 "random": ("random init only", "gray")}
 
-# Mirrors training.TrainConfig's defaults (used until/unless that module can be imported).
-_FALLBACK_INPUTS = dict(
-    name="", backbone="mobilenetv2", weights="pretrained", weights_file=None, data="animal_shapes",
-    data_root=None, per_class=100, val_fraction=0.2, image_size=96, augment={}, normalization="backbone",
-    strategy="feature_extraction", freeze_blocks=None, head_epochs=1, epochs=3, batch_size=32, lr=None,
-    optimizer="adamw", momentum=0.9, weight_decay=0.0, backbone_lr_mult=0.1, lr_decay=None, bn_mode="frozen",
-    plan=None, seed=0, device="auto", cache_features=True, snapshot_layers=None, num_threads=None,
-)
 
 
 def setup_page() -> None:
@@ -63,12 +42,9 @@ def setup_page() -> None:
 
 
 def default_inputs() -> dict:
-    try:
-        from tl_core.training import TrainConfig
+    from tl_core.training import TrainConfig
 
-        return TrainConfig().to_dict()
-    except Exception:  # training module not importable yet: the documented defaults
-        return copy.deepcopy(_FALLBACK_INPUTS)
+    return TrainConfig().to_dict()
 
 
 def start_page() -> dict:
@@ -92,14 +68,13 @@ def inputs() -> dict:
     return st.session_state["inputs"]
 
 
-def to_config(inp: dict):
-    """inputs dict -> validated TrainConfig (raises ValueError with one clear line)."""
+def to_config(inp: dict, validate: bool = True, **override):
+    """inputs dict (+ overrides) -> TrainConfig; validated, it raises ValueError with one clear line."""
     from tl_core.training import TrainConfig
 
     fields = set(TrainConfig().to_dict())
-    cfg = TrainConfig.from_dict({k: v for k, v in inp.items() if k in fields})
-    cfg.validate()
-    return cfg
+    cfg = TrainConfig.from_dict({**{k: v for k, v in inp.items() if k in fields}, **override})
+    return cfg.validate() if validate else cfg
 
 
 # ------------------------------------------------------------------ folders and stores
@@ -179,87 +154,23 @@ def meter(trainable: int, total: int, note: str = "") -> None:
 
 def num_classes(inp: dict) -> int:
     """Classes of the chosen data (for the head size); 10 when it cannot be known yet."""
-    try:
-        from tl_core.data import BUILTIN
-
-        if inp.get("data") in BUILTIN:
-            return BUILTIN[inp["data"]].num_classes
-    except Exception:
-        pass
+    if inp.get("data") in BUILTIN:
+        return BUILTIN[inp["data"]].num_classes
     return int(st.session_state.get("data_num_classes", 10))
 
 
 def data_label(inp: dict) -> str:
-    try:
-        from tl_core.data import BUILTIN
-
-        if inp.get("data") in BUILTIN:
-            return BUILTIN[inp["data"]].name
-    except Exception:
-        pass
-    return Path(str(inp.get("data"))).name
+    return BUILTIN[inp["data"]].name if inp.get("data") in BUILTIN else Path(str(inp.get("data"))).name
 
 
 # ------------------------------------------------------------------ strategies and plans
 
 
-def default_lr(strategy: str, optimizer: str = "adamw") -> float:
-    try:
-        from tl_core import strategies
-
-        return float(strategies.default_lr(strategy, optimizer))
-    except Exception:
-        return {"scratch": 1e-3, "feature_extraction": 3e-3, "two_phase": 3e-3, "full": 3e-4}.get(strategy, 1e-3)
-
-
 def strategy_phases(inp: dict, hier: surgery.Hierarchy, with_plan: bool = True) -> list[tuple[str, int, dict]]:
     """(name, epochs, plan dict) per phase for the current inputs (tl_core.strategies.schedule).
     ``with_plan=False`` ignores the user's per-block plan: the strategy's own preset."""
-    from types import SimpleNamespace
-
-    try:
-        from tl_core import strategies
-
-        cfg = SimpleNamespace(**{**_FALLBACK_INPUTS, **inp, "plan": inp.get("plan") if with_plan else None})
-        return [(p.name, int(p.epochs), p.plan.to_dict()) for p in strategies.schedule(cfg, hier)]
-    except (ImportError, ValueError):
-        return _fallback_phases(inp, hier)
-
-
-def _fallback_phases(inp: dict, hier: surgery.Hierarchy) -> list[tuple[str, int, dict]]:
-    names = hier.block_names
-    n = len(names)
-    bn = inp.get("bn_mode", "frozen")
-    epochs = int(inp.get("epochs", 3))
-    mult = float(inp.get("backbone_lr_mult", 0.1))
-
-    def plan(frozen_upto: int, backbone_mult: float = 1.0) -> dict:
-        return {b: {"frozen": i < frozen_upto, "lr_mult": 1.0 if i == n - 1 else backbone_mult, "bn_mode": bn}
-                for i, b in enumerate(names)}
-
-    s = inp.get("strategy", "feature_extraction")
-    if s in ("scratch",):
-        return [("train", epochs, plan(0))]
-    if s == "feature_extraction":
-        return [("head only", epochs, plan(n - 1))]
-    if s == "partial":
-        k = inp.get("freeze_blocks")
-        k = int(k) if k is not None else max(1, n - 1 - len(hier.groups()[-2]) - len(hier.groups()[-3]))
-        return [("partial", epochs, plan(min(k, n - 1)))]
-    if s == "full":
-        return [("full", epochs, plan(0, mult))]
-    if s == "two_phase":
-        head = int(inp.get("head_epochs", 1))
-        return [("head only", head, plan(n - 1)), ("fine-tune all", max(1, epochs - head), plan(0, mult))]
-    if s == "gradual":
-        groups = hier.groups()
-        out, unfrozen = [], 1
-        for e in range(epochs):
-            k = n - sum(len(g) for g in groups[len(groups) - unfrozen:])
-            out.append((f"unfreeze {unfrozen} group(s)", 1, plan(max(k, 0), mult)))
-            unfrozen = min(len(groups), unfrozen + 1)
-        return out
-    return [("train", epochs, plan(0))]
+    cfg = to_config(inp, validate=False, plan=inp.get("plan") if with_plan else None)
+    return [(p.name, int(p.epochs), p.plan.to_dict()) for p in strategies.schedule(cfg, hier)]
 
 
 def current_plan(inp: dict, hier: surgery.Hierarchy) -> dict:
@@ -318,6 +229,18 @@ def bind(field: str, key: str | None = None, convert=None, on_change=None) -> di
             on_change()
 
     return {"key": key, "on_change": changed}
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def online() -> bool:
+    """Whether pretrained weights could be downloaded now (asked at most once a minute)."""
+    from tl_core import backbones
+
+    return backbones.is_online()
+
+
+def strategy_label(key: str | None) -> str:
+    return STRATEGIES[key].short if key in STRATEGIES else (key or "")
 
 
 def set_input(field: str, value, key: str | None = None) -> None:

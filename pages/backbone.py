@@ -3,7 +3,8 @@ import pandas as pd
 import streamlit as st
 
 from pages import _ui
-from tl_core import backbones, codegen, surgery, visuals
+from tl_core import backbones, codegen, strategies, surgery, visuals
+from tl_core.strategies import STRATEGIES
 
 inp = _ui.start_page()
 st.title("1 · Backbone")
@@ -43,7 +44,7 @@ with left:
         st.badge(f"{info['input_size']} px", color="gray")
     st.caption(info["description"])
 
-    can_pretrain = status.kind != "random" and (status.kind != "download" or backbones.is_online())
+    can_pretrain = status.kind != "random" and (status.kind != "download" or _ui.online())
     if st.session_state.pop("weights_uploaded", False):
         _ui.set_input("weights", "pretrained")
     if not can_pretrain and inp["weights"] == "pretrained":
@@ -54,6 +55,10 @@ with left:
         help="Random weights = the 'from scratch' baseline: same architecture, nothing learned yet.",
         **_ui.bind("weights"),
     )
+    # choosing pretrained weights that only a download can give is the consent to download them
+    _ui.set_input("allow_download", can_pretrain and status.kind == "download" and inp["weights"] == "pretrained")
+    if inp["allow_download"]:
+        st.info(f"The pretrained weights will be downloaded from {status.source} when the run starts.")
     if not can_pretrain:
         st.warning(
             f"No pretrained weights for {info['label']} on this machine (they would come from "
@@ -144,8 +149,8 @@ with right:
                    "pretrained values.")
     _ui.meter(counts["trainable"], counts["total"], f"{counts['frozen_blocks']} of {counts['blocks']} blocks frozen")
     _ui.legend()
-    st.caption(f"Strategy: **{_ui.STRATEGY_LABELS.get(inp['strategy'], inp['strategy'])}** · "
-               f"{_ui.STRATEGY_HELP.get(inp['strategy'], '')}")
+    st.caption(f"Strategy: **{_ui.strategy_label(inp['strategy'])}** · "
+               f"{STRATEGIES[inp['strategy']].summary}")
 
 st.subheader("Layer hierarchy", help="Bar height = parameters (log scale): late blocks hold most of the "
                                      "weights, so freezing them saves the most compute. Blue = frozen, orange = trains.")
@@ -178,9 +183,9 @@ st.plotly_chart(visuals.hierarchy_figure(hier, shown, selected=st.session_state[
 
 st.subheader("Strategy presets", help="Each preset sets the freeze plan of its first phase; two-phase and "
                                       "gradual unfreeze more blocks later during training (see the Train page).")
-cols = st.columns(len(_ui.STRATEGY_ORDER))
-for col, s in zip(cols, _ui.STRATEGY_ORDER):
-    col.button(_ui.STRATEGY_LABELS[s], key=f"preset_{s}", help=_ui.STRATEGY_HELP[s], on_click=_preset, args=(s,),
+cols = st.columns(len(STRATEGIES))
+for col, s in zip(cols, STRATEGIES):
+    col.button(STRATEGIES[s].short, key=f"preset_{s}", help=STRATEGIES[s].summary, on_click=_preset, args=(s,),
                width="stretch", type="primary" if inp["strategy"] == s else "secondary")
 if len(phases) > 1:
     st.caption("Phases: " + " → ".join(
@@ -221,7 +226,7 @@ def _editor_changed() -> None:
     inp["plan"] = new
 
 
-lr = inp["lr"] if inp.get("lr") else _ui.default_lr(inp["strategy"], inp.get("optimizer", "adamw"))
+lr = inp["lr"] if inp.get("lr") else strategies.default_lr(inp["strategy"], inp.get("optimizer", "adamw"))
 ed_col, lr_col = st.columns([5, 4], gap="large")
 with ed_col:
     df = pd.DataFrame({

@@ -54,7 +54,7 @@ for i in picked:
     first = (s.get("phases") or [{}])[0]
     total_blocks = len((curves[labels[i]][-1].get("drift") or {})) if curves[labels[i]] else None
     rows.append({
-        "run": labels[i], "status": r.status, "strategy": _ui.STRATEGY_LABELS.get(r.config.get("strategy"), ""),
+        "run": labels[i], "status": r.status, "strategy": _ui.strategy_label(r.config.get("strategy")),
         "backbone": r.config.get("backbone"), "weights": _weights(r), "data": _ui.data_label(r.config),
         "per class": r.config.get("per_class"),
         "final acc": s.get("final_val_acc"), "best acc": s.get("best_val_acc"),

@@ -30,7 +30,7 @@ try:
 except Exception as exc:
     st.error(f"The saved model of this run cannot be loaded ({exc}). What to do: train the run again.")
     st.stop()
-st.caption(f"{_ui.STRATEGY_LABELS.get(cfg.strategy, cfg.strategy)} · {cfg.backbone} · {_ui.data_label(cfg.to_dict())} · "
+st.caption(f"{_ui.strategy_label(cfg.strategy)} · {cfg.backbone} · {_ui.data_label(cfg.to_dict())} · "
            f"final validation accuracy {(s.get('final_val_acc') or 0):.1%}")
 
 # ------------------------------------------------------------------ confusion + per class

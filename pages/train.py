@@ -5,7 +5,7 @@ import streamlit as st
 import torch
 
 from pages import _ui
-from tl_core import visuals
+from tl_core import strategies, visuals
 
 inp = _ui.start_page()
 store = _ui.store()
@@ -54,7 +54,7 @@ with st.expander("New run: your choices and the hyper-parameters", expanded=atta
         st.markdown(
             f"**Backbone** {bb['label']} · {'pretrained' if inp['weights'] == 'pretrained' else 'random'} weights  \n"
             f"**Data** {_ui.data_label(inp)} · {inp['per_class']} training images per class · {inp['image_size']} px  \n"
-            f"**Strategy** {_ui.STRATEGY_LABELS.get(inp['strategy'], inp['strategy'])}"
+            f"**Strategy** {_ui.strategy_label(inp['strategy'])}"
             + (f"  \n**Frozen** {counts['frozen_blocks']} of {counts['blocks']} blocks · "
                f"{visuals.fmt_count(counts['trainable'])} of {visuals.fmt_count(counts['total'])} parameters train"
                if counts else "")
@@ -74,7 +74,7 @@ with st.expander("New run: your choices and the hyper-parameters", expanded=atta
         c3.selectbox("Optimizer", ["adamw", "sgd"], help="AdamW adapts the step per weight; SGD with momentum is the "
                      "classic. SGD gets a 10x larger default LR.", **_ui.bind("optimizer"))
         c4, c5, c6 = st.columns(3)
-        default_lr = _ui.default_lr(inp["strategy"], inp["optimizer"])
+        default_lr = strategies.default_lr(inp["strategy"], inp["optimizer"])
         st.session_state.setdefault("in_lr", float(inp["lr"] or default_lr))
         c4.number_input("Learning rate", 1e-6, 1.0, format="%.0e", step=1e-4, key="in_lr",
                         on_change=lambda: inp.update(lr=float(st.session_state["in_lr"])),

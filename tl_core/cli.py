@@ -100,7 +100,7 @@ def cmd_check_data(args) -> int:
 _AUGMENT_NAMES = {"flip": "flip", "crop": "random_resized_crop", "jitter": "color_jitter"}
 _CFG_ARGS = ("name", "backbone", "weights", "data", "data_root", "per_class", "image_size", "strategy",
              "freeze_blocks", "head_epochs", "epochs", "batch_size", "lr", "backbone_lr_mult", "lr_decay",
-             "bn_mode", "seed", "device")
+             "bn_mode", "seed", "device", "allow_download")
 _FINAL_STATUSES = ("completed", "stopped")
 
 
@@ -284,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int)
     s.add_argument("--device", help="auto (default), cpu, cuda")
     s.add_argument("--name")
+    s.add_argument("--allow-download", action="store_true",
+                   help="download pretrained weights that are not on this machine (needs a network)")
     s.add_argument("--runs-dir", default=None, help="run store folder (default: $TL_RUNS_DIR, else ./runs)")
     s.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
     s.set_defaults(func=cmd_train)

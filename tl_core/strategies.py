@@ -31,6 +31,11 @@ class StrategyInfo:
     default_lr: float  # AdamW learning rate used when cfg.lr is None (SGD gets 10x)
     uses: tuple[str, ...] = ()  # config fields that matter for this strategy (the app shows them)
     phases: str = ""  # one line describing the schedule
+    short: str = ""  # a button-sized label
+
+    def __post_init__(self):
+        if not self.short:
+            object.__setattr__(self, "short", self.label)
 
 
 STRATEGIES: dict[str, StrategyInfo] = {
@@ -41,16 +46,17 @@ STRATEGIES: dict[str, StrategyInfo] = {
         StrategyInfo("feature_extraction", "Feature extraction", "The pretrained backbone is frozen; only the new "
                      "head learns. Fast, and hard to overfit.", 3e-3, (), "one phase, head only"),
         StrategyInfo("partial", "Partial fine-tuning", "The first K blocks stay frozen (generic early features), "
-                     "the later blocks adapt.", 1e-3, ("freeze_blocks",), "one phase, blocks after K trainable"),
+                     "the later blocks adapt.", 1e-3, ("freeze_blocks",), "one phase, blocks after K trainable", "Partial fine-tune"),
         StrategyInfo("full", "Full fine-tuning", "Start from the pretrained weights and let every block learn.",
-                     3e-4, (), "one phase, all blocks trainable"),
+                     3e-4, (), "one phase, all blocks trainable", "Full fine-tune"),
         StrategyInfo("two_phase", "Two phases (head, then unfreeze)", "Train the head alone first so its random "
                      "weights do not disturb the backbone, then unfreeze with a lower backbone learning rate.",
                      3e-3, ("head_epochs", "backbone_lr_mult", "freeze_blocks"),
-                     "phase 1: head only for head_epochs; phase 2: unfreeze (after freeze_blocks) at lr x backbone_lr_mult"),
+                     "phase 1: head only for head_epochs; phase 2: unfreeze (after freeze_blocks) at lr x backbone_lr_mult",
+                     "Two-phase"),
         StrategyInfo("gradual", "Gradual unfreezing (ULMFiT)", "Start with the head; each epoch one more block "
                      "group, from the top down, joins training.", 1e-3, ("freeze_blocks",),
-                     "one phase per epoch, one more group each time"),
+                     "one phase per epoch, one more group each time", "Gradual unfreezing"),
     ]
 }
 
