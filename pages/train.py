@@ -5,7 +5,7 @@ import streamlit as st
 import torch
 
 from pages import _ui
-from tl_core import strategies, visuals
+from tl_core import backbones, strategies, visuals
 
 inp = _ui.start_page()
 store = _ui.store()
@@ -104,7 +104,7 @@ with st.expander("New run: your choices and the hyper-parameters", expanded=atta
         try:
             cfg = _ui.to_config(inp)
             new_id = runs.launch(cfg, store.runs_dir)
-        except (ValueError, KeyError) as exc:
+        except (ValueError, KeyError, backbones.WeightsError) as exc:
             st.session_state["launch_error"] = str(exc)
             return
         st.session_state.pop("launch_error", None)

@@ -225,6 +225,18 @@ def test_cli_bad_arguments_exit_with_one_line_and_no_run(bad, tmp_path, capsys):
     assert RunStore(tmp_path / "runs").list_runs() == []
 
 
+def test_cli_missing_pretrained_weights_is_one_line_and_no_run(tmp_path, capsys):
+    from tl_core import cli
+
+    args = ["train", "--backbone", "resnet18", "--data", "digits8", "--runs-dir", str(tmp_path / "runs")]
+    for extra in ([], ["--allow-download"]):  # offline: allowing a download does not help
+        assert cli.main([*args, *extra]) != 0
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "No pretrained weights for ResNet-18" in err and "--allow-download" in err
+    assert RunStore(tmp_path / "runs").list_runs() == []
+    assert cli.main([*args, "--weights", "random", "--epochs", "1", "--per-class", "6", "--image-size", "32"]) == 0
+
+
 def test_cli_bad_arguments_in_a_real_process(tmp_path):
     p = _cli("train", "--epochs", "0", runs_dir=tmp_path / "runs")
     assert p.returncode != 0 and len(p.stderr.strip().splitlines()) == 1 and p.stdout == ""

@@ -370,6 +370,18 @@ def _new_model(spec: BackboneSpec, num_classes: int, device: str | torch.device 
         return timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes, **spec.create_kwargs)
 
 
+def check_weights(key: str, weights_file: str | Path | None = None, allow_download: bool = False) -> WeightsStatus:
+    """The weight status of ``key`` when its pretrained weights can be had now (a download only if
+    allowed and online); otherwise WeightsError with the options spelled out. Loads nothing."""
+    spec = get_spec(key)
+    status = weight_status(key, weights_file)
+    if status.kind == "random":
+        raise WeightsError(f"{spec.label} has no pretrained weights; choose random initialisation.")
+    if status.kind == "download" and not (allow_download and is_online()):
+        raise WeightsError(_missing_weights_message(spec, status))
+    return status
+
+
 def create_model(
     key: str,
     num_classes: int | None = None,
@@ -387,12 +399,8 @@ def create_model(
     if weights == "random":
         model = _new_model(spec, num_classes or spec.num_classes)
         return model, WeightsStatus("random", "", "random initialisation (from scratch)")
-    status = weight_status(key, weights_file)
-    if status.kind == "random":
-        raise WeightsError(f"{spec.label} has no pretrained weights; choose random initialisation.")
+    status = check_weights(key, weights_file, allow_download)
     if status.kind == "download":
-        if not (allow_download and is_online()):
-            raise WeightsError(_missing_weights_message(spec, status))
         status = WeightsStatus("cached", str(_download(spec)), "downloaded just now")
     sd = read_state_dict(status.source)
     model = _new_model(spec, spec.num_classes)

@@ -470,10 +470,14 @@ class StoreCallback:
 
 # --- launching workers -------------------------------------------------------------------------
 def launch(cfg, runs_dir: str | os.PathLike | None = None) -> str:
-    """Validate ``cfg``, create a queued run and start its worker process in a new session (it
+    """Validate ``cfg`` (and that its pretrained weights can be had: WeightsError otherwise), create a queued run and start its worker process in a new session (it
     survives the page, the tab and the launching process). Returns the run id at once."""
     if hasattr(cfg, "validate"):
         cfg.validate()
+        from . import backbones
+
+        if cfg.effective_weights == "pretrained" and cfg.backbone in backbones.catalogue():
+            backbones.check_weights(cfg.backbone, cfg.weights_file, cfg.allow_download)  # fail here, not in a run
     store = RunStore(runs_dir)
     try:
         run_id = store.create(cfg)
