@@ -6,6 +6,24 @@ st.set_page_config(page_title="Transfer Learning Lab", page_icon=":material/ac_u
 from pages import _ui  # noqa: E402  (after set_page_config)
 
 
+# (page file, title, icon, its step of the first experiment on the home page)
+PAGES = [
+    ("pages/backbone.py", "Backbone", ":material/account_tree:",
+     "**Backbone**: keep *MobileNetV2* and click the **Feature extraction** preset: only the head trains."),
+    ("pages/data.py", "Data", ":material/image:",
+     "**Data**: pick *Animal shapes*; look at the samples and what the network really sees."),
+    ("pages/train.py", "Train", ":material/model_training:",
+     "**Train**: press **Launch** and watch the live curves, weight drift and feature maps."),
+    ("pages/compare.py", "Compare", ":material/stacked_line_chart:",
+     "Go back, click **From scratch**, launch again; then **Compare** the two runs: does transfer give a higher "
+     "start, slope or asymptote?"),
+    ("pages/inspect.py", "Inspect", ":material/search:",
+     "**Inspect** a finished run: confusion matrix, mistakes, feature maps before/after."),
+    ("pages/labs.py", "Labs", ":material/science:",
+     "Ready for more? The **Labs** run small real experiments that test a claim of theory."),
+]
+
+
 def home() -> None:
     import torch
 
@@ -24,20 +42,9 @@ def home() -> None:
     left, right = st.columns([3, 2], gap="large")
     with left:
         st.subheader("Your first experiment (about 2 minutes)")
-        st.markdown("1. **Backbone**: keep *MobileNetV2* and click the **Feature extraction** preset: "
-                    "only the head trains.")
-        st.page_link("pages/backbone.py", label="Open Backbone", icon=":material/account_tree:")
-        st.markdown("2. **Data**: pick *Animal shapes*; look at the samples and what the network really sees.")
-        st.page_link("pages/data.py", label="Open Data", icon=":material/image:")
-        st.markdown("3. **Train**: press **Launch** and watch the live curves, weight drift and feature maps.")
-        st.page_link("pages/train.py", label="Open Train", icon=":material/model_training:")
-        st.markdown("4. Go back, click **From scratch**, launch again; then **Compare** the two runs: "
-                    "does transfer give a higher start, slope or asymptote?")
-        st.page_link("pages/compare.py", label="Open Compare", icon=":material/stacked_line_chart:")
-        st.markdown("5. **Inspect** a finished run: confusion matrix, mistakes, feature maps before/after.")
-        st.page_link("pages/inspect.py", label="Open Inspect", icon=":material/search:")
-        st.markdown("6. Ready for more? The **Labs** run small real experiments that test a claim of theory.")
-        st.page_link("pages/labs.py", label="Open Labs", icon=":material/science:")
+        for i, (path, title, icon, step) in enumerate(PAGES, 1):
+            st.markdown(f"{i}. {step}")
+            st.page_link(path, label=f"Open {title}", icon=icon)
     with right:
         st.subheader("This machine")
         if torch.cuda.is_available():
@@ -66,13 +73,6 @@ def home() -> None:
 
 _ui.setup_page()
 _ui.inputs()  # the session's inputs dict exists from the first page on
-pages = [
-    st.Page(home, title="Home", icon=":material/home:", default=True),
-    st.Page("pages/backbone.py", title="Backbone", icon=":material/account_tree:"),
-    st.Page("pages/data.py", title="Data", icon=":material/image:"),
-    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
-    st.Page("pages/compare.py", title="Compare", icon=":material/stacked_line_chart:"),
-    st.Page("pages/inspect.py", title="Inspect", icon=":material/search:"),
-    st.Page("pages/labs.py", title="Labs", icon=":material/science:"),
-]
+pages = [st.Page(home, title="Home", icon=":material/home:", default=True)]
+pages += [st.Page(path, title=title, icon=icon) for path, title, icon, _ in PAGES]
 st.navigation(pages, position="top").run()

@@ -264,8 +264,6 @@ def run_model(run_dir: str):
 def initial_model(run_dir: str):
     """The run's starting point: the pretrained backbone with the same freshly initialised head (same seed),
     or the same random initialisation for a scratch run."""
-    import torch
-
     from tl_core import training
 
     _, cfg, class_names = run_model(run_dir)

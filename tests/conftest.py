@@ -26,3 +26,16 @@ def _shared_data_cache(tmp_path_factory):
     """Decoded built-in datasets are cached once per test session, outside the user's home."""
     os.environ["TL_CACHE_DIR"] = str(tmp_path_factory.mktemp("data-cache"))
     yield
+
+
+@pytest.fixture
+def app_env(monkeypatch):
+    """AppTest set-up: run from the checkout, and no st.cache_* left over from another test."""
+    import streamlit as st
+
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    yield
+    st.cache_resource.clear()
+    st.cache_data.clear()

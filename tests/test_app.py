@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import streamlit as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -22,14 +21,8 @@ TINY = dict(data="faces", per_class=10, epochs=1, image_size=64, batch_size=16)
 
 
 @pytest.fixture(autouse=True)
-def _app_env(tmp_path, monkeypatch):
+def _app_env(app_env, tmp_path, monkeypatch):
     monkeypatch.setenv("TL_DATA_ROOT", str(tmp_path / "data"))
-    monkeypatch.chdir(ROOT)
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    yield
-    st.cache_resource.clear()
-    st.cache_data.clear()
 
 
 def _app(page: str | None = None, **inputs) -> AppTest:

@@ -290,7 +290,7 @@ def test_zip_bomb_and_file_count_caps(root, tmp_path):
         data.safe_extract_zip(bomb, tmp_path / "x", Caps(max_total_bytes=1_000_000))
     assert not (tmp_path / "x").exists() or not files_under(tmp_path / "x")
 
-    many = make_zip(root / "many.zip", make_folder(tmp_path / "src", {"a": 3, "b": 3}))
+    make_zip(root / "many.zip", make_folder(tmp_path / "src", {"a": 3, "b": 3}))
     with pytest.raises(DataError, match="max_files cap of 4"):
         data.load_dataset("many.zip", data_root=root, caps=Caps(max_files=4))
     report = data.check_data("src", data_root=tmp_path, caps=Caps(max_files=4))

@@ -4,7 +4,6 @@ import time
 from pathlib import Path
 
 import pytest
-import streamlit as st
 import timm
 import torch
 from streamlit.testing.v1 import AppTest
@@ -15,14 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 120
 
 
-@pytest.fixture(autouse=True)
-def _page_env(monkeypatch):
-    monkeypatch.chdir(ROOT)
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    yield
-    st.cache_resource.clear()
-    st.cache_data.clear()
+pytestmark = pytest.mark.usefixtures("app_env")
 
 
 def _page(**query) -> AppTest:

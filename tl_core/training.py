@@ -440,6 +440,17 @@ def default_snapshot_layers(hier: surgery.Hierarchy) -> list[str]:
     return [cands[0], cands[len(cands) // 2], cands[-1]]
 
 
+@torch.no_grad()
+def _relative_change(now: dict[str, list[torch.Tensor]], start: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+    """‖X−X₀‖/‖X₀‖ per key over its list of tensors (‖X−X₀‖ when X₀ is all zeros)."""
+    out = {}
+    for name, ts in now.items():
+        num = sum(((t.float() - t0.float()) ** 2).sum().item() for t, t0 in zip(ts, start[name]))
+        den = sum((t0.float() ** 2).sum().item() for t0 in start[name])
+        out[name] = math.sqrt(num) / math.sqrt(den) if den > 0 else math.sqrt(num)
+    return out
+
+
 # --------------------------------------------------------------------------- trainer
 
 
@@ -715,25 +726,13 @@ class Trainer:
         return {"val_loss": loss_sum / len(y), "val_acc": (p == y).float().mean().item()}
 
     # --- telemetry
-    @torch.no_grad()
     def weight_drift(self) -> dict[str, float]:
         """‖W−W₀‖/‖W₀‖ per block (exactly 0.0 for a block that never changed)."""
-        out = {}
-        for name, ps in self.block_params.items():
-            num = sum(((p.float() - p0.float()) ** 2).sum().item() for p, p0 in zip(ps, self.w0[name]))
-            den = sum((p0.float() ** 2).sum().item() for p0 in self.w0[name])
-            out[name] = math.sqrt(num) / math.sqrt(den) if den > 0 else math.sqrt(num)
-        return out
+        return _relative_change(self.block_params, self.w0)
 
-    @torch.no_grad()
     def bn_stat_drift(self) -> dict[str, float]:
         """Relative change of BatchNorm running mean/var per block (0.0 when the statistics are fixed)."""
-        out = {}
-        for name, ts in self.bn_bufs.items():
-            num = sum(((t.float() - t0.float()) ** 2).sum().item() for t, t0 in zip(ts, self.bn0[name]))
-            den = sum((t0.float() ** 2).sum().item() for t0 in self.bn0[name])
-            out[name] = math.sqrt(num) / math.sqrt(den) if den > 0 else math.sqrt(num)
-        return out
+        return _relative_change(self.bn_bufs, self.bn0)
 
     @torch.no_grad()
     def snapshot(self) -> dict[str, np.ndarray]:
