@@ -38,7 +38,8 @@ bench: install browser
 # The README's screenshots: the browser test takes them (artifacts/screenshots/); this copies them to docs/img/.
 screenshots: install browser
 	$(BIN)/python -m pytest -q tests/test_browser.py
-	for p in home backbone data train inspect; do cp artifacts/screenshots/$$p.png docs/img/app_$$p.png; done
+	for p in home backbone data inspect; do cp artifacts/screenshots/$$p.png docs/img/app_$$p.png; done
+	cp artifacts/screenshots/train_full.png docs/img/app_train.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -195,8 +195,10 @@ def live(run_id: str) -> None:
                  if s.get("loss") is not None and s.get("epoch")]
     st.plotly_chart(visuals.run_curves_figure(epochs, step_rows, bounds, total_epochs), key=f"curves_{run_id}",
                     width="stretch")
-    if meta.get("cache"):
-        st.caption(f"Speed-up: {meta['cache']}.")
+    if len(phases) > 1:  # the frozen part changes with each phase, and so does what can be cached
+        st.caption("Speed-up, per phase:  \n" + "  \n".join(f"{p['phase']} · {p['name']}: {p['cache']}" for p in phases))
+    elif phases or meta.get("cache"):
+        st.caption(f"Speed-up: {phases[0]['cache'] if phases else meta['cache']}.")
 
     d_col, f_col = st.columns([1, 1], gap="large")
     with d_col:

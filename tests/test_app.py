@@ -199,6 +199,7 @@ def test_train_launch_live_and_results_then_compare_and_inspect(tmp_path):
     assert not at.exception
     assert any("Finished" in s.value for s in at.success)
     assert len(at.get("plotly_chart")) >= 3  # curves, drift, feature maps
+    assert any(c.value.startswith("Speed-up: cached the output of") for c in at.caption)  # the frozen part ran once
 
     at.switch_page("pages/compare.py").run()
     assert not at.exception
