@@ -5,6 +5,11 @@ freeze plan with LR multipliers and BatchNorm modes, phases, optimiser, preproce
 returns a self-contained script a student can copy into a notebook. The script reproduces the
 lab's trainable-parameter count and per-block learning rates exactly (tests execute it).
 
+The script is built from one section per concept (setup, model, preprocessing, freeze plan,
+optimiser and parameter groups, schedule, training loop): ``code_sections`` returns them in
+order as (title, code) pairs, so they can also become one notebook cell each;
+``generate_code`` joins them with ``join_sections``.
+
 The block → module mapping comes from ``surgery.hierarchy`` (timm's own group matcher), so
 the generated code lists the module names of each block explicitly instead of relying on lab
 code.
@@ -20,6 +25,9 @@ OPTIMIZERS = {
     "adam": "torch.optim.Adam(param_groups, lr=LR, weight_decay=WEIGHT_DECAY)",
     "sgd": "torch.optim.SGD(param_groups, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)",
 }
+
+Section = tuple[str, str]  # (title, code): one concept of the generated script, one notebook cell
+Phases = Sequence[tuple[str, int, Mapping[str, Mapping]]]  # (name, epochs, plan dict) per phase
 
 
 def _block_members(hier) -> dict[str, list[str]]:
@@ -48,6 +56,27 @@ def _phase_entry(name: str, epochs: int, plan: Mapping[str, Mapping]) -> dict:
                     if not s.get("frozen") and float(s.get("lr_mult", 1.0)) != 1.0},
         "bn_train": [b for b, s in plan.items() if s.get("frozen") and s.get("bn_mode") == "train"],
     }
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _setup_code(cfg: Mapping, backbone: Mapping, num_classes: int, lr: float) -> str:
+    return f'''\
+# Transfer Learning Lab: your choices as plain PyTorch + timm code.
+# Backbone: {backbone.get("label", backbone["timm_name"])} (timm "{backbone["timm_name"]}"), {num_classes} classes.
+import math
+
+import timm
+import torch
+from torch import nn
+from torchvision.transforms import v2
+
+NUM_CLASSES = {num_classes}
+LR = {float(lr)!r}
+WEIGHT_DECAY = {float(cfg.get("weight_decay", 0.0))!r}
+MOMENTUM = {float(cfg.get("momentum", 0.9))!r}
+SCHEDULE = {str(cfg.get("schedule", "cosine"))!r}  # learning rate over each phase: cosine decay or constant'''
 
 
 def _weights_code(backbone: Mapping, weights: str, weights_file: str | None, num_classes: int) -> str:
@@ -81,79 +110,35 @@ def _weights_code(backbone: Mapping, weights: str, weights_file: str | None, num
             f"model = timm.create_model({tag!r}, pretrained=True, num_classes=NUM_CLASSES)")
 
 
-def generate_code(
-    cfg: Mapping,
-    hier,
-    backbone: Mapping,
-    num_classes: int,
-    phases: Sequence[tuple[str, int, Mapping[str, Mapping]]] | None = None,
-    lr: float = 1e-3,
-) -> str:
-    """Python source equivalent to the choices.
-
-    cfg: the app's inputs dict (TrainConfig fields: weights, weights_file, plan, optimizer,
-    momentum, weight_decay, image_size, normalization, batch_size, epochs...).
-    hier: ``surgery.Hierarchy`` or its ``to_dict()``. backbone: ``backbones.describe(key)`` plus
-    optional ``torchvision_weights``, ``pretrained_tag``, ``weights_file``, ``num_classes``.
-    phases: (name, epochs, plan dict) per phase; default one phase with ``cfg["plan"]``."""
-    members = _block_members(hier)
-    if not phases:
-        plan = cfg.get("plan") or {b: {"frozen": False} for b in members}
-        phases = [("train", int(cfg.get("epochs", 3)), plan)]
-    phase_list = [_phase_entry(n, e, p) for n, e, p in phases]
-    optimizer = str(cfg.get("optimizer", "adamw")).lower()
-    norm = cfg.get("normalization", "backbone")
-    mean, std = list(backbone["mean"]), list(backbone["std"])
-    norm_note = "the backbone's own statistics: the ones it was pretrained with"
+def _normalization(norm: str, backbone: Mapping) -> tuple[list[float], list[float], str]:
+    """(mean, std, comment) the generated preprocessing uses for the lab's normalisation mode."""
     if norm == "imagenet":
-        mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-        norm_note = "ImageNet statistics (as chosen in the lab; check they match the backbone)"
-    elif norm == "none":
-        mean, std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
-        norm_note = "no normalisation (as chosen in the lab): pixels in 0..1"
-    elif norm == "wrong":
-        norm_note = "the lab used deliberately wrong statistics; these are the right ones"
+        return ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225],
+                "ImageNet statistics (as chosen in the lab; check they match the backbone)")
+    if norm == "none":
+        return [0.0, 0.0, 0.0], [1.0, 1.0, 1.0], "no normalisation (as chosen in the lab): pixels in 0..1"
+    note = ("the lab used deliberately wrong statistics; these are the right ones" if norm == "wrong"
+            else "the backbone's own statistics: the ones it was pretrained with")
+    return list(backbone["mean"]), list(backbone["std"]), note
+
+
+def _preprocessing_code(cfg: Mapping, backbone: Mapping) -> str:
+    mean, std, note = _normalization(cfg.get("normalization", "backbone"), backbone)
     size = int(cfg.get("image_size", backbone.get("input_size", 224)))
     crop = float(backbone.get("crop_pct", 0.875) or 1.0)
     interp = backbone.get("interpolation", "bilinear")
-    blocks_src = pprint.pformat(members, width=110, sort_dicts=False)
-    phases_src = pprint.pformat(phase_list, width=110, sort_dicts=False)
-
     return f'''\
-# Transfer Learning Lab: your choices as plain PyTorch + timm code.
-# Backbone: {backbone.get("label", backbone["timm_name"])} (timm "{backbone["timm_name"]}"), {num_classes} classes.
-import math
-
-import timm
-import torch
-from torch import nn
-from torchvision.transforms import v2
-
-NUM_CLASSES = {num_classes}
-LR = {float(lr)!r}
-WEIGHT_DECAY = {float(cfg.get("weight_decay", 0.0))!r}
-MOMENTUM = {float(cfg.get("momentum", 0.9))!r}
-SCHEDULE = {str(cfg.get("schedule", "cosine"))!r}  # learning rate over each phase: cosine decay or constant
-
-{_weights_code(backbone, cfg.get("weights", "pretrained"), cfg.get("weights_file"), num_classes)}
-
-# Preprocessing: {norm_note}.
+# Preprocessing: {note}.
 MEAN, STD = {json.dumps([round(m, 4) for m in mean])}, {json.dumps([round(s, 4) for s in std])}
 eval_transform = v2.Compose([
     v2.Resize({int(size / crop)}, interpolation=v2.InterpolationMode({interp!r}), antialias=True),
     v2.CenterCrop({size}),
     v2.ToDtype(torch.float32, scale=True),  # uint8 [3, H, W] -> float in 0..1
     v2.Normalize(MEAN, STD),
-])
-
-# The blocks you can freeze, in forward order: block -> the modules (or parameters) it holds.
-BLOCKS = {blocks_src}
-
-# Your plan. Each phase freezes some blocks; the others learn at LR x their multiplier.
-# "bn_train": frozen blocks whose BatchNorm statistics may still update (otherwise they are fixed).
-PHASES = {phases_src}
+])'''
 
 
+_FREEZE_HELPERS = '''\
 def block_of(param_name):
     for block, mods in BLOCKS.items():
         if any(param_name == m or param_name.startswith(m + ".") for m in mods):
@@ -167,9 +152,25 @@ _bn_hooks = []
 def keep_bn_statistics(module, inputs):
     # Plain requires_grad=False does NOT stop BatchNorm from updating its running mean/var
     # in model.train() mode. Switching the layer to eval mode before each forward does.
-    module.eval()
+    module.eval()'''
 
 
+def _freeze_plan_code(members: Mapping[str, list[str]], phase_list: list[dict]) -> str:
+    blocks_src = pprint.pformat(members, width=110, sort_dicts=False)
+    phases_src = pprint.pformat(phase_list, width=110, sort_dicts=False)
+    return f'''\
+# The blocks you can freeze, in forward order: block -> the modules (or parameters) it holds.
+BLOCKS = {blocks_src}
+
+# Your plan. Each phase freezes some blocks; the others learn at LR x their multiplier.
+# "bn_train": frozen blocks whose BatchNorm statistics may still update (otherwise they are fixed).
+PHASES = {phases_src}
+
+
+{_FREEZE_HELPERS}'''
+
+
+_APPLY_PHASE = '''\
 def apply_phase(phase):
     """Freeze/unfreeze the blocks of one phase and build its optimizer (one param group per block)."""
     frozen = set(phase["frozen"])
@@ -193,22 +194,27 @@ def apply_phase(phase):
         if block in frozen or mult == 0:
             continue
         group = [p for n, p in params.items() if block_of(n) == block]
-        param_groups.append({{"params": group, "lr": LR * mult, "name": block}})
-    return {OPTIMIZERS.get(optimizer, OPTIMIZERS["adamw"])}
+        param_groups.append({"params": group, "lr": LR * mult, "name": block})
+    return OPTIMIZER
 
 
 optimizer = apply_phase(PHASES[0])
 trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 total = sum(p.numel() for p in model.parameters())
-print(f"trainable parameters: {{trainable:,}} / {{total:,}} ({{trainable / total:.1%}})")
+print(f"trainable parameters: {trainable:,} / {total:,} ({trainable / total:.1%})")'''
 
 
+def _optimizer_code(optimizer: str) -> str:
+    return _APPLY_PHASE.replace("return OPTIMIZER", "return " + OPTIMIZERS.get(optimizer, OPTIMIZERS["adamw"]))
+
+
+SCHEDULE_CODE = '''\
 def make_scheduler(optimizer, steps):
     if SCHEDULE == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))'''
 
-
+TRAIN_LOOP_CODE = '''\
 def train(train_loader, val_loader, device="cpu"):
     """Train phase by phase: each phase re-applies its freeze plan and rebuilds the optimizer."""
     global optimizer
@@ -232,5 +238,48 @@ def train(train_loader, val_loader, device="cpu"):
                 for x, y in val_loader:
                     correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
                     seen += len(y)
-            print(f"{{phase['name']}} epoch {{epoch + 1}}: val acc {{correct / max(seen, 1):.1%}}")
-'''
+            print(f"{phase['name']} epoch {epoch + 1}: val acc {correct / max(seen, 1):.1%}")'''
+
+
+# --------------------------------------------------------------------------- composition
+
+
+def code_sections(cfg: Mapping, hier, backbone: Mapping, num_classes: int, phases: Phases | None = None,
+                  lr: float = 1e-3) -> list[Section]:
+    """The script as ordered (title, code) sections, one per concept; arguments as generate_code.
+    Each section runs after the ones before it (one notebook cell each)."""
+    members = _block_members(hier)
+    if not phases:
+        plan = cfg.get("plan") or {b: {"frozen": False} for b in members}
+        phases = [("train", int(cfg.get("epochs", 3)), plan)]
+    return [
+        ("Setup", _setup_code(cfg, backbone, num_classes, lr)),
+        ("Model", _weights_code(backbone, cfg.get("weights", "pretrained"), cfg.get("weights_file"), num_classes)),
+        ("Preprocessing", _preprocessing_code(cfg, backbone)),
+        ("Freeze plan", _freeze_plan_code(members, [_phase_entry(n, e, p) for n, e, p in phases])),
+        ("Optimiser and parameter groups", _optimizer_code(str(cfg.get("optimizer", "adamw")).lower())),
+        ("Learning-rate schedule", SCHEDULE_CODE),
+        ("Training loop", TRAIN_LOOP_CODE),
+    ]
+
+
+def join_sections(sections: Sequence[Section]) -> str:
+    """One script: sections separated by a blank line, two before a section that opens with a def."""
+    out = []
+    for i, (_, code) in enumerate(sections):
+        if i:
+            out.append("\n\n\n" if code.startswith("def ") else "\n\n")
+        out.append(code)
+    return "".join(out) + "\n"
+
+
+def generate_code(cfg: Mapping, hier, backbone: Mapping, num_classes: int, phases: Phases | None = None,
+                  lr: float = 1e-3) -> str:
+    """Python source equivalent to the choices.
+
+    cfg: the app's inputs dict (TrainConfig fields: weights, weights_file, plan, optimizer,
+    momentum, weight_decay, image_size, normalization, batch_size, epochs...).
+    hier: ``surgery.Hierarchy`` or its ``to_dict()``. backbone: ``backbones.describe(key)`` plus
+    optional ``torchvision_weights``, ``pretrained_tag``, ``weights_file``, ``num_classes``.
+    phases: (name, epochs, plan dict) per phase; default one phase with ``cfg["plan"]``."""
+    return join_sections(code_sections(cfg, hier, backbone, num_classes, phases, lr))
