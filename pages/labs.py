@@ -45,8 +45,8 @@ def _widget_values(cfg: labs.LabConfig) -> dict:
         f"{lab}_epochs": cfg.epochs,
         f"{lab}_seed": cfg.seed,
         f"{lab}_strategies": list(cfg.strategies),
-        f"{lab}_depths": labs._encode("depths", cfg.depths),
-        f"{lab}_sizes": labs._encode("sizes", cfg.sizes),
+        f"{lab}_depths": labs.encode_value("depths", cfg.depths),
+        f"{lab}_sizes": labs.encode_value("sizes", cfg.sizes),
         f"{lab}_source_epochs": cfg.source_epochs,
     }
 
@@ -129,11 +129,11 @@ def _launch(lab: str) -> None:
 
 
 def _ints(text: str):
-    return labs._decode("depths", text)
+    return labs.decode_value("depths", text)
 
 
 def _sizes(text: str):
-    return labs._decode("sizes", text)
+    return labs.decode_value("sizes", text)
 
 
 # ------------------------------------------------------------------ one tab
@@ -211,12 +211,8 @@ def normalization_inputs(cfg: labs.LabConfig) -> None:
                     "(shown de-normalised with the backbone's own statistics: what it perceives)")
 
 
-def results(lab: str) -> None:
-    instances = labs.list_labs(RUNS_DIR, lab)
-    if not instances:
-        st.info("Not run yet. Press **Run this lab**: its runs queue up and train one after another in the "
-                "background; you can leave this page and come back.")
-        return
+def _pick_instance(lab: str, instances: list[dict]) -> str:
+    """The lab run to show: the one picked (a select box when there are several), else the newest."""
     ids = [s["id"] for s in instances]
     pick = st.session_state.get(f"lab_pick_{lab}")
     if pick not in ids:
@@ -226,6 +222,16 @@ def results(lab: str) -> None:
         st.selectbox("Lab run", ids, key=f"lab_pick_{lab}",
                      format_func=lambda i: f"{i} · {next(s['status'] for s in instances if s['id'] == i)}")
         pick = st.session_state[f"lab_pick_{lab}"]
+    return pick
+
+
+def results(lab: str) -> None:
+    instances = labs.list_labs(RUNS_DIR, lab)
+    if not instances:
+        st.info("Not run yet. Press **Run this lab**: its runs queue up and train one after another in the "
+                "background; you can leave this page and come back.")
+        return
+    pick = _pick_instance(lab, instances)
     state = next(s for s in instances if s["id"] == pick)
     active = state["status"] in labs.ACTIVE
 

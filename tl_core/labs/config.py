@@ -1,0 +1,264 @@
+"""A lab's configuration: ``LabConfig``, its JSON and URL-query round trips, the presets and ``LabInfo``.
+
+What each lab is (``LabInfo``) and its preset defaults live in the lab's own module; this module reads
+them through the registry (``registry.LABS``, ``registry.module``) when a method runs, never at import.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode
+
+from .. import limits
+
+PRESETS = ("default", "gpu")
+
+# the LabConfig fields every lab uses (a lab's LabInfo.fields starts with these)
+COMMON_FIELDS = ("backbone", "data", "per_class", "image_size", "epochs", "batch_size", "lr", "val_fraction",
+                 "seed", "device")
+
+
+@dataclass(frozen=True)
+class LabInfo:
+    id: str
+    title: str
+    question: str
+    prediction: str
+    fields: tuple[str, ...]  # LabConfig fields this lab uses (the query string carries only these)
+    timing: str  # what keeps the default under 5 minutes on a 2-core CPU
+    tag: str | None = None  # the lab's name in its run names ("lab freeze-depth · ..."); None: the id
+
+    @property
+    def run_tag(self) -> str:
+        return self.tag or self.id
+
+
+def _labs() -> dict[str, LabInfo]:
+    from .registry import LABS
+
+    return LABS
+
+
+def _check_lab(lab) -> None:
+    if lab not in _labs():
+        raise ValueError(f"unknown lab {lab!r}; choose one of: {', '.join(_labs())}")
+
+
+@dataclass
+class LabConfig:
+    """Everything a lab needs. Fields a lab does not use are ignored by it (and left out of its query)."""
+
+    lab: str = "race"
+    preset: str = "default"  # default (<= 5 min on a 2-core CPU) | gpu (bigger)
+    backbone: str = "mobilenetv2"
+    data: str = "animal_shapes"
+    per_class: int | None = 25  # training images per class of the target task (None: all)
+    image_size: int = 64
+    epochs: int = 6
+    batch_size: int = 32
+    lr: float | None = None  # None: each strategy's default (race, quadrant); labs that compare set one
+    val_fraction: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    # race / quadrant
+    strategies: list[str] = field(default_factory=lambda: ["scratch", "feature_extraction", "partial", "full",
+                                                           "two_phase", "gradual"])
+    target_acc: float | None = None  # race: the "slope" target; None: the best accuracy scratch reached
+    # freeze_depth / yosinski
+    depths: list[int] | None = None  # block groups n to sweep; None: all
+    # yosinski
+    source_per_class: int | None = None  # images per class of task A (None: all)
+    source_epochs: int = 4
+    classes_a: list[str] | None = None  # None: a seeded half of the classes
+    classes_b: list[str] | None = None  # None: the other half
+    # quadrant
+    sizes: list[int | None] = field(default_factory=lambda: [5, 25, 100])
+    domains: list[str] = field(default_factory=lambda: ["animal_shapes", "mnist"])
+    # bn
+    freeze_blocks: int | None = None
+
+    # --- JSON
+    def to_dict(self, compact: bool = False) -> dict:
+        """All fields; ``compact``: only ``lab``, ``preset`` and the fields this lab uses (the rest come
+        back from the preset's defaults in ``from_dict``)."""
+        d = dataclasses.asdict(self)
+        if compact:
+            keep = ("lab", "preset") + _labs()[self.lab].fields
+            d = {k: d[k] for k in keep}
+        return d
+
+    def to_json(self, indent: int | None = 2, compact: bool = True) -> str:
+        return json.dumps(self.to_dict(compact=compact), indent=indent)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LabConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown lab config field(s): {', '.join(unknown)}")
+        lab = d.get("lab", "race")
+        _check_lab(lab)
+        base = default_config(lab, d.get("preset", "default")).to_dict()
+        base.update(d)
+        return cls(**base)
+
+    @classmethod
+    def from_json(cls, text: str) -> "LabConfig":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not a lab configuration (invalid JSON: {exc})") from None
+        if not isinstance(d, dict):
+            raise ValueError("not a lab configuration (expected a JSON object)")
+        return cls.from_dict(d)
+
+    # --- URL query string
+    def to_query(self) -> dict[str, str]:
+        """The fields this lab uses as strings (``st.query_params.from_dict`` / ``urlencode``)."""
+        out = {"lab": self.lab, "preset": self.preset}
+        for name in _labs()[self.lab].fields:
+            out[name] = encode_value(name, getattr(self, name))
+        return out
+
+    def to_query_string(self) -> str:
+        return urlencode(self.to_query(), safe=",")
+
+    @classmethod
+    def from_query(cls, query) -> "LabConfig":
+        """From a mapping of strings (``st.query_params``) or a query string; missing fields take the
+        lab's preset defaults, unknown keys are ignored (the URL may carry other pages' parameters)."""
+        if isinstance(query, str):
+            query = dict(parse_qsl(query.lstrip("?"), keep_blank_values=True))
+        query = {k: (v[-1] if isinstance(v, list) else v) for k, v in dict(query).items()}
+        lab = query.get("lab", "race")
+        _check_lab(lab)
+        cfg = default_config(lab, query.get("preset", "default"))
+        names = {f.name for f in dataclasses.fields(cls)} - {"lab", "preset"}
+        for key, text in query.items():
+            if key in names:
+                try:
+                    setattr(cfg, key, decode_value(key, text))
+                except ValueError as exc:
+                    raise ValueError(f"query parameter {key}={text!r}: {exc}") from None
+        return cfg
+
+    # --- checks
+    def validate(self) -> "LabConfig":
+        """Raise ValueError with one clear line for the first bad field: the checks every lab shares
+        (bounds from ``limits.current()``), then the lab's own ``check(cfg)``. Returns self."""
+        from .. import strategies
+        from .registry import module
+
+        _check_lab(self.lab)
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(PRESETS)}, not {self.preset!r}")
+        for s in self.strategies:
+            if s not in strategies.STRATEGIES:
+                raise ValueError(f"unknown strategy {s!r}; choose from: {', '.join(strategies.STRATEGIES)}")
+        self._check_bounds()
+        if self.target_acc is not None and not 0 < self.target_acc <= 1:
+            raise ValueError(f"target_acc must be in (0, 1], not {self.target_acc}")
+        check = getattr(module(self.lab), "check", None)
+        if check is not None:
+            check(self)
+        return self
+
+    def _check_bounds(self) -> None:
+        lim = limits.current()
+        if self.per_class is not None:
+            limits.check_int("per_class", self.per_class, 1)
+        limits.check_int("epochs", self.epochs, 1, lim.max_epochs)
+        limits.check_int("source_epochs", self.source_epochs, 1, lim.max_epochs)
+        limits.check_int("image_size", self.image_size, lim.min_image_size, lim.max_image_size, " of pixels")
+        limits.check_int("batch_size", self.batch_size, 1, lim.max_batch_size)
+
+
+def check_two_strategies(cfg: LabConfig) -> None:
+    """For the labs that compare strategies (a lab module's ``check``)."""
+    if len(cfg.strategies) < 2:
+        raise ValueError("pick at least two strategies")
+
+
+# ----------------------------------------------------------------------------- query values
+
+_NONE_WORD = {"per_class": "all", "source_per_class": "all", "sizes": "all"}
+
+
+def _field_types() -> dict[str, str]:
+    return {f.name: str(f.type) for f in dataclasses.fields(LabConfig)}
+
+
+def encode_value(name: str, value) -> str:
+    """A LabConfig field's value as it stands in the URL ("all"/"auto" for None, lists comma-separated)."""
+    none = _NONE_WORD.get(name, "auto")
+    if value is None:
+        return none
+    if isinstance(value, list):
+        return ",".join(none if v is None else str(v) for v in value)
+    return str(value)
+
+
+def decode_value(name: str, text: str):
+    """The inverse of ``encode_value``: a URL string back to the field's type (ValueError if it is not one)."""
+    kind = _field_types()[name]
+    none = _NONE_WORD.get(name, "auto")
+    text = text.strip()
+    optional = "None" in kind
+    if kind.startswith("list"):
+        if optional and text in (none, "none") and not kind.startswith("list[int | None]"):
+            return None
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if "int" in kind.split("]")[0]:
+            return [None if t in (none, "none") else int(t) for t in items]
+        return items
+    if optional and text in (none, "none", ""):
+        return None
+    if kind.startswith("int"):
+        return int(text)
+    if kind.startswith("float"):
+        return float(text)
+    return text
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+def default_config(lab: str, preset: str = "default") -> LabConfig:
+    """The lab's default (<= 5 min on a 2-core CPU) or its bigger GPU configuration."""
+    from .registry import module
+
+    _check_lab(lab)
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(PRESETS)}, not {preset!r}")
+    gpu = preset == "gpu"
+    c = LabConfig(lab=lab, preset=preset)
+    module(lab).defaults(c, gpu)
+    if gpu:
+        c.val_fraction = 0.2
+    return c
+
+
+# ----------------------------------------------------------------------------- ready-made files
+
+
+def load_config_file(path) -> LabConfig:
+    return LabConfig.from_json(Path(path).read_text())
+
+
+def ready_made_dir() -> Path:
+    """The repository's ``labs/`` folder (beside ``tl_core/``)."""
+    return Path(__file__).resolve().parents[2] / "labs"
+
+
+def ready_made() -> dict[str, LabConfig]:
+    """The lab configs shipped in ``labs/*.json`` (name → config); unreadable files are skipped."""
+    out = {}
+    folder = ready_made_dir()
+    for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            out[p.stem] = load_config_file(p)
+        except (ValueError, OSError):
+            continue
+    return out

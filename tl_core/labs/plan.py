@@ -1,0 +1,219 @@
+"""A lab's runs: ``LabRun``, ``plan_runs`` (which asks the lab's module for its plan), the helpers plans
+share (depth_groups, ...), and the weights files some runs start from (built right before they run).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import LabConfig
+
+
+@dataclass
+class LabRun:
+    key: str  # unique within the lab: "scratch", "frozen:3", "AnB+:2", "q:mnist:5:partial"
+    label: str  # for people: "scratch", "AnB+ n=2"
+    cfg: object  # TrainConfig
+    stage: int = 0  # runs of stage s start after every run of stage s-1 has ended
+    build: dict | None = None  # a weights file to build right before the run (see _build_weights)
+    after: str | None = None  # what to do after it: "register_backbone"
+
+    def to_dict(self) -> dict:
+        return {"key": self.key, "label": self.label, "config": self.cfg.to_dict(), "stage": self.stage,
+                "build": self.build, "after": self.after}
+
+
+def plan_runs(cfg: LabConfig, lab_dir: str | os.PathLike | None = None) -> list[LabRun]:
+    """The lab's runs, in execution order. ``lab_dir`` is where built weights files will go."""
+    from .registry import module
+
+    cfg.validate()
+    wdir = Path(lab_dir or ".") / "weights"
+    out = module(cfg.lab).plan(cfg, wdir)
+    for r in out:
+        if r.stage == 0 and not r.build:
+            r.cfg.validate()
+    return out
+
+
+# ----------------------------------------------------------------------------- helpers of plans
+
+
+def _train_config(**kw):
+    from ..training import TrainConfig
+
+    return TrainConfig(**kw)
+
+
+def _base(cfg: LabConfig, lab_label: str, label: str, **kw) -> dict:
+    d = dict(name=f"lab {lab_label} · {label}", backbone=cfg.backbone, data=cfg.data, per_class=cfg.per_class,
+             image_size=cfg.image_size, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+             val_fraction=cfg.val_fraction, seed=cfg.seed, device=cfg.device, cache_features=True)
+    d.update(kw)
+    return d
+
+
+def run_config(cfg: LabConfig, label: str, **kw):
+    """The TrainConfig of one run of the lab: the lab's shared settings (same data, split and seed,
+    feature caching on), named "lab <tag> · <label>", with ``kw`` overriding."""
+    from .registry import LABS
+
+    return _train_config(**_base(cfg, LABS[cfg.lab].run_tag, label, **kw))
+
+
+def _hier(backbone: str, image_size: int, num_classes: int = 2):
+    from .. import surgery, training
+
+    model, _ = training._build_arch(backbone, num_classes, "random")
+    return surgery.hierarchy(model, image_size), model
+
+
+def depth_groups(backbone: str, image_size: int) -> list[list[str]]:
+    """The copyable/freezable units of a backbone: its block groups without the head."""
+    hier, _ = _hier(backbone, image_size)
+    return hier.groups()[:-1]
+
+
+def _blocks_in(groups: list[list[str]], n: int) -> int:
+    return sum(len(g) for g in groups[:n])
+
+
+def _depths(cfg: LabConfig, n_groups: int, lo: int) -> list[int]:
+    ds = list(range(lo, n_groups + 1)) if cfg.depths is None else sorted({int(d) for d in cfg.depths})
+    bad = [d for d in ds if not lo <= d <= n_groups]
+    if bad:
+        raise ValueError(f"depths must be {lo}..{n_groups} for {cfg.backbone} ({n_groups} block groups), not {bad}")
+    return ds
+
+
+# ----------------------------------------------------------------------------- building weights
+
+
+def _prefix_keys(hier, groups: list[list[str]], n: int, keys) -> set[str]:
+    members = [m for g in groups[:n] for name in g for m in hier.block(name).members]
+    return {k for k in keys if any(k == m or k.startswith(m + ".") for m in members)}
+
+
+def mix_state_dicts(model_random, source_sd: dict, backbone: str, image_size: int, n: int) -> tuple[dict, int]:
+    """Weights of ``model_random`` with the first ``n`` block groups (parameters AND BatchNorm buffers)
+    taken from ``source_sd``. Returns (state dict, number of tensors copied)."""
+    from .. import surgery
+
+    hier = surgery.hierarchy(model_random, image_size)
+    groups = hier.groups()[:-1]
+    sd = {k: v.detach().clone() for k, v in model_random.state_dict().items()}
+    copy = _prefix_keys(hier, groups, n, sd)
+    missing = sorted(k for k in copy if k not in source_sd)
+    if missing:
+        raise ValueError(f"source weights lack {len(missing)} tensors of the first {n} groups, e.g. {missing[0]}")
+    for k in copy:
+        if source_sd[k].shape != sd[k].shape:
+            raise ValueError(f"shape mismatch for {k}: {tuple(source_sd[k].shape)} vs {tuple(sd[k].shape)}")
+        sd[k] = source_sd[k].detach().clone()
+    return sd, len(copy)
+
+
+def _save_sd(sd: dict, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def _num_classes(cfg_dict: dict) -> int:
+    from .. import data
+
+    if cfg_dict.get("classes"):
+        return len(cfg_dict["classes"])
+    if cfg_dict["data"] in data.BUILTIN:
+        return data.BUILTIN[cfg_dict["data"]].num_classes
+    return len(data.load_dataset(cfg_dict["data"], cfg_dict.get("data_root")).class_names)
+
+
+def _completed_model_dir(run: dict, store):
+    """(RunInfo, model folder) of a lab run; the folder is None unless the run completed with a model."""
+    info = store.get(run["run_id"])
+    model_dir = store.model_dir(run["run_id"])
+    return info, (model_dir if info.status == "completed" else None)
+
+
+def _pretrained_source(cfgd: dict, num_classes: int, seed: int):
+    """"pretrained_prefix": the catalogue's pretrained backbone, and a seeded random one of the same kind."""
+    import torch
+
+    from .. import backbones
+
+    source, _ = backbones.create_model(cfgd["backbone"], num_classes, "pretrained")
+    arch = cfgd["backbone"]
+    torch.manual_seed(seed + 7919)
+    rand, _ = backbones.create_model(arch, num_classes, "random")
+    return source, rand, arch
+
+
+def _run_source(build: dict, state: dict, store, num_classes: int, seed: int):
+    """"run_prefix": the network an earlier run of the lab trained, and a seeded random one."""
+    import torch
+
+    from .. import training
+
+    src = next(r for r in state["runs"] if r["key"] == build["source"])
+    info, model_dir = _completed_model_dir(src, store)
+    if model_dir is None:
+        raise RuntimeError(f"needs the {src['label']} network, which did not complete ({info.status}"
+                           f"{': ' + info.reason if info.reason else ''})")
+    source, _, _ = training.load_model(model_dir)
+    arch = src["config"]["backbone"]
+    torch.manual_seed(seed + 7919)  # the same re-initialised rest for every transfer file of this lab
+    rand, _ = training._build_arch(arch, num_classes, "random")
+    return source, rand, arch
+
+
+def _build_weights(run: dict, state: dict, store) -> None:
+    """Create the weights file a run needs (idempotent: an existing file is kept)."""
+    build, cfgd = run["build"], run["config"]
+    path = Path(build["path"])
+    if path.exists():
+        return
+    seed = int(cfgd.get("seed", 0))
+    num_classes = _num_classes(cfgd)
+    if build["kind"] == "pretrained_prefix":
+        source, rand, arch = _pretrained_source(cfgd, num_classes, seed)
+    elif build["kind"] == "run_prefix":
+        source, rand, arch = _run_source(build, state, store, num_classes, seed)
+    else:
+        raise ValueError(f"unknown build kind {build['kind']!r}")
+    sd, _ = mix_state_dicts(rand, source.state_dict(), arch, int(cfgd["image_size"]), int(build["n"]))
+    _save_sd(sd, path)
+
+
+def _register_backbone(run: dict, state: dict, store) -> str | None:
+    """Save a lab-trained base net as a catalogue backbone (``backbones.save_local_backbone``)."""
+    from .. import backbones, training
+    from .yosinski import yosinski_backbone_keys
+
+    info, model_dir = _completed_model_dir(run, store)
+    if model_dir is None:
+        return None
+    model, cfg, class_names = training.load_model(model_dir)
+    key_a, key_b = yosinski_backbone_keys(LabConfig.from_dict(state["config"]))
+    task = "A" if run["key"] == "baseA" else "B"
+    key = key_a if task == "A" else key_b
+    dc = training.data_config_for(cfg.backbone, model)
+    dc = {k: list(v) if isinstance(v, tuple) else v for k, v in dc.items()}
+    acc = (info.summary or {}).get("best_val_acc")
+    cat = backbones.catalogue()
+    timm_name = cat[cfg.backbone].timm_name if cfg.backbone in cat else cfg.backbone
+    spec = backbones.BackboneSpec(
+        key=key, label=f"Lab source net {task} ({cfg.backbone})", family="Lab", timm_name=timm_name,
+        num_classes=len(class_names), data_config=dc,
+        description=(f"Trained by the Yosinski lab {state['id']} from scratch on task {task}: "
+                     f"{', '.join(class_names)} ({cfg.data}, {cfg.image_size} px"
+                     + (f", {acc:.1%} validation accuracy" if acc is not None else "") + ")."))
+    backbones.save_local_backbone(model, spec)
+    backbones._data_config.cache_clear()
+    for k in [k for k in training._BLOCK_NAMES if k[0] == key]:
+        del training._BLOCK_NAMES[k]
+    return key

@@ -1,0 +1,36 @@
+"""The labs, built from their modules. A lab module holds:
+
+- ``INFO``: its ``LabInfo`` (id, title, question, prediction, the LabConfig fields it uses, timing);
+- ``defaults(cfg, gpu)``: set its preset's values on a fresh ``LabConfig``;
+- ``plan(cfg, wdir) -> list[LabRun]``: its runs (``wdir``: where built weights files go);
+- ``analyse(cfg, recs, state=None) -> LabResult``: pure, records in → table, figure, verdict text;
+- optionally ``check(cfg)`` (raise ValueError for a setting the lab cannot run) and ``meta(cfg) -> dict``
+  (saved in the lab's state at creation, for the analysis).
+
+Adding a lab: write the module, add it to ``MODULES`` (see docs/adding-a-lab.md).
+"""
+from __future__ import annotations
+
+from types import ModuleType
+
+from . import bn, freeze_depth, normalization, quadrant, race, yosinski
+from .analysis import LabResult
+from .config import LabConfig, LabInfo
+
+MODULES: tuple[ModuleType, ...] = (race, freeze_depth, yosinski, quadrant, bn, normalization)  # the tab order
+_BY_ID: dict[str, ModuleType] = {m.INFO.id: m for m in MODULES}
+LABS: dict[str, LabInfo] = {m.INFO.id: m.INFO for m in MODULES}
+
+
+def module(lab: str) -> ModuleType:
+    """The module of a lab id (KeyError for an unknown one; ``LabConfig.validate`` names the choices)."""
+    return _BY_ID[lab]
+
+
+def analyse(cfg: LabConfig, recs: list[dict], state: dict | None = None) -> LabResult:
+    """Pure: the lab's records → LabResult (no store, no training)."""
+    res = module(cfg.lab).analyse(cfg, recs, state)
+    if state is not None:
+        res.extra["lab_id"] = state.get("id")
+        res.extra["status"] = state.get("status")
+    return res
