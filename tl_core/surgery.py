@@ -170,6 +170,19 @@ def _split_neck(matcher: dict) -> tuple[dict, list[str]]:
     return out, necks
 
 
+def dummy_input(model: nn.Module, size: int, batch: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+    """An input batch for probing ``model``: random images ``[batch, 3, size, size]`` (zeros without a
+    ``generator``) on the model's device and dtype, or, for a model with a ``dummy_input(size, batch,
+    generator)`` method (the text models: ``size`` is then a token length), what that method returns."""
+    p = next(model.parameters())
+    make = getattr(model, "dummy_input", None)
+    if callable(make):
+        return make(size, batch=batch, generator=generator).to(p.device)
+    if generator is None:
+        return torch.zeros(batch, 3, size, size, device=p.device, dtype=p.dtype)
+    return torch.randn(batch, 3, size, size, generator=generator).to(p)
+
+
 def _annotate(model: nn.Module, hier: Hierarchy, image_size: int) -> None:
     """Fill in output shapes (one forward pass with hooks) and BatchNorm presence."""
     leaves = hier.blocks
@@ -191,9 +204,8 @@ def _annotate(model: nn.Module, hier: Hierarchy, image_size: int) -> None:
     was_training = model.training
     try:
         model.eval()
-        p = next(model.parameters())
         with torch.no_grad():
-            model(torch.zeros(1, 3, image_size, image_size, device=p.device, dtype=p.dtype))
+            model(dummy_input(model, image_size))
     finally:
         for h in handles:
             h.remove()
@@ -348,8 +360,7 @@ def sequential_chain(model: nn.Module, image_size: int = 64) -> list[tuple[str, 
     was_training = model.training
     model.eval()
     try:
-        p = next(model.parameters())
-        x = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)).to(p)
+        x = dummy_input(model, image_size, batch=2, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             ref, y = model(x), x
             for _, mod in chain:
