@@ -1,0 +1,188 @@
+"""``TrainConfig``: everything one training run needs, as a typed dataclass with a JSON round trip and
+``validate()`` (one clear line for the first bad field). Numeric bounds come from ``limits.current()``."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+
+from . import backbones, limits, models, strategies, surgery
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclass
+class TrainConfig:
+    name: str = ""
+    backbone: str = "mobilenetv2"
+    weights: str = "pretrained"  # pretrained | random (strategy "scratch" forces random)
+    weights_file: str | None = None
+    data: str = "animal_shapes"
+    data_root: str | None = None
+    classes: list[str] | None = None  # train on these classes only (in this order); None: all
+    per_class: int | None = 100  # training images per class (validation does not depend on it)
+    val_fraction: float = 0.2
+    image_size: int = 96
+    augment: dict = field(default_factory=dict)  # fields of data.Augment
+    normalization: str = "backbone"
+    strategy: str = "feature_extraction"
+    freeze_blocks: int | None = None  # None: the strategy's default
+    head_epochs: int = 1  # two_phase: epochs of phase 1 (head only)
+    epochs: int = 3  # total over all phases
+    batch_size: int = 32
+    lr: float | None = None  # None: the strategy's default (strategies.default_lr)
+    optimizer: str = "adamw"  # adamw | sgd
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0
+    backbone_lr_mult: float = 0.1  # two_phase: LR multiplier of the unfrozen backbone in phase 2
+    lr_decay: float | None = None  # discriminative LRs: divide by this per block group below the head (e.g. 2.6)
+    bn_mode: str = "frozen"  # BatchNorm in frozen blocks: frozen (statistics fixed) | train (statistics update)
+    plan: dict | None = None  # a FreezePlan dict overriding the strategy's first-phase plan
+    seed: int = 0
+    device: str = "auto"  # auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps
+    cache_features: bool = True
+    snapshot_layers: list[str] | None = None  # block names; None: early/middle/late from the hierarchy
+    num_threads: int | None = None  # CPU threads; None: all available cores
+    # additions to the interface contract
+    schedule: str = "cosine"  # per-phase LR schedule: cosine | constant
+    channels_last: bool | None = None  # None: on for conv nets on CUDA and CPU
+    allow_download: bool = False  # fetch pretrained weights when online
+
+    # --- JSON
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, s: str) -> "TrainConfig":
+        return cls.from_dict(json.loads(s))
+
+    # --- derived
+    @property
+    def effective_weights(self) -> str:
+        return "random" if self.strategy == "scratch" else self.weights
+
+    @property
+    def effective_lr(self) -> float:
+        return self.lr if self.lr is not None else strategies.default_lr(self.strategy, self.optimizer)
+
+    # --- checks
+    def validate(self) -> "TrainConfig":
+        """Raise ValueError with one clear line for the first bad field. Returns self."""
+        lim = limits.current()
+        for check in (_check_model, _check_data, _check_length, _check_optimizer, _check_runtime, _check_blocks):
+            check(self, lim)
+        return self
+
+
+# --------------------------------------------------------------------------- the checks, in order
+
+
+def _bad(msg: str):
+    raise ValueError(msg)
+
+
+def _one_of(name: str, value, choices) -> None:
+    if value not in choices:
+        _bad(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+
+
+def _check_model(c: TrainConfig, lim: limits.Limits) -> None:
+    known = c.backbone in backbones.catalogue()
+    if not known and not models.is_timm_arch(c.backbone):
+        _bad(f"unknown backbone {c.backbone!r}; choose one of: {', '.join(backbones.catalogue())}")
+    if not known and c.effective_weights != "random":
+        _bad(f"{c.backbone!r} is not in the catalogue: only weights='random' can build it")
+    if c.weights not in ("pretrained", "random"):
+        _bad(f"weights must be 'pretrained' or 'random', not {c.weights!r}")
+    if c.strategy not in strategies.STRATEGIES:
+        _bad(f"unknown strategy {c.strategy!r}; choose one of: {', '.join(strategies.STRATEGIES)}")
+
+
+def _check_data(c: TrainConfig, lim: limits.Limits) -> None:
+    from . import data
+
+    if not isinstance(c.data, str) or not c.data:
+        _bad("data must name a built-in dataset or a folder/zip in the data root")
+    if c.classes is not None and (not isinstance(c.classes, list) or len(set(c.classes)) < 2
+                                  or not all(isinstance(x, str) for x in c.classes)):
+        _bad(f"classes must list at least two distinct class names (or be None for all), not {c.classes!r}")
+    if c.per_class is not None:
+        limits.check_int("per_class (or None for all)", c.per_class, 1)
+    if not 0 < c.val_fraction < 1:
+        _bad(f"val_fraction must be between 0 and 1, not {c.val_fraction}")
+    limits.check_int("image_size", c.image_size, lim.min_image_size, lim.max_image_size, unit=" of pixels")
+    unknown = set(c.augment or {}) - {f.name for f in dataclasses.fields(data.Augment)}
+    if unknown:
+        _bad(f"unknown augmentation {sorted(unknown)[0]!r}; use flip, random_resized_crop, color_jitter")
+    _one_of("normalization", c.normalization, data.NORMALIZATIONS)
+
+
+def _check_length(c: TrainConfig, lim: limits.Limits) -> None:
+    # Limits.max_epochs / max_batch_size are not applied yet: they would refuse configs accepted today.
+    limits.check_int("epochs", c.epochs, 1)
+    limits.check_int("head_epochs", c.head_epochs, 1)
+    if c.strategy == "two_phase" and c.head_epochs >= c.epochs:
+        _bad(f"two_phase needs epochs > head_epochs (phase 2 would get {c.epochs - c.head_epochs} epochs); "
+             f"raise epochs or lower head_epochs")
+    limits.check_int("batch_size", c.batch_size, 1)
+
+
+def _check_optimizer(c: TrainConfig, lim: limits.Limits) -> None:
+    if c.lr is not None and not (isinstance(c.lr, (int, float)) and 0 < c.lr < math.inf):
+        _bad(f"lr must be > 0, not {c.lr!r}")
+    _one_of("optimizer", c.optimizer, OPTIMIZERS)
+    if not 0 <= c.momentum < 1:
+        _bad(f"momentum must be in [0, 1), not {c.momentum}")
+    if not c.weight_decay >= 0:
+        _bad(f"weight_decay must be >= 0, not {c.weight_decay}")
+    if not c.backbone_lr_mult > 0:
+        _bad(f"backbone_lr_mult must be > 0, not {c.backbone_lr_mult}")
+    if c.lr_decay is not None and not c.lr_decay >= 1:
+        _bad(f"lr_decay must be >= 1 (e.g. 2.6), or None for one LR, not {c.lr_decay}")
+    _one_of("bn_mode", c.bn_mode, surgery.BN_MODES)
+    _one_of("schedule", c.schedule, SCHEDULES)
+
+
+def _check_runtime(c: TrainConfig, lim: limits.Limits) -> None:
+    if c.num_threads is not None:
+        limits.check_int("num_threads", c.num_threads, 1)
+    if not isinstance(c.seed, int) or isinstance(c.seed, bool):
+        _bad(f"seed must be a whole number, not {c.seed!r}")
+    dev = str(c.device)
+    if dev not in ("auto", "cpu", "mps", "cuda") and not (dev.startswith("cuda:") and dev[5:].isdigit()):
+        _bad(f"device must be auto, cpu, cuda, cuda:N or mps, not {dev!r}")
+
+
+def _check_blocks(c: TrainConfig, lim: limits.Limits) -> None:
+    """freeze_blocks, plan and snapshot_layers against the backbone's blocks (built only when needed)."""
+    if c.freeze_blocks is not None:
+        limits.check_int("freeze_blocks", c.freeze_blocks, 0)
+    if c.freeze_blocks is None and not c.plan and not c.snapshot_layers:
+        return
+    names = models.block_names(c.backbone, c.image_size)
+    if c.freeze_blocks is not None and c.freeze_blocks >= len(names):
+        _bad(f"freeze_blocks={c.freeze_blocks} is beyond this backbone: {c.backbone} has {len(names)} "
+             f"blocks, so freeze 0..{len(names) - 1} (the head always trains)")
+    if c.plan:
+        try:
+            plan = surgery.FreezePlan.from_dict(c.plan)
+        except (TypeError, ValueError, AttributeError) as exc:
+            _bad(f"plan is not a valid freeze plan: {exc}")
+        if list(plan.blocks) != names:
+            _bad(f"plan does not match {c.backbone}: expected blocks {', '.join(names)}")
+    for layer in c.snapshot_layers or []:
+        if layer not in names:
+            _bad(f"snapshot layer {layer!r} is not a block of {c.backbone}; blocks are: {', '.join(names)}")

@@ -1,0 +1,224 @@
+"""The frozen-prefix feature cache: run the frozen start of a network once per image, train the rest.
+
+When the frozen blocks form a prefix of the network whose output does not depend on the batch (no
+random augmentation, BatchNorm statistics frozen, no dropout), the prefix is a fixed function of
+the image. Three steps, each usable alone:
+
+- ``plan_cache(model, hier, chain, plan, ...) -> CachePlan``: can a prefix be cached under this freeze
+  plan, and if so which modules form the prefix and which the trained rest (``suffix``); if not, why.
+- ``prefix_features(plan, model, images, transform, to_device) -> (features | None, description)``:
+  the prefix outputs of each image set (``{"train": images, "val": images}``), as lazily filled
+  ``PrefixCache`` tensors, plus one line saying what was cached (or why not: too large).
+- ``phase_loaders(...)``: the phase's data loaders, over cached features or over images.
+
+A disk cache shared between runs would replace ``prefix_features``: same arguments, same result.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import surgery
+
+CACHE_LIMIT_BYTES = int(1.5e9)  # cached prefix outputs (train + val) must fit in this
+CACHED_VAL_BATCH = 1024  # validation batch over cached features (only the small suffix runs)
+
+
+@dataclass
+class CachePlan:
+    """Whether the frozen prefix can be cached under a freeze plan (``ok``) and why (``why``, one line).
+    When ok: ``prefix`` (images → features), ``suffix`` (features → logits), ``what`` the prefix runs,
+    ``trains`` what the suffix trains, ``frozen_blocks`` how many leading blocks are frozen."""
+
+    ok: bool
+    why: str
+    prefix: Callable | None = None
+    suffix: Callable | None = None
+    what: str = ""
+    trains: str = ""
+    frozen_blocks: int = 0
+
+
+def _refuse(why: str) -> CachePlan:
+    return CachePlan(False, f"not cached: {why}")
+
+
+def _owners(hier: surgery.Hierarchy, element: str) -> set[int]:
+    """Indices of the blocks that own (part of) the chain element named ``element``."""
+    return {i for i, b in enumerate(hier.blocks) for m in b.members
+            if element == m or element.startswith(m + ".") or m.startswith(element + ".")}
+
+
+def _frozen_prefix_len(hier: surgery.Hierarchy, plan: surgery.FreezePlan) -> int:
+    names = hier.block_names
+    k = 0
+    while k < len(names) and plan.blocks[names[k]].frozen:
+        k += 1
+    return k
+
+
+def _split(model: nn.Module, hier: surgery.Hierarchy, chain, k: int) -> CachePlan:
+    """Prefix (what runs once) and suffix (what trains) for ``k`` frozen leading blocks, or a refusal.
+    The ``why`` of an accepted split is left for ``plan_cache`` to write."""
+    if chain is not None:
+        owners = [_owners(hier, n) for n, _ in chain]
+        j = next((i for i, o in enumerate(owners) if o and max(o) >= k), len(chain))
+        if j == 0:
+            return _refuse("the frozen blocks do not start the network's chain")
+        if j == len(chain):
+            return _refuse("nothing trains after the frozen blocks")
+        trains = chain[j][0] + (f"..{chain[-1][0]}" if j < len(chain) - 1 else "")
+        return CachePlan(True, "", nn.Sequential(*[m for _, m in chain[:j]]), nn.Sequential(*[m for _, m in chain[j:]]),
+                         f"{chain[0][0]}..{chain[j - 1][0]}", trains, k)
+    if k == len(hier.block_names) - 1 and hasattr(model, "forward_head"):
+        def prefix(x):
+            return model.forward_head(model.forward_features(x), pre_logits=True)
+
+        return CachePlan(True, "", prefix, model.get_classifier(), "forward_features + pre-logits", "the classifier", k)
+    return _refuse("this architecture only caches when everything but the head is frozen")
+
+
+def _random_module(model: nn.Module, split: CachePlan) -> nn.Module | None:
+    """The first dropout (or drop-path) module with a non-zero rate in the prefix of ``split``."""
+    mods = list(split.prefix) if isinstance(split.prefix, nn.Sequential) else [
+        m for m in model.modules() if m is not split.suffix]
+    for m in (x for mod in mods for x in mod.modules()):
+        p = getattr(m, "p", None) if isinstance(m, nn.modules.dropout._DropoutNd) else getattr(m, "drop_prob", None)
+        if p:
+            return m
+    return None
+
+
+def plan_cache(model: nn.Module, hier: surgery.Hierarchy, chain, plan: surgery.FreezePlan, *,
+               enabled: bool = True, augmented: bool = False) -> CachePlan:
+    """What can be cached under ``plan``. ``chain`` is ``surgery.sequential_chain(model)`` (None for a
+    ViT: then only a frozen everything-but-the-head caches); ``augmented``: random augmentation is on."""
+    names = hier.block_names
+    k = _frozen_prefix_len(hier, plan)
+    if not enabled:
+        return _refuse("cache_features is off")
+    if k == 0:
+        return _refuse("the first block trains, so there is no frozen prefix")
+    if augmented:
+        return _refuse("random augmentation changes the inputs every epoch")
+    bn_train = [n for n in names[:k] if hier.block(n).has_bn and plan.blocks[n].bn_mode != "frozen"]
+    if bn_train:
+        return _refuse(f"BatchNorm statistics of frozen block {bn_train[0]} follow each batch "
+                       "(bn_mode train), so its outputs depend on the batch")
+    split = _split(model, hier, chain, k)
+    if not split.ok:
+        return split
+    random = _random_module(model, split)
+    if random is not None:
+        return _refuse(f"dropout in the frozen part ({type(random).__name__}) is random in training")
+    split.why = f"cached the output of {split.what} (frozen blocks {names[0]}..{names[k - 1]}); training {split.trains}"
+    return split
+
+
+class PrefixCache:
+    """The outputs of a frozen prefix for a fixed set of images, computed once per image the first
+    time a batch asks for it (so the first epoch trains from its first batch on) and kept for every
+    later epoch. Indexed like a tensor: ``cache[idx]`` gives the prefix outputs of images ``idx``."""
+
+    device = torch.device("cpu")  # where Batches puts the indices
+    CHUNK = 128
+
+    def __init__(self, prefix, model: nn.Module, images: torch.Tensor, transform, to_device):
+        self.prefix, self.model, self.images, self.transform, self.to_device = prefix, model, images, transform, to_device
+        first = self._run(torch.zeros(1, dtype=torch.long))  # one image: the output shape, for the memory check
+        self.shape = first.shape[1:]
+        self.nbytes = first[0].numel() * first.element_size() * len(images)
+        self.out: torch.Tensor | None = None  # allocated on first use (after the memory check)
+        self.done = torch.zeros(len(images), dtype=torch.bool)
+
+    @torch.no_grad()
+    def _run(self, idx: torch.Tensor) -> torch.Tensor:
+        was = self.model.training
+        self.model.eval()  # the frozen part runs as at inference (no dropout, BatchNorm statistics fixed)
+        try:
+            return self.prefix(self.to_device(self.transform(self.images[idx]))).float()
+        finally:
+            self.model.train(was)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        todo = idx[~self.done[idx]]
+        for part in todo.split(self.CHUNK) if len(todo) else ():  # a large validation batch is filled a chunk at a time
+            out = self._run(part)
+            if self.out is None:
+                self.out = torch.empty((len(self.images), *self.shape), dtype=out.dtype, device=out.device)
+            self.out[part.to(out.device)] = out
+            self.done[part] = True
+        return self.out[idx.to(self.out.device)]
+
+
+def prefix_features(plan: CachePlan, model: nn.Module, images: dict[str, torch.Tensor], transform, to_device,
+                    limit: int = CACHE_LIMIT_BYTES) -> tuple[dict[str, PrefixCache] | None, str]:
+    """The frozen prefix's outputs for each image set in ``images`` (uint8 [N,C,H,W], run through
+    ``transform`` then ``to_device``), filled as batches ask for them, and one line saying what was
+    cached; (None, why not) when ``plan`` refuses or the features would take more than ``limit`` bytes."""
+    if not plan.ok:
+        return None, plan.why
+    caches = {k: PrefixCache(plan.prefix, model, x, transform, to_device) for k, x in images.items()}
+    total = sum(c.nbytes for c in caches.values())
+    if total > limit:
+        return None, (f"not cached: the frozen part's outputs would take {total / 2**20:,.0f} MB, "
+                      f"over the {limit / 2**20:,.0f} MB limit")
+    shape = tuple(next(iter(caches.values())).shape)
+    count = sum(len(c) for c in caches.values())
+    return caches, f"{plan.why} ({count} images x {shape} = {total / 2**20:.1f} MB, filled during the first epoch)"
+
+
+class Batches(torch.utils.data.Dataset):
+    """Tensors in memory, fetched a batch at a time (``__getitems__``): the transform runs on the
+    whole uint8 batch at once, or per sample when it draws random augmentations."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform=None, per_sample: bool = False):
+        self.x, self.y, self.transform, self.per_sample = x, y, transform, per_sample
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitems__(self, idx: list[int]):
+        i = torch.as_tensor(idx)
+        x = self.x[i.to(self.x.device)]
+        if self.transform is not None:
+            x = torch.stack([self.transform(s) for s in x]) if self.per_sample else self.transform(x)
+        return x, self.y[i.to(self.y.device)]
+
+    def __getitem__(self, i: int):
+        x, y = self.__getitems__([i])
+        return x[0], y[0]
+
+
+def _identity(batch):
+    return batch
+
+
+def phase_loaders(model: nn.Module, cache: CachePlan, data: dict, dev, batch_size: int,
+                  generator: torch.Generator) -> dict:
+    """Loaders (and the forward function) for a phase, over cached prefix outputs when ``cache`` allows.
+    ``data``: the dict of ``training.prepare`` (ds, train_idx, val_idx, train_tf, eval_tf, augment);
+    ``dev``: the run's ``devices.DevicePlan``. Returns {"train", "val", "forward", "cached", "why"}."""
+    ds = data["ds"]
+    idx = {"train": data["train_idx"], "val": data["val_idx"]}
+    images, labels = {k: ds.images[i] for k, i in idx.items()}, {k: ds.labels[i] for k, i in idx.items()}
+    feats, why = prefix_features(cache, model, images, data["eval_tf"], dev.move)
+    if feats is not None:
+        sets = {k: Batches(feats[k], labels[k].to(dev.device)) for k in idx}
+        forward, pin, val_bs = cache.suffix, False, CACHED_VAL_BATCH
+    else:
+        sets = {"train": Batches(images["train"], labels["train"], data["train_tf"], per_sample=data["augment"].any),
+                "val": Batches(images["val"], labels["val"], data["eval_tf"])}
+        forward, pin, val_bs = model, dev.pin_memory, batch_size * 2
+    mk = dict(num_workers=0, collate_fn=_identity, pin_memory=pin)
+    return {
+        "train": torch.utils.data.DataLoader(sets["train"], batch_size=batch_size, shuffle=True, generator=generator, **mk),
+        "val": torch.utils.data.DataLoader(sets["val"], batch_size=val_bs, shuffle=False, **mk),
+        "forward": forward, "cached": feats is not None, "why": why,
+    }
