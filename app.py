@@ -3,25 +3,21 @@ import streamlit as st
 
 st.set_page_config(page_title="Transfer Learning Lab", page_icon=":material/ac_unit:", layout="wide")
 
-from pages import _ui  # noqa: E402  (after set_page_config)
+from pages import _router, _ui  # noqa: E402  (after set_page_config)
 
 
-# (page file, title, icon, its step of the first experiment on the home page)
-PAGES = [
-    ("pages/backbone.py", "Backbone", ":material/account_tree:",
-     "**Backbone**: keep *MobileNetV2* and click the **Feature extraction** preset: only the head trains."),
-    ("pages/data.py", "Data", ":material/image:",
-     "**Data**: pick *Animal shapes*; look at the samples and what the network really sees."),
-    ("pages/train.py", "Train", ":material/model_training:",
-     "**Train**: press **Launch** and watch the live curves, weight drift and feature maps."),
-    ("pages/compare.py", "Compare", ":material/stacked_line_chart:",
-     "Go back, click **From scratch**, launch again; then **Compare** the two runs: does transfer give a higher "
-     "start, slope or asymptote?"),
-    ("pages/inspect.py", "Inspect", ":material/search:",
-     "**Inspect** a finished run: confusion matrix, mistakes, feature maps before/after."),
-    ("pages/labs.py", "Labs", ":material/science:",
-     "Ready for more? The **Labs** run small real experiments that test a claim of theory."),
-]
+# each page's step of the first experiment on the home page
+STEPS = {
+    "pages/backbone.py":
+        "**Backbone**: keep *MobileNetV2* and click the **Feature extraction** preset: only the head trains.",
+    "pages/data.py": "**Data**: pick *Animal shapes*; look at the samples and what the network really sees.",
+    "pages/train.py": "**Train**: press **Launch** and watch the live curves, weight drift and feature maps.",
+    "pages/compare.py":
+        "Go back, click **From scratch**, launch again; then **Compare** the two runs: does transfer give a higher "
+        "start, slope or asymptote?",
+    "pages/inspect.py": "**Inspect** a finished run: confusion matrix, mistakes, feature maps before/after.",
+    "pages/labs.py": "Ready for more? The **Labs** run small real experiments that test a claim of theory.",
+}
 
 
 def home() -> None:
@@ -42,8 +38,8 @@ def home() -> None:
     left, right = st.columns([3, 2], gap="large")
     with left:
         st.subheader("Your first experiment (about 2 minutes)")
-        for i, (path, title, icon, step) in enumerate(PAGES, 1):
-            st.markdown(f"{i}. {step}")
+        for i, (path, title, icon) in enumerate(_router.PAGES, 1):
+            st.markdown(f"{i}. {STEPS[path]}")
             st.page_link(path, label=f"Open {title}", icon=icon)
     with right:
         st.subheader("This machine")
@@ -73,6 +69,4 @@ def home() -> None:
 
 _ui.setup_page()
 _ui.inputs()  # the session's inputs dict exists from the first page on
-pages = [st.Page(home, title="Home", icon=":material/home:", default=True)]
-pages += [st.Page(path, title=title, icon=icon) for path, title, icon, _ in PAGES]
-st.navigation(pages, position="top").run()
+_router.route(home)

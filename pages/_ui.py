@@ -16,11 +16,15 @@ from tl_core import backbones, strategies, surgery, visuals
 from tl_core.data import BUILTIN
 from tl_core.strategies import STRATEGIES
 
+from pages import _router
+from pages._models import (  # noqa: F401  (re-exported: they used to live here)
+    first_conv_weight, initial_model, layer_maps, predictions, run_data, run_model,
+)
+
 FROZEN, TRAINABLE = visuals.FROZEN, visuals.TRAINABLE
 WEIGHT_BADGE = {"user": ("user file", "violet"), "bundled": ("bundled · offline", "green"),
                 "cached": ("in local cache", "green"), "download": ("needs a download", "yellow"),
                 "random": ("random init only", "gray")}
-
 
 
 def setup_page() -> None:
@@ -48,16 +52,9 @@ def default_inputs() -> dict:
 
 
 def start_page() -> dict:
-    """Call first in every page; returns the inputs dict.
-
-    Streamlit runs a deep link (``/train?run=...``) in its legacy "pages/ folder" mode when it is
-    the first request after a server start, bypassing app.py's router (no wide layout, the folder
-    listed in a sidebar). Detect that once and rerun through the router."""
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
+    """Call first in every page; returns the inputs dict. A page that runs without app.py's router
+    (a deep link as a fresh server's first request) hands over to it first (``_router.ensure_routed``)."""
+    _router.ensure_routed()
     return inputs()
 
 
@@ -247,95 +244,3 @@ def set_input(field: str, value, key: str | None = None) -> None:
     """Change an input from code (a callback): the bound widget shows the new value too."""
     inputs()[field] = value
     st.session_state[key or f"in_{field}"] = value
-
-
-# ------------------------------------------------------------------ finished runs: models and maps
-
-
-@st.cache_resource(show_spinner="Loading the trained model…", max_entries=3)
-def run_model(run_dir: str):
-    """(fine-tuned model, TrainConfig, class names) of a finished run, in eval mode."""
-    from tl_core import training
-
-    return training.load_model(run_dir)
-
-
-@st.cache_resource(show_spinner="Rebuilding the model as it was before training…", max_entries=3)
-def initial_model(run_dir: str):
-    """The run's starting point: the pretrained backbone with the same freshly initialised head (same seed),
-    or the same random initialisation for a scratch run."""
-    from tl_core import training
-
-    _, cfg, class_names = run_model(run_dir)
-    training._seed_everything(cfg.seed)
-    model, _ = training._build_arch(cfg.backbone, len(class_names), cfg.effective_weights, cfg.weights_file)
-    return model.eval()
-
-
-@st.cache_resource(show_spinner="Reading the run's data…", max_entries=3)
-def run_data(run_dir: str) -> dict:
-    from tl_core import training
-
-    model, cfg, _ = run_model(run_dir)
-    return training.prepare(cfg, training.data_config_for(cfg.backbone, model))
-
-
-@st.cache_data(show_spinner="Classifying validation images…", max_entries=3)
-def predictions(run_dir: str, limit: int = 600):
-    """(val indices, predicted labels, confidence) for up to ``limit`` validation images."""
-    import torch
-
-    model, cfg, _ = run_model(run_dir)
-    d = run_data(run_dir)
-    idx = d["val_idx"][:limit]
-    preds, conf = [], []
-    with torch.no_grad():
-        for s in range(0, len(idx), 128):
-            p = model(d["eval_tf"](d["ds"].images[idx[s:s + 128]])).softmax(1)
-            c, k = p.max(1)
-            preds.append(k)
-            conf.append(c)
-    return idx.numpy(), torch.cat(preds).numpy(), torch.cat(conf).numpy()
-
-
-def layer_maps(model, hier, x, layers: list[str], channels: dict | None = None) -> tuple[dict, dict]:
-    """Feature maps of image ``x`` [3,H,W] at blocks ``layers``: ({layer: uint8 [k,h,w]}, channels used).
-    Pass the returned channels back to show the same channels of another model."""
-    import torch
-
-    from tl_core import training
-
-    raw, handles = {}, []
-    for name in layers:
-        mods = []
-        for m in hier.block(name).members:
-            try:
-                mods.append(model.get_submodule(m))
-            except AttributeError:
-                continue
-        if mods:
-            handles.append(mods[-1].register_forward_hook(
-                lambda _m, _i, out, name=name: raw.__setitem__(name, out[0].detach()) if isinstance(out, torch.Tensor)
-                else None))
-    try:
-        with torch.no_grad():
-            model.eval()(x[None])
-    finally:
-        for h in handles:
-            h.remove()
-    maps, used = {}, {}
-    prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
-    for name, t in raw.items():
-        m = training._to_map(t.float(), prefix)
-        if m is not None:
-            maps[name], used[name] = training.snapshot_maps(m, (channels or {}).get(name))
-    return maps, used
-
-
-def first_conv_weight(model):
-    import torch
-
-    for m in model.modules():
-        if isinstance(m, torch.nn.Conv2d) and m.weight.shape[1] == 3:
-            return m.weight.detach().cpu().numpy()
-    return None

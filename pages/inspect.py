@@ -3,7 +3,7 @@ import json
 
 import streamlit as st
 
-from pages import _ui
+from pages import _models, _ui
 from tl_core import data, surgery, training, visuals
 
 _ui.start_page()
@@ -26,7 +26,7 @@ run_id = st.selectbox("Run", list(by_id), key="inspect_pick",
 info, s = by_id[run_id], by_id[run_id].summary or {}
 run_dir = str(store.model_dir(run_id))
 try:
-    model, cfg, class_names = _ui.run_model(run_dir)
+    model, cfg, class_names = _models.run_model(run_dir)
 except Exception as exc:
     st.error(f"The saved model of this run cannot be loaded ({exc}). What to do: train the run again.")
     st.stop()
@@ -45,8 +45,8 @@ if s.get("confusion"):
 # ------------------------------------------------------------------ mistakes
 st.subheader("Misclassified examples", help="Validation images the model got wrong, most confident first.")
 try:
-    idx, preds, conf = _ui.predictions(run_dir)
-    d = _ui.run_data(run_dir)
+    idx, preds, conf = _models.predictions(run_dir)
+    d = _models.run_data(run_dir)
 except data.DataError as exc:
     st.error(f"The run's data is no longer available ({exc}). What to do: restore the dataset, or pick another run.")
     st.stop()
@@ -103,9 +103,9 @@ with f1:
         st.markdown("**Prediction**  \n" + "  \n".join(f"{class_names[int(j)]}: {float(p[j]):.0%}" for j in top))
 with f2:
     if x is not None:
-        before = _ui.initial_model(run_dir)
-        maps0, channels = _ui.layer_maps(before, hier, x, layers)
-        maps1, _ = _ui.layer_maps(model, hier, x, layers, channels)
+        before = _models.initial_model(run_dir)
+        maps0, channels = _models.layer_maps(before, hier, x, layers)
+        maps1, _ = _models.layer_maps(model, hier, x, layers, channels)
         start = "pretrained backbone" if cfg.effective_weights == "pretrained" else "random initialisation"
         st.plotly_chart(visuals.feature_maps_figure({f"before ({start})": maps0, "after fine-tuning": maps1},
                                                     max_maps=6, height=600), key="inspect_maps", width="stretch")
@@ -113,7 +113,7 @@ with f2:
 # ------------------------------------------------------------------ first-layer filters
 st.subheader("First-layer filters", help="The 3-colour filters the network applies to raw pixels. Pretrained "
              "ones look like edge and colour detectors; from scratch they start as noise.")
-w0, w1 = _ui.first_conv_weight(_ui.initial_model(run_dir)), _ui.first_conv_weight(model)
+w0, w1 = _models.first_conv_weight(_models.initial_model(run_dir)), _models.first_conv_weight(model)
 if w1 is not None:
     g1, g2 = st.columns(2)
     g1.markdown("**Before**")

@@ -3,7 +3,8 @@
 One long test walks the first-experiment path a student follows: pick a backbone, toggle a block
 and watch the meter, pick a data set, launch a one-epoch run, see the live curve, reload and
 re-attach, then visit Compare and Inspect, and run a tiny lab from a shared link. It saves a projector-size screenshot of every page to
-artifacts/screenshots/ (1600x1000 viewport, plus a full-height *_full.png).
+artifacts/screenshots/ (1600x1000 viewport, plus a full-height *_full.png). Another opens a deep link
+as a fresh server's first request: the files of pages/ are never listed, and the page opens in the app's layout.
 """
 import os
 import re
@@ -77,6 +78,40 @@ def server(tmp_path):
                     pass
 
 
+# Watches the DOM from the first paint (a Playwright init script runs before the page's own scripts):
+# every sidebar-navigation element that ever appears, the layouts the app view goes through, and whether
+# the Train page's title was ever drawn outside the wide layout.
+WATCH = """
+window.__tl = {sidebarNav: [], layouts: [], trainOutsideLayout: 0};
+new MutationObserver(() => {
+  const w = window.__tl;
+  document.querySelectorAll("[data-testid^='stSidebarNav']").forEach(
+    n => w.sidebarNav.push(n.getAttribute('data-testid') + ': ' + n.textContent.slice(0, 60)));
+  const app = document.querySelector("[data-testid='stAppViewContainer']");
+  const layout = app ? app.getAttribute('data-layout') : null;
+  if (w.layouts[w.layouts.length - 1] !== layout) w.layouts.push(layout);
+  if (layout !== 'wide' && [...document.querySelectorAll('h1')].some(h => h.textContent.includes('Train'))) {
+    w.trainOutsideLayout++;
+  }
+}).observe(document, {subtree: true, childList: true, attributes: true, characterData: true});
+"""
+
+
+def _open(p, address: str):
+    """A fresh browser whose first request is ``address``, watched from the first paint (WATCH); waits until
+    the app has settled. Returns (browser, page, the page's JavaScript errors)."""
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"])
+    page = browser.new_page(viewport=VIEWPORT)
+    page.add_init_script(WATCH)
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(address)
+    _settle(page)
+    return browser, page, errors
+
+
 def _settle(page, timeout=120_000):
     page.wait_for_selector("[data-testid='stApp'][data-test-connection-state='CONNECTED']", timeout=timeout)
     page.wait_for_timeout(400)  # let a just-triggered rerun start
@@ -124,15 +159,9 @@ def test_first_experiment_in_a_real_browser(server):
 
     url, tmp = server
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        page = browser.new_page(viewport=VIEWPORT)
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(url)
-        _settle(page)
+        browser, page, errors = _open(p, url)
         assert page.get_by_text("Your first experiment").is_visible()
+        assert page.evaluate("window.__tl.sidebarNav") == []  # the files of pages/ were never listed
         _shot(page, "home")
 
         # Backbone: pick one, toggle a block, the meter changes
@@ -226,6 +255,38 @@ def test_first_experiment_in_a_real_browser(server):
         expect(panel.get_by_text("BN frozen reached")).to_be_visible()
         _shot(page, "labs")
 
+        assert not page.locator("[data-testid='stException']").count(), "an exception box is on the page"
+        assert not errors, errors
+        browser.close()
+
+
+def test_a_deep_link_as_a_fresh_servers_first_request_opens_in_the_app_layout(server):
+    """A fresh server whose first request is /train?run=X: Streamlit would run pages/train.py alone in its
+    pages-folder mode. The files of pages/ are never listed, not even for a moment, and the Train page
+    opens attached to the run, in the app's wide layout with its top navigation."""
+    from playwright.sync_api import sync_playwright
+
+    from tl_core.runs import RunStore
+
+    url, tmp = server
+    store = RunStore(tmp / "runs")
+    run_id = store.create({"backbone": "mobilenetv2", "data": "digits8", "device": "cpu", "name": "deep link run"})
+    store.finish(run_id, "stopped", "stopped by request")
+    with sync_playwright() as p:
+        browser, page, errors = _open(p, f"{url}/train?run={run_id}")
+        page.get_by_role("heading", name=re.compile("deep link run")).wait_for(timeout=60_000)
+        _settle(page)
+        seen = page.evaluate("window.__tl")
+        assert seen["sidebarNav"] == [], seen["sidebarNav"][:5]  # no listing of pages/ at any point
+        assert seen["trainOutsideLayout"] == 0, seen["layouts"]  # the page was never drawn outside app.py
+        assert page.locator("[data-testid='stAppViewContainer']").get_attribute("data-layout") == "wide"
+        nav = page.locator("[data-testid='stTopNavLink']")
+        assert [t.split()[-1] for t in nav.all_inner_texts()] == [
+            "Home", "Backbone", "Data", "Train", "Compare", "Inspect", "Labs"]
+        assert page.get_by_role("heading", name="3 · Train").is_visible()
+        assert page.get_by_text("Stopped: stopped by request").is_visible()
+        assert f"run={run_id}" in page.url and "/train" in page.url
+        assert not page.locator("[data-testid='stSidebar']").count()
         assert not page.locator("[data-testid='stException']").count(), "an exception box is on the page"
         assert not errors, errors
         browser.close()

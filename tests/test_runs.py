@@ -119,6 +119,26 @@ def test_a_dead_or_silent_worker_is_marked_failed(store):
     assert RunStore(store.runs_dir).get(dead).status == "failed"  # persisted
 
 
+def test_queue_policy_liveness_and_executor_behind_the_store(store):
+    """The store keeps rows; tl_core.executor decides queue order, slots and when a worker is dead."""
+    from tl_core import executor
+
+    assert runs.launch is executor.launch and runs.device_limit is executor.device_limit  # still importable
+    fifo = executor.FifoQueue()
+    assert fifo.position("b", ["a", "b"]) == 2 and fifo.position("gone", ["a"]) is None
+    assert fifo.may_start("a", "cpu", ["a", "b"], running=0)
+    assert not fifo.may_start("b", "cpu", ["a", "b"], running=0) and not fifo.may_start("a", "cpu", ["a"], running=1)
+    now = time.time()
+    assert executor.why_dead(None, None, created=now, now=now) is None  # its worker may still be starting
+    assert "never started" in executor.why_dead(None, None, created=now - 1000, now=now)
+    assert executor.why_dead(os.getpid(), now, created=now, now=now) is None
+    assert "heartbeat" in executor.why_dead(os.getpid(), now - 100, created=now, now=now)
+    run_id = store.create({"device": "cpu"})
+    store.attach_worker(run_id, os.getpid())
+    worker: executor.Executor = executor.ProcessExecutor(store)
+    assert worker.stop(run_id) == "stopped" and "cancelled" in store.get(run_id).reason
+
+
 # --- real workers ---------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_runs_queue_and_complete_with_metrics_snapshots_and_model(store, monkeypatch):

@@ -1,14 +1,18 @@
-"""The run store and the worker processes that fill it.
+"""The run store: one SQLite file and one folder per run, shared by every process that reads or
+writes runs.
 
-A run flows one way: page/CLI → ``launch(cfg)`` → ``python -m tl_core.worker RUN_ID`` (its own
-process and session) → ``RunStore`` → any number of readers (pages, other tabs, the CLI).
+A run flows one way: page/CLI → ``launch(cfg)`` → a worker (``tl_core.executor``: today one
+``python -m tl_core.worker RUN_ID`` process per run) → ``RunStore`` → any number of readers (pages,
+other tabs, the CLI).
 
 The store is one SQLite file in WAL mode (``runs.sqlite``: run rows and metric rows) plus one
 folder per run for artefacts (``worker.log``, ``snapshots/epoch_NNN.npz``, ``model.safetensors``,
-``model.json``, ``summary.json``). Nothing is ever pickled.
+``model.json``, ``summary.json``). Nothing is ever pickled. Every SQL statement lives here; what the
+rows mean for execution (device slots, queue order, when a worker counts as dead) is decided in
+``tl_core.executor``.
 
 Liveness: a worker updates its heartbeat every ``HEARTBEAT_S``. Any reader that sees an active
-run whose process is gone, or whose heartbeat is older than ``STALE_S``, marks it failed, so a
+run whose worker is gone, or whose heartbeat is older than ``STALE_S``, marks it failed, so a
 run never stays "running" forever.
 """
 from __future__ import annotations
@@ -18,8 +22,6 @@ import math
 import os
 import secrets
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 import traceback
@@ -28,15 +30,18 @@ from pathlib import Path
 
 import numpy as np
 
+from . import executor
+from .executor import (  # noqa: F401  (re-exported: the queue policy and launching used to live here)
+    DIED, NEVER_STARTED_S, STALE_S, Executor, ProcessExecutor, device_limit, launch, resolve_device,
+)
+from .executor import pid_alive as _pid_alive  # noqa: F401
+
 STATUSES = ("queued", "running", "completed", "stopped", "failed", "diverged")
 ACTIVE = ("queued", "running")
 HEARTBEAT_S = 2.0
-STALE_S = 30.0
-NEVER_STARTED_S = 120.0  # a queued run whose worker never registered
 STEP_EVERY_S = 0.5  # step rows are throttled to at most one per this interval
 DB_NAME = "runs.sqlite"
 STOP_FILE = "STOP"
-DIED = "worker process ended unexpectedly (killed, or out of memory)"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -70,29 +75,6 @@ def default_runs_dir() -> Path:
     return Path(os.environ.get("TL_RUNS_DIR") or "runs")
 
 
-def resolve_device(device: str | None) -> str:
-    """The device a run will use, as a concurrency key: ``cpu``, ``cuda:N`` or ``mps``."""
-    device = (device or "auto").strip().lower()
-    if device == "auto":
-        import torch
-
-        if torch.cuda.is_available():
-            return "cuda:0"
-        mps = getattr(torch.backends, "mps", None)
-        return "mps" if mps is not None and mps.is_available() else "cpu"
-    return "cuda:0" if device == "cuda" else device
-
-
-def device_limit(device: str) -> int:
-    """How many runs may train at once on ``device``: 1 per GPU, ``$TL_MAX_CPU_RUNS`` (default 1) on CPU."""
-    if device == "cpu":
-        try:
-            return max(1, int(os.environ.get("TL_MAX_CPU_RUNS", "1")))
-        except ValueError:
-            return 1
-    return 1
-
-
 def _jsonable(value):
     """JSON-safe copy: numpy/torch scalars → numbers, NaN/inf → None, tuples → lists."""
     if isinstance(value, dict):
@@ -114,35 +96,6 @@ def _dumps(value) -> str:
 
 def _loads(text: str | None):
     return None if text is None else json.loads(text)
-
-
-def _pid_alive(pid: int | None) -> tuple[bool, str | None]:
-    """(alive, how it ended if known). Reaps the process if it is our own child (no zombies)."""
-    if not pid:
-        return False, None
-    try:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            if os.WIFSIGNALED(status):
-                return False, f"signal {os.WTERMSIG(status)}"
-            return False, f"exit code {os.WEXITSTATUS(status)}"
-    except ChildProcessError:
-        pass  # not our child: fall through to a plain existence check
-    except OSError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False, None
-    except PermissionError:
-        return True, None
-    try:  # a zombie (exited, parent not waiting) counts as dead
-        with open(f"/proc/{pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                return False, None
-    except (OSError, IndexError):
-        pass
-    return True, None
 
 
 @dataclass
@@ -229,7 +182,7 @@ class RunStore:
         name = config.get("name") or " · ".join(
             str(config.get(k)) for k in ("backbone", "strategy", "data") if config.get(k)
         )
-        device = device or resolve_device(config.get("device"))
+        device = device or executor.resolve_device(config.get("device"))
         self.run_dir(run_id).mkdir(parents=True)
         self._q(
             "INSERT INTO runs (id, name, status, reason, config, device, created) VALUES (?,?,?,?,?,?,?)",
@@ -252,10 +205,8 @@ class RunStore:
     def _info(self, row: sqlite3.Row) -> RunInfo:
         position = None
         if row["status"] == "queued":
-            position = self._q(
-                "SELECT COUNT(*) FROM runs WHERE status = 'queued' AND device = ? AND n <= ?",
-                (row["device"], row["n"]),
-            )[0][0]
+            with self._lock:
+                position = executor.POLICY.position(row["id"], self._queued(self._db, row["device"]))
         return RunInfo(
             id=row["id"], name=row["name"], status=row["status"], reason=row["reason"],
             config=_loads(row["config"]), created=row["created"], started=row["started"],
@@ -265,27 +216,17 @@ class RunStore:
         )
 
     def reap(self) -> list[str]:
-        """Mark active runs whose worker is gone (or silent for ``STALE_S``) as failed. Returns their ids."""
+        """Mark active runs whose worker is gone (``executor.why_dead``) as failed. Returns their ids."""
         now = time.time()
-        dead = []
-        for row in self._q("SELECT id, status, pid, heartbeat, created FROM runs WHERE status IN ('queued','running')"):
-            if row["pid"] is None:
-                if now - row["created"] > NEVER_STARTED_S:
-                    dead.append((row, "the worker process never started"))
-                continue
-            alive, how = _pid_alive(row["pid"])
-            if not alive:
-                dead.append((row, DIED + (f" [{how}]" if how else "")))
-            elif row["heartbeat"] is not None and now - row["heartbeat"] > STALE_S:
-                dead.append((row, f"worker stopped responding (no heartbeat for {now - row['heartbeat']:.0f} s)"))
         failed = []
-        for row, reason in dead:
-            cur = self._q(
-                "UPDATE runs SET status='failed', reason=?, finished=? WHERE id=? AND status=? AND pid IS ? "
-                "RETURNING id",
-                (reason, now, row["id"], row["status"], row["pid"]),
-            )
-            failed += [r[0] for r in cur]
+        for row in self._q("SELECT id, status, pid, heartbeat, created FROM runs WHERE status IN ('queued','running')"):
+            reason = executor.why_dead(row["pid"], row["heartbeat"], row["created"], now)
+            if reason:
+                failed += [r[0] for r in self._q(
+                    "UPDATE runs SET status='failed', reason=?, finished=? WHERE id=? AND status=? AND pid IS ? "
+                    "RETURNING id",
+                    (reason, now, row["id"], row["status"], row["pid"]),
+                )]
         return failed
 
     def request_stop(self, run_id: str) -> str:
@@ -314,9 +255,18 @@ class RunStore:
     def heartbeat(self, run_id: str) -> None:
         self._q("UPDATE runs SET heartbeat=? WHERE id=?", (time.time(), run_id))
 
+    def record_pid(self, run_id: str, pid: int) -> None:
+        """The launcher's note of the worker's pid (the worker's own ``attach_worker`` wins if first)."""
+        self._q("UPDATE runs SET pid=COALESCE(pid, ?) WHERE id=?", (pid, run_id))
+
+    @staticmethod
+    def _queued(db, device: str) -> list[str]:
+        """Ids of the runs queued on ``device``, oldest first."""
+        return [r[0] for r in db.execute("SELECT id FROM runs WHERE status='queued' AND device=? ORDER BY n", (device,))]
+
     def try_start(self, run_id: str) -> bool:
-        """Claim a device slot: succeeds when ``run_id`` is the oldest queued run of its device and
-        fewer than ``device_limit`` runs are running there. Queued → running atomically."""
+        """Claim a device slot when the queue policy (``executor.POLICY``: today FIFO per device,
+        ``device_limit`` at once) lets ``run_id`` start. Queued → running atomically."""
         self.reap()
 
         def claim(db) -> bool:
@@ -327,10 +277,7 @@ class RunStore:
             running = db.execute(
                 "SELECT COUNT(*) FROM runs WHERE status='running' AND device=?", (device,)
             ).fetchone()[0]
-            first = db.execute(
-                "SELECT id FROM runs WHERE status='queued' AND device=? ORDER BY n LIMIT 1", (device,)
-            ).fetchone()[0]
-            if running >= device_limit(device) or first != run_id:
+            if not executor.POLICY.may_start(run_id, device, self._queued(db, device), running):
                 return False
             db.execute(
                 "UPDATE runs SET status='running', reason='starting: loading libraries, data and model', started=?, heartbeat=? "
@@ -467,31 +414,3 @@ class StoreCallback:
             except Exception:  # the metrics are still worth keeping; the log has the cause
                 traceback.print_exc()
 
-
-# --- launching workers -------------------------------------------------------------------------
-def launch(cfg, runs_dir: str | os.PathLike | None = None) -> str:
-    """Validate ``cfg`` (and that its pretrained weights can be had: WeightsError otherwise), create a queued run and start its worker process in a new session (it
-    survives the page, the tab and the launching process). Returns the run id at once."""
-    if hasattr(cfg, "validate"):
-        cfg.validate()
-        from . import backbones
-
-        if cfg.effective_weights == "pretrained" and cfg.backbone in backbones.catalogue():
-            backbones.check_weights(cfg.backbone, cfg.weights_file, cfg.allow_download)  # fail here, not in a run
-    store = RunStore(runs_dir)
-    try:
-        run_id = store.create(cfg)
-        package_root = str(Path(__file__).resolve().parent.parent)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-        env["PYTHONUNBUFFERED"] = "1"
-        with open(store.log_path(run_id), "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "tl_core.worker", run_id, "--runs-dir", str(store.runs_dir)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, env=env,
-            )
-        store._q("UPDATE runs SET pid=COALESCE(pid, ?) WHERE id=?", (proc.pid, run_id))
-        return run_id
-    finally:
-        store.close()

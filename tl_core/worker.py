@@ -1,6 +1,7 @@
 """``python -m tl_core.worker RUN_ID --runs-dir DIR``: one training run in its own process.
 
-Started by ``runs.launch``. It waits for a device slot (queued → running, FIFO), trains with
+Started by ``executor.ProcessExecutor`` (``runs.launch``). It waits for a device slot (queued → running,
+as ``executor.POLICY`` allows: FIFO per device), trains with
 ``training.fit(cfg, [StoreCallback])`` and records the final status with a readable reason.
 Its stdout/stderr go to ``DIR/RUN_ID/worker.log``.
 """
@@ -14,7 +15,8 @@ import threading
 import time
 import traceback
 
-from .runs import HEARTBEAT_S, RunStore, StoreCallback, device_limit
+from .executor import device_limit
+from .runs import HEARTBEAT_S, RunStore, StoreCallback
 
 QUEUE_POLL_S = 0.5
 
