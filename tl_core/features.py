@@ -6,12 +6,13 @@ the image. Three steps, each usable alone:
 
 - ``plan_cache(model, hier, chain, plan, ...) -> CachePlan``: can a prefix be cached under this freeze
   plan, and if so which modules form the prefix and which the trained rest (``suffix``); if not, why.
-- ``prefix_features(plan, model, images, transform, to_device) -> (features | None, description)``:
+- ``prefix_features(plan, model, images, transform, to_device, limit, key=None) -> (features | None, description)``:
   the prefix outputs of each image set (``{"train": images, "val": images}``), as lazily filled
-  ``PrefixCache`` tensors, plus one line saying what was cached (or why not: too large).
+  ``PrefixCache`` tensors, plus one line saying what was cached (or why not: too large). Given ``key``
+  (the run's other key inputs, e.g. ``key_inputs(cfg)``), each set's features are also shared between
+  runs through ``feature_cache.FeatureStore``: loaded when an earlier run stored them ("features reused
+  from an earlier run"), else stored once the first epoch has filled them.
 - ``phase_loaders(...)``: the phase's data loaders, over cached features or over images.
-
-A disk cache shared between runs would replace ``prefix_features``: same arguments, same result.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import surgery
+from . import feature_cache, surgery
 
 CACHE_LIMIT_BYTES = int(1.5e9)  # cached prefix outputs (train + val) must fit in this
 CACHED_VAL_BATCH = 1024  # validation batch over cached features (only the small suffix runs)
@@ -121,18 +122,25 @@ def plan_cache(model: nn.Module, hier: surgery.Hierarchy, chain, plan: surgery.F
 class PrefixCache:
     """The outputs of a frozen prefix for a fixed set of images, computed once per image the first
     time a batch asks for it (so the first epoch trains from its first batch on) and kept for every
-    later epoch. Indexed like a tensor: ``cache[idx]`` gives the prefix outputs of images ``idx``."""
+    later epoch. Indexed like a tensor: ``cache[idx]`` gives the prefix outputs of images ``idx``.
+    Given ``out`` (features stored by an earlier run) it is full from the start and runs nothing;
+    ``on_full(out)`` is called once, when the last image has been filled."""
 
     device = torch.device("cpu")  # where Batches puts the indices
     CHUNK = 128
 
-    def __init__(self, prefix, model: nn.Module, images: torch.Tensor, transform, to_device):
+    def __init__(self, prefix, model: nn.Module, images: torch.Tensor, transform, to_device,
+                 out: torch.Tensor | None = None, on_full: Callable | None = None):
         self.prefix, self.model, self.images, self.transform, self.to_device = prefix, model, images, transform, to_device
-        first = self._run(torch.zeros(1, dtype=torch.long))  # one image: the output shape, for the memory check
-        self.shape = first.shape[1:]
-        self.nbytes = first[0].numel() * first.element_size() * len(images)
-        self.out: torch.Tensor | None = None  # allocated on first use (after the memory check)
-        self.done = torch.zeros(len(images), dtype=torch.bool)
+        self.on_full, self.reused = on_full, out is not None
+        if out is None:  # one image: the output shape, for the memory check
+            first = self._run(torch.zeros(1, dtype=torch.long))
+            self.shape, item = first.shape[1:], first[0].numel() * first.element_size()
+        else:
+            self.shape, item = out.shape[1:], out[0].numel() * out.element_size()
+        self.nbytes = item * len(images)
+        self.out = out  # else allocated on first use (after the memory check)
+        self.done = torch.full((len(images),), out is not None, dtype=torch.bool)
 
     @torch.no_grad()
     def _run(self, idx: torch.Tensor) -> torch.Tensor:
@@ -154,24 +162,89 @@ class PrefixCache:
                 self.out = torch.empty((len(self.images), *self.shape), dtype=out.dtype, device=out.device)
             self.out[part.to(out.device)] = out
             self.done[part] = True
+        if len(todo) and self.on_full is not None and bool(self.done.all()):
+            self.on_full(self.out)
+            self.on_full = None
         return self.out[idx.to(self.out.device)]
 
 
+def key_inputs(cfg) -> dict:
+    """What of a ``TrainConfig`` goes into the shared features' key besides what ``prefix_features``
+    hashes itself (prefix weights and depth, images, transform, device): data source and classes subset."""
+    return {k: getattr(cfg, k, None) for k in ("backbone", "data", "classes", "image_size", "normalization")}
+
+
+def _prefix_tensors(plan: CachePlan, model: nn.Module):
+    """(name, tensor) of every parameter and buffer the prefix runs: the prefix module's state dict, or
+    (a prefix that is a function of the whole model) the model's minus the suffix's."""
+    if isinstance(plan.prefix, nn.Module):
+        return plan.prefix.state_dict(keep_vars=True).items()
+    suffix = plan.suffix.state_dict(keep_vars=True).values() if isinstance(plan.suffix, nn.Module) else ()
+    suffix = {id(t) for t in suffix}
+    return [(k, t) for k, t in model.state_dict(keep_vars=True).items() if id(t) not in suffix]
+
+
+def entry_keys(plan: CachePlan, model: nn.Module, images: dict[str, torch.Tensor], transform, key: dict) -> dict | None:
+    """The store key of each image set's prefix outputs: a sha256 of the prefix's weights (their values),
+    architecture and depth, the set's exact images, the transform, the device type and precision, and
+    ``key``. None when the transform has no stable description (a repr with a memory address)."""
+    described = repr(transform)
+    if " at 0x" in described:
+        return None
+    param = next(model.parameters(), torch.zeros(()))
+    runs = plan.prefix if isinstance(plan.prefix, nn.Module) else model
+    common = {"device": param.device.type, "dtype": str(param.dtype), "autocast": False,  # see PrefixCache._run
+              **key, "prefix": plan.what, "frozen_blocks": plan.frozen_blocks,
+              "weights": feature_cache.weights_digest(_prefix_tensors(plan, model)),
+              "architecture": feature_cache.text_digest(repr(runs)), "transform": described, "torch": torch.__version__}
+    return {k: feature_cache.entry_key({**common, "images": feature_cache.tensor_digest(x)}) for k, x in images.items()}
+
+
+def _shared_cache(plan: CachePlan, model: nn.Module, images: torch.Tensor, transform, to_device,
+                  store: feature_cache.FeatureStore | None, key: str | None) -> PrefixCache:
+    """One image set's PrefixCache: loaded from ``store`` when there, else filled and then stored."""
+    if store is None or key is None:
+        return PrefixCache(plan.prefix, model, images, transform, to_device)
+    stored = store.load(key)
+    if stored is not None and len(stored) == len(images):
+        out = stored.to(next(model.parameters(), stored).device)  # where the prefix would have put them
+        return PrefixCache(plan.prefix, model, images, transform, to_device, out=out)
+    return PrefixCache(plan.prefix, model, images, transform, to_device, on_full=lambda out: store.store(key, out))
+
+
+def _describe(plan: CachePlan, caches: dict[str, PrefixCache], shared: bool) -> str:
+    shape = tuple(next(iter(caches.values())).shape)
+    count, total = sum(len(c) for c in caches.values()), sum(c.nbytes for c in caches.values())
+    reused = [k for k, c in caches.items() if c.reused]
+    if reused and len(reused) == len(caches):
+        how = "features reused from an earlier run"
+    elif reused:
+        how = f"{' and '.join(reused)} features reused from an earlier run, the rest filled during the first epoch"
+    else:
+        how = "filled during the first epoch" + (", then kept for later runs" if shared else "")
+    return f"{plan.why} ({count} images x {shape} = {total / 2**20:.1f} MB, {how})"
+
+
 def prefix_features(plan: CachePlan, model: nn.Module, images: dict[str, torch.Tensor], transform, to_device,
-                    limit: int = CACHE_LIMIT_BYTES) -> tuple[dict[str, PrefixCache] | None, str]:
+                    limit: int = CACHE_LIMIT_BYTES,
+                    key: dict | None = None) -> tuple[dict[str, PrefixCache] | None, str]:
     """The frozen prefix's outputs for each image set in ``images`` (uint8 [N,C,H,W], run through
     ``transform`` then ``to_device``), filled as batches ask for them, and one line saying what was
-    cached; (None, why not) when ``plan`` refuses or the features would take more than ``limit`` bytes."""
+    cached; (None, why not) when ``plan`` refuses or the features would take more than ``limit`` bytes.
+    Given ``key`` (more key inputs, e.g. ``key_inputs(cfg)``), the features are shared between runs
+    through the ``feature_cache.FeatureStore`` under the runs folder (unless its size cap is 0)."""
     if not plan.ok:
         return None, plan.why
-    caches = {k: PrefixCache(plan.prefix, model, x, transform, to_device) for k, x in images.items()}
+    store = feature_cache.FeatureStore() if key is not None else None
+    keys = entry_keys(plan, model, images, transform, key) if store is not None and store.enabled else None
+    store = store if keys is not None else None
+    caches = {k: _shared_cache(plan, model, x, transform, to_device, store, keys and keys[k])
+              for k, x in images.items()}
     total = sum(c.nbytes for c in caches.values())
     if total > limit:
         return None, (f"not cached: the frozen part's outputs would take {total / 2**20:,.0f} MB, "
                       f"over the {limit / 2**20:,.0f} MB limit")
-    shape = tuple(next(iter(caches.values())).shape)
-    count = sum(len(c) for c in caches.values())
-    return caches, f"{plan.why} ({count} images x {shape} = {total / 2**20:.1f} MB, filled during the first epoch)"
+    return caches, _describe(plan, caches, store is not None)
 
 
 class Batches(torch.utils.data.Dataset):
@@ -201,14 +274,17 @@ def _identity(batch):
 
 
 def phase_loaders(model: nn.Module, cache: CachePlan, data: dict, dev, batch_size: int,
-                  generator: torch.Generator) -> dict:
+                  generator: torch.Generator, key: dict | None = None) -> dict:
     """Loaders (and the forward function) for a phase, over cached prefix outputs when ``cache`` allows.
     ``data``: the dict of ``training.prepare`` (ds, train_idx, val_idx, train_tf, eval_tf, augment);
-    ``dev``: the run's ``devices.DevicePlan``. Returns {"train", "val", "forward", "cached", "why"}."""
+    ``dev``: the run's ``devices.DevicePlan``; ``key``: share the features between runs (``key_inputs``).
+    Returns {"train", "val", "forward", "cached", "why"}."""
     ds = data["ds"]
     idx = {"train": data["train_idx"], "val": data["val_idx"]}
     images, labels = {k: ds.images[i] for k, i in idx.items()}, {k: ds.labels[i] for k, i in idx.items()}
-    feats, why = prefix_features(cache, model, images, data["eval_tf"], dev.move)
+    if key is not None:
+        key = {**key, "amp": str(dev.amp_dtype), "channels_last": dev.channels_last}
+    feats, why = prefix_features(cache, model, images, data["eval_tf"], dev.move, key=key)
     if feats is not None:
         sets = {k: Batches(feats[k], labels[k].to(dev.device)) for k in idx}
         forward, pin, val_bs = cache.suffix, False, CACHED_VAL_BATCH
