@@ -1,10 +1,10 @@
-"""Run the strategy-race and Yosinski labs in their DEFAULT configuration, on this machine.
+"""Run the labs in their DEFAULT configuration (3 paired seeds each), on this machine.
 
-Prints each lab's result table, "what we measured" and timing; writes the charts as PNG
-(docs/img/lab_race.png, docs/img/lab_yosinski.png: plotly → standalone HTML → headless Chromium
-screenshot) and docs/labs.md with the measured numbers.
+Prints each lab's result table (means over the seeds with 95% bootstrap intervals), "what we measured"
+and timing; writes the charts as PNG (docs/img/lab_<lab>.png: plotly → standalone HTML → headless
+Chromium screenshot) and docs/labs.md with the measured numbers, a summary table first.
 
-    .venv/bin/python benchmarks/bench_labs.py [--labs race yosinski] [--runs-dir DIR]
+    .venv/bin/python benchmarks/bench_labs.py [--labs race yosinski ...] [--seeds K] [--runs-dir DIR]
 
 Runs and the lab-saved backbones go to a temporary folder unless --runs-dir is given.
 """
@@ -93,7 +93,8 @@ def md_table(df, cols=None, percent=()) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--labs", nargs="+", default=["race", "yosinski"])
+    p.add_argument("--labs", nargs="+", default=None, help="default: every lab")
+    p.add_argument("--seeds", type=int, default=None, help="default: the lab's default (3)")
     p.add_argument("--runs-dir", default=None)
     p.add_argument("--no-docs", action="store_true", help="print only; do not write docs/labs.md and the PNGs")
     args = p.parse_args()
@@ -106,10 +107,13 @@ def main() -> int:
     info = machine()
     print(f"machine: {info}; load average before: {load()}; runs in {runs_dir}")
     sections, loads, cpu = [], {}, {}
-    for lab in args.labs:
+    for lab in args.labs or list(labs.LABS):
         cfg = labs.default_config(lab)
+        if args.seeds is not None:
+            cfg.seeds = args.seeds
         n_runs = len(labs.plan_runs(cfg, runs_dir / "plan-preview"))
-        print(f"\n=== {labs.LABS[lab].title}: {n_runs} runs, default config: {cfg.to_query_string()}", flush=True)
+        print(f"\n=== {labs.LABS[lab].title}: {n_runs} runs ({cfg.seeds} seeds), default config: "
+              f"{cfg.to_query_string()}", flush=True)
         t0, c0 = time.time(), time.process_time()
         res = labs.run_lab(cfg, runs_dir)
         wall, cpu[lab] = time.time() - t0, time.process_time() - c0
@@ -125,11 +129,52 @@ def main() -> int:
 
     if args.no_docs:
         return 0
-    header = ["# Labs: measured results", "",
-              "Measured by `benchmarks/bench_labs.py`. Each lab ran in its **default** configuration (the one the "
-              "Labs page starts with), all runs of a lab one after another in one process, on the same data split "
-              "and seed. Numbers are single-seed measurements, not constants: rerun the script to reproduce them "
-              "on your machine.", ""]
+    write_docs(labs, sections, info, loads, cpu)
+    return 0
+
+
+HEADER = ["# Labs: measured results", "",
+          "Measured by `benchmarks/bench_labs.py`. Each lab ran in its **default** configuration (the one the Labs "
+          "page starts with), all runs of a lab one after another in one process. Every lab runs **several seeds** "
+          "(the default: 3): the "
+          "same data split for all of them, a different initialisation and batch order for each, so the runs of a "
+          "seed are paired. Tables show the **mean over the seeds** and, beside it, the 95% bootstrap interval of "
+          "that mean; charts show the mean with a band from the lowest to the highest seed. Numbers are "
+          "measurements, not constants: rerun the script to reproduce them on your machine.", ""]
+
+
+def _summary(labs, sections) -> list[str]:
+    """One line per lab: seeds, runs, time and how its claims came out."""
+    rows = ["| lab | seeds | runs | time | claims: agree / inconclusive / disagree | verdict |",
+            "|---|---|---|---|---|---|"]
+    for lab, cfg, res, wall, n_runs, _ in sections:
+        v = [c["agrees"] for c in res.checks]
+        rows.append(f"| [{labs.LABS[lab].title}](#{lab}) | {len(res.seeds)} | {n_runs} | {wall / 60:.1f} min | "
+                    f"{v.count(True)} / {v.count(None)} / {v.count(False)} | {res.verdict()} |")
+    return ["## Summary", "", labs.VERDICT_RULE, "", *rows, ""]
+
+
+def _section(labs, lab, cfg, res, wall, n_runs, png, info, load, cpu) -> str:
+    li = labs.LABS[lab]
+    sec = [f"<!-- lab:{lab} -->", f'<a id="{lab}"></a>', "", f"## {li.title}", "", f"**Question.** {li.question}", "",
+           f"**Theory predicts.** {li.prediction}", "",
+           f"Configuration: `{cfg.to_query_string()}` ({li.timing}).", "",
+           f"**Seeds: {len(res.seeds)}** (training seeds {', '.join(map(str, res.seeds))}; split seed {cfg.seed}).",
+           "",
+           f"**Time: {wall / 60:.1f} min** ({wall:.0f} s wall for {n_runs} runs, including data loading and "
+           f"model building), measured {time.strftime('%Y-%m-%d %H:%M')} on {info} "
+           f"(1-min / 5-min / 15-min load average at the end: {load}). The lab used "
+           f"{cpu:.0f} s of CPU time: on an idle 2-core machine that is about "
+           f"{cpu / 2 / 60:.1f}–{cpu / 1.6 / 60:.1f} min of wall time.", ""]
+    if png.exists():
+        sec += [f"![{li.title}](img/{png.name})", ""]
+    cols = [c for c in res.table.columns if c not in ("run", "key", "total params")]
+    sec += [md_table(res.table, cols, res.percent_columns()), "", "**What we measured.**", "", res.text, "",
+            f"<!-- /lab:{lab} -->"]
+    return "\n".join(sec)
+
+
+def write_docs(labs, sections, info, loads, cpu) -> None:
     doc = ROOT / "docs" / "labs.md"
     old = doc.read_text() if doc.exists() else ""
     blocks = {}
@@ -138,24 +183,10 @@ def main() -> int:
         if a in old and b in old:
             blocks[lab] = old[old.index(a):old.index(b) + len(b)]
     for lab, cfg, res, wall, n_runs, png in sections:
-        li = labs.LABS[lab]
-        sec = [f"<!-- lab:{lab} -->", f"## {li.title}", "", f"**Question.** {li.question}", "",
-               f"**Theory predicts.** {li.prediction}", "",
-               f"Configuration: `{cfg.to_query_string()}` ({li.timing}).", "",
-               f"**Time: {wall / 60:.1f} min** ({wall:.0f} s wall for {n_runs} runs, including data loading and "
-               f"model building), measured {time.strftime('%Y-%m-%d %H:%M')} on {info} "
-               f"(1-min / 5-min / 15-min load average at the end: {loads[lab]}). The lab used "
-               f"{cpu[lab]:.0f} s of CPU time: on an idle 2-core machine that is about "
-               f"{cpu[lab] / 2 / 60:.1f}–{cpu[lab] / 1.6 / 60:.1f} min of wall time.", ""]
-        if png.exists():
-            sec += [f"![{li.title}](img/{png.name})", ""]
-        cols = [c for c in res.table.columns if c not in ("run", "key", "total params")]
-        sec += [md_table(res.table, cols, res.percent_columns()), "", "**What we measured.**", "", res.text, "", f"<!-- /lab:{lab} -->"]
-        blocks[lab] = "\n".join(sec)
+        blocks[lab] = _section(labs, lab, cfg, res, wall, n_runs, png, info, loads[lab], cpu[lab])
     body = [blocks[k] for k in labs.LABS if k in blocks]
-    doc.write_text("\n".join(header) + "\n" + "\n\n".join(body) + "\n")
-    print(f"\nwrote {ROOT / 'docs' / 'labs.md'}")
-    return 0
+    doc.write_text("\n".join(HEADER + _summary(labs, sections)) + "\n" + "\n\n".join(body) + "\n")
+    print(f"\nwrote {doc}")
 
 
 if __name__ == "__main__":

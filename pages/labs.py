@@ -8,7 +8,7 @@ prepares it, copies the link, and students open exactly the same setup.
 import streamlit as st
 
 from pages import _ui
-from tl_core import labs
+from tl_core import labs, limits
 
 _ui.start_page()
 store = _ui.store()
@@ -18,8 +18,9 @@ REFRESH_S = 1.5
 st.title("Labs")
 st.markdown(
     "Small, real experiments that put a claim of transfer-learning theory to the test. Each lab runs "
-    "several trainings on **the same data, split and seed**, then compares what we **measured** with what "
-    "theory **predicts**, and says so plainly when they disagree. Every run also appears on the Compare page."
+    "several trainings on **the same data and split**, repeated over a few **seeds** (different initialisation "
+    "and batch order), then compares what we **measured** with what theory **predicts**, and says so plainly "
+    "when they disagree. Every run also appears on the Compare page."
 )
 
 ORDER = list(labs.LABS)
@@ -44,6 +45,8 @@ def _widget_values(cfg: labs.LabConfig) -> dict:
         f"{lab}_image_size": cfg.image_size,
         f"{lab}_epochs": cfg.epochs,
         f"{lab}_seed": cfg.seed,
+        f"{lab}_seeds": cfg.seeds,
+        f"{lab}_only_seed": cfg.only_seed,
         f"{lab}_strategies": list(cfg.strategies),
         f"{lab}_depths": labs.encode_value("depths", cfg.depths),
         f"{lab}_sizes": labs.encode_value("sizes", cfg.sizes),
@@ -79,6 +82,8 @@ def _edit(lab: str, field: str, convert=None) -> None:
     value = st.session_state[f"{lab}_{field}"]
     try:
         setattr(cfg, field, convert(value) if convert else value)
+        if field == "seeds" and cfg.only_seed is not None and cfg.only_seed >= cfg.seeds:
+            cfg.only_seed = None  # that seed index is gone: run them all
         cfg.validate()
     except ValueError as exc:
         st.session_state[f"labcfg_err_{lab}"] = str(exc)
@@ -149,7 +154,7 @@ def settings(lab: str) -> labs.LabConfig:
                   help="More images, larger inputs, more epochs: minutes on a GPU, far longer on a laptop CPU.")
     top[1].caption(f"Default: sized for about 5 minutes or less on an idle 2-core CPU — {info.timing}."
                    if cfg.preset == "default" else "GPU configuration: expect it to take much longer on a CPU.")
-    c = st.columns(4)
+    c = st.columns(5)
     if lab != "quadrant":
         c[0].number_input("Images per class" + (" (task B)" if lab == "yosinski" else ""), min_value=0,
                           max_value=100_000, step=5, key=f"{lab}_per_class", on_change=_edit,
@@ -163,7 +168,11 @@ def settings(lab: str) -> labs.LabConfig:
     c[2].number_input("Epochs" + (" (transfer runs)" if lab == "yosinski" else ""), min_value=1, max_value=100,
                       key=f"{lab}_epochs", on_change=_edit, args=(lab, "epochs"))
     c[3].number_input("Seed", min_value=0, max_value=10_000, key=f"{lab}_seed", on_change=_edit, args=(lab, "seed"),
-                      help="Every run of the lab uses this seed: same split, same initial head.")
+                      help="The data split's seed (the same for every run of the lab) and the first training seed.")
+    c[4].number_input("Seeds", min_value=1, max_value=limits.current().max_seeds, key=f"{lab}_seeds", on_change=_edit,
+                      args=(lab, "seeds"), help="How many times the lab runs, with training seeds seed, seed+1, …: "
+                      "same split, different initialisation and batch order. Two or more give a 95% interval.")
+    only_seed(lab, cfg)
     if lab in ("race", "quadrant"):
         from tl_core.strategies import STRATEGIES
 
@@ -177,9 +186,30 @@ def settings(lab: str) -> labs.LabConfig:
                         key=f"{lab}_source_epochs", on_change=_edit, args=(lab, "source_epochs"))
     if st.session_state.get(f"labcfg_err_{lab}"):
         st.error(f"Setting not applied: {st.session_state[f'labcfg_err_{lab}']}")
+    share(lab, cfg)
+    return cfg
+
+
+def only_seed(lab: str, cfg: labs.LabConfig) -> None:
+    """Run all the seeds, or (a classroom: one student per seed) only one of them."""
+    options = [None, *range(cfg.seeds)]
+    if st.session_state.get(f"{lab}_only_seed") not in options:
+        st.session_state[f"{lab}_only_seed"] = None
+    st.selectbox("Seeds to run", options, key=f"{lab}_only_seed", on_change=_edit, args=(lab, "only_seed"),
+                 format_func=lambda i: f"all {cfg.seeds}" if i is None else f"only seed #{i} (training seed "
+                                                                            f"{cfg.seed + i})",
+                 help="A class can share the work: each student runs one seed of the same lab (see the student "
+                      "links under 'Share').")
+
+
+def share(lab: str, cfg: labs.LabConfig) -> None:
     with st.expander("Share, save or load this configuration"):
         st.markdown("**Link for students** (append to the app's address; it opens this lab with these settings):")
         st.code("labs?" + cfg.to_query_string(), language=None)
+        if cfg.seeds > 1:
+            st.markdown("**One seed per student** (student *i* runs seed *i* only; same split for all):")
+            one = [labs.LabConfig.from_dict({**cfg.to_dict(), "only_seed": i}) for i in range(cfg.seeds)]
+            st.code("\n".join("labs?" + c.to_query_string() for c in one), language=None)
         st.download_button("Save configuration (JSON)", cfg.to_json(), file_name=f"{lab}.json",
                            mime="application/json", key=f"{lab}_save", icon=":material/download:")
         st.file_uploader("Load a configuration (JSON)", type=["json"], key=f"{lab}_json", on_change=_load_json,
@@ -190,7 +220,6 @@ def settings(lab: str) -> labs.LabConfig:
             cols[0].selectbox("Ready-made configurations (labs/*.json)", list(ready), key=f"{lab}_ready")
             cols[1].button("Load", key=f"{lab}_ready_load", on_click=_load_ready, args=(lab,))
         st.json(cfg.to_dict(), expanded=False)
-    return cfg
 
 
 def normalization_inputs(cfg: labs.LabConfig) -> None:
@@ -282,6 +311,7 @@ def tab(lab: str) -> None:
     st.subheader(info.title)
     st.markdown(f"**Question.** {info.question}")
     st.markdown(f"**Theory predicts.** {info.prediction}")
+    st.caption(labs.VERDICT_RULE)
     with st.container(border=True):
         cfg = settings(lab)
     if lab == "normalization":

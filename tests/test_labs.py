@@ -5,6 +5,7 @@ Tiny means: digits8 / faces, a few images per class, 32 px, 1-2 epochs and a tes
 "pretrained" backbone saved as a lab backbone (``backbones.save_local_backbone``) so that every
 pretrained path (weights file, freezing, caching) runs without the 2M-parameter MobileNetV2.
 """
+import dataclasses
 import time
 
 import pytest
@@ -35,7 +36,7 @@ def tiny_backbone():
 def tiny(lab: str, **kw) -> labs.LabConfig:
     c = labs.default_config(lab)
     c.backbone, c.data, c.per_class, c.image_size, c.epochs, c.batch_size = TINY_KEY, "digits8", 4, 32, 1, 16
-    c.val_fraction = 0.1
+    c.val_fraction, c.seeds = 0.1, 1  # one seed: the end-to-end tests stay fast
     for k, v in kw.items():
         setattr(c, k, v)
     return c
@@ -367,3 +368,208 @@ def test_freeze_depth_analysis_when_freezing_some_groups_beats_none():
     rows = [_rec(f"frozen:{n}", [a]) for n, a in ((0, 0.70), (3, 0.85), (5, 0.84), (9, 0.60))]
     res = labs.analyse_freeze_depth(labs.default_config("freeze_depth"), rows, n_groups=9)
     assert res.extra["general_upto"] == 5 and "n = 5" in res.text
+
+
+# ------------------------------------------------------------------ seeds and intervals
+
+
+def test_bootstrap_interval_and_verdict_on_hand_made_paired_differences():
+    agree = labs.paired([0.05, 0.06, 0.07, 0.055, 0.065])
+    assert agree.verdict == "agrees" and agree.agrees is True and 0 < agree.lo <= agree.mean <= agree.hi
+    assert agree.mean == pytest.approx(0.06) and agree.n == 5 and not agree.single
+    disagree = labs.paired([-0.05, -0.06, -0.04])
+    assert disagree.verdict == "disagrees" and disagree.agrees is False and disagree.hi < 0
+    noisy = labs.paired([0.10, -0.08, 0.02, -0.05, 0.07])
+    assert noisy.verdict == "inconclusive" and noisy.agrees is None and noisy.lo < 0 < noisy.hi
+    # deterministic with the generator's seed; another seed draws other resamples
+    values = [0.03, -0.01, 0.05, 0.02, 0.00, 0.04, -0.02]
+    assert labs.bootstrap_interval(values) == labs.bootstrap_interval(values)
+    assert labs.bootstrap_interval(values, seed=1) != labs.bootstrap_interval(values, seed=2)
+    lo, hi = labs.bootstrap_interval(values)
+    assert min(values) <= lo < sum(values) / len(values) < hi <= max(values)
+    wide = labs.bootstrap_interval(values, level=0.99)
+    assert wide[0] <= lo and wide[1] >= hi
+    # three seeds: only min/max can bound the interval (P(all three resamples = min) = 1/27 > 2.5%)
+    assert labs.bootstrap_interval([0.01, 0.02, 0.09]) == pytest.approx((0.01, 0.09))
+    # one seed: no interval; the single-seed rule decides (beyond TOL by default)
+    assert labs.bootstrap_interval([0.3]) == (0.3, 0.3)
+    one = labs.paired([0.03])
+    assert one.single and one.verdict == "agrees" and one.describe(lambda d: f"{d:+.2f}") == "+0.03"
+    assert labs.paired([0.01]).verdict == "inconclusive" and labs.paired([-0.03]).verdict == "disagrees"
+    assert labs.paired([0.01], lambda d: d > 0).verdict == "agrees"
+    assert "[95%: +0.05, +0.07]" in labs.paired([0.05, 0.06, 0.07]).describe(lambda d: f"{d:+.2f}")
+    assert "bootstrap interval" in labs.VERDICT_RULE and "single seed" in labs.VERDICT_RULE
+    with pytest.raises(ValueError):
+        labs.paired([])
+
+
+def test_plan_with_three_seeds_repeats_the_runs_with_paired_seeds():
+    one = labs.plan_runs(labs.LabConfig.from_dict({"lab": "bn", "seeds": 1}))
+    three = labs.plan_runs(labs.default_config("bn"))
+    assert labs.default_config("bn").seeds == 3
+    assert [r.key for r in one] == ["bn:frozen", "bn:train"] and [r.cfg.seed for r in one] == [0, 0]
+    assert len(three) == 3 * len(one)
+    assert [r.cfg.seed for r in three] == [0, 0, 1, 1, 2, 2] == [r.seed for r in three]
+    assert [r.key for r in three[2:4]] == ["bn:frozen@s1", "bn:train@s1"]
+    assert len({r.key for r in three}) == 6 and three[3].label == "BN train · seed 1"
+    assert three[3].to_dict()["seed"] == 1 and [labs.base_key(r.key) for r in three[:2]] == ["bn:frozen", "bn:train"]
+    assert [r.stage for r in three] == [0, 0, 1, 1, 2, 2]  # seed after seed
+    if labs.plan.SPLIT_SEED in {f.name for f in dataclasses.fields(three[0].cfg)}:
+        assert {getattr(r.cfg, labs.plan.SPLIT_SEED) for r in three} == {0}
+    # a student's link: seed #1 of 3 only
+    only = labs.plan_runs(labs.LabConfig.from_dict({"lab": "bn", "only_seed": 1}))
+    assert [(r.key, r.cfg.seed) for r in only] == [("bn:frozen@s1", 1), ("bn:train@s1", 1)]
+    # runs that start from another run's network follow their own seed's source and weights folder
+    y = labs.plan_runs(labs.LabConfig.from_dict({"lab": "yosinski", "depths": [1], "seeds": 2}), "LAB")
+    anb = {r.key: r for r in y}["AnB:1@s1"]
+    assert anb.build["source"] == "baseA@s1" and "seed1" in anb.build["path"] and anb.cfg.weights_file == \
+        anb.build["path"]
+    assert [r.key for r in y[:2]] == ["baseA@s0", "baseB@s0"] and {r.stage for r in y if r.seed == 1} == {2, 3}
+    a0 = {r.key: r for r in y}["baseA@s0"].cfg.classes
+    assert a0 == {r.key: r for r in y}["baseA@s1"].cfg.classes  # the A/B classes stay fixed
+
+
+def test_seeds_share_the_split(tiny_backbone):
+    from tl_core import training
+
+    runs = labs.plan_runs(tiny("bn", seeds=2))
+    if labs.plan.SPLIT_SEED not in {f.name for f in dataclasses.fields(runs[0].cfg)}:
+        pytest.skip("TrainConfig has no split_seed yet: the lead adds it (see the labs' report)")
+    a, b = training.prepare(runs[0].cfg), training.prepare(runs[-1].cfg)
+    assert runs[0].cfg.seed != runs[-1].cfg.seed
+    assert torch.equal(a["train_idx"], b["train_idx"]) and torch.equal(a["val_idx"], b["val_idx"])
+
+
+def test_seeds_in_the_url_and_json_and_their_bounds(monkeypatch):
+    c = labs.default_config("race")
+    c.seeds, c.only_seed = 5, 2
+    q = c.to_query_string()
+    assert "seeds=5" in q and "only_seed=2" in q
+    assert labs.LabConfig.from_query(q) == c and labs.LabConfig.from_json(c.to_json()) == c
+    assert "only_seed=all" in labs.default_config("race").to_query_string()
+    assert labs.LabConfig.from_query("lab=bn&seeds=4").seeds == 4
+    assert c.run_seeds() == [2] and labs.LabConfig(seed=7, seeds=3).run_seeds() == [7, 8, 9]
+    with pytest.raises(ValueError, match="seeds"):
+        labs.LabConfig(lab="bn", seeds=0).validate()
+    with pytest.raises(ValueError, match="only_seed"):
+        labs.LabConfig(lab="bn", seeds=2, only_seed=2).validate()
+    with pytest.raises(ValueError, match="seeds must be a whole number from 1 to 100"):
+        labs.LabConfig(lab="bn", seeds=101).validate()
+    monkeypatch.setenv("TL_LIMIT_MAX_SEEDS", "4")
+    with pytest.raises(ValueError, match="from 1 to 4"):
+        labs.LabConfig(lab="bn", seeds=5).validate()
+
+
+def test_a_lab_with_too_many_runs_is_refused_before_anything_is_queued():
+    q = labs.default_config("quadrant")
+    q.sizes, q.seeds = list(range(1, 501)), 1  # 2 domains × 500 sizes × 3 strategies = 3,000 runs
+    with pytest.raises(ValueError) as err:
+        labs.plan_runs(q)
+    msg = str(err.value)
+    assert "3,000 runs" in msg and "max_lab_runs" in msg and "2 domain(s) × 500 size(s)" in msg and "\n" not in msg
+    with pytest.raises(ValueError, match="3,000 runs"):
+        labs.create_lab(q)
+    store = RunStore()
+    assert store.list_runs() == [] and labs.list_labs() == []
+    race = labs.LabConfig.from_dict({"lab": "race", "seeds": 20})  # 6 strategies × 20 seeds
+    with pytest.raises(ValueError, match="120 runs"):
+        labs.plan_runs(race)
+    assert len(labs.plan_runs(labs.LabConfig.from_dict({"lab": "race", "seeds": 16}))) == 96
+
+
+def _srec(key, accs, seed, label=None, **kw):
+    """A record of one seed, as a lab with several seeds stores it."""
+    r = _rec(f"{key}@s{seed}", accs, label=f"{label or key} · seed {seed}", **kw)
+    r["seed"] = r["config"]["seed"] = seed
+    return r
+
+
+def _bands(fig) -> int:
+    return sum(1 for t in fig.data if getattr(t, "fill", None) == "toself")
+
+
+def test_analyses_over_three_seeds_give_means_intervals_and_bands():
+    norm = labs.default_config("normalization")
+    rows = [_srec(k, [a + 0.01 * s], s, label) for s in (0, 1, 2)
+            for k, a, label in (("norm:backbone", 0.8, "own mean/std"), ("norm:wrong", 0.5, "wrong mean/std"))]
+    res = labs.analyse_normalization(norm, rows)
+    assert res.seeds == [0, 1, 2] and res.agrees is True and res.checks[0]["verdict"] == "agrees"
+    t = res.table.set_index("normalisation")
+    assert t.loc["own mean/std", "best acc"] == pytest.approx(0.81)
+    assert t.loc["own mean/std", "best acc 95% interval"] == "80.0–82.0%"
+    assert "best acc 95% interval" not in res.percent_columns() and "best acc" in res.percent_columns()
+    assert _bands(res.figure) == 2 and "3 seeds" in res.text and "95%" in res.text
+    # noisy: the gap changes sign between seeds → inconclusive, not "disagrees"
+    noisy = [_srec("norm:backbone", [a], s) for s, a in enumerate((0.8, 0.6, 0.75))]
+    noisy += [_srec("norm:wrong", [a], s) for s, a in enumerate((0.7, 0.7, 0.7))]
+    n = labs.analyse_normalization(norm, noisy)
+    assert n.agrees is None and n.verdict() == "inconclusive" and "interval contains 0" in n.text
+    # the other side on every seed → disagrees
+    bad = labs.analyse_normalization(norm, [_srec(k, [a - 0.01 * s], s) for s in (0, 1, 2)
+                                            for k, a in (("norm:backbone", 0.5), ("norm:wrong", 0.6))])
+    assert bad.agrees is False and "**disagrees**" in bad.text
+
+
+def test_race_over_three_seeds_and_records_pooled_from_one_seed_labs():
+    cfg = labs.default_config("race")
+    rows = []
+    for s in (0, 1, 2):
+        rows += [_srec("scratch", [0.2 + s / 100, 0.4, 0.5], s), _srec("full", [0.6, 0.7 + s / 100, 0.8], s)]
+    res = labs.analyse_race(cfg, rows)
+    assert res.agrees is True and [c["agrees"] for c in res.checks] == [True, True, True]
+    t = res.table.set_index("key")
+    assert t.loc["full", "best acc"] == pytest.approx(0.8) and t.loc["full", "seeds"] == 3
+    assert t.loc["full", "best vs scratch (pts)"] == pytest.approx(30.0)
+    assert t.loc["scratch", "start (epoch 1)"] == pytest.approx(0.21)
+    assert "best acc 95% interval" in t.columns and _bands(res.figure) == 2 and len(res.figure.data) == 4
+    mean_line = next(tr for tr in res.figure.data if tr.name == "full" and tr.fill != "toself")
+    assert list(mean_line.y) == pytest.approx([0.6, 0.71, 0.8])
+    # three students, each ran one seed (keys without a seed suffix, the seed in the config)
+    pooled = [dict(r, key=labs.base_key(r["key"]), seed=None) for r in rows]
+    again = labs.analyse_race(cfg, pooled)
+    assert again.seeds == [0, 1, 2] and again.table.equals(res.table)
+
+
+def test_freeze_depth_yosinski_quadrant_and_bn_over_three_seeds():
+    rows = [_srec(f"frozen:{n}", [a + 0.01 * s], s) for s in (0, 1, 2) for n, a in ((0, 0.8), (3, 0.82), (6, 0.6))]
+    rows += [_srec(f"copy:{n}", [a + 0.01 * s], s) for s in (0, 1, 2) for n, a in ((0, 0.3), (3, 0.6))]
+    fd = labs.analyse_freeze_depth(labs.default_config("freeze_depth"), rows, n_groups=6)
+    assert fd.agrees is True and fd.extra["general_upto"] == 3 and _bands(fd.figure) == 2
+    assert fd.table.set_index("n (groups)").loc[3, "frozen first n (best acc)"] == pytest.approx(0.83)
+
+    y = [_srec("baseA", [0.9], s) for s in (0, 1, 2)] + [_srec("baseB", [0.8 + 0.01 * s], s) for s in (0, 1, 2)]
+    for v, accs in {"BnB": [0.8, 0.75, 0.8], "BnB+": [0.8, 0.8, 0.8], "AnB": [0.82, 0.78, 0.6],
+                    "AnB+": [0.85, 0.86, 0.84]}.items():
+        y += [_srec(f"{v}:{n}", [a + 0.01 * s], s) for s in (0, 1, 2) for n, a in zip((1, 2, 3), accs)]
+    ys = labs.analyse_yosinski(labs.default_config("yosinski"), y)
+    assert ys.agrees is True and len(ys.checks) == 3 and ys.extra["baseline"] == pytest.approx(0.81)
+    assert _bands(ys.figure) == 4 and "AnB+ 95% interval" in ys.table.columns
+
+    q = labs.default_config("quadrant")
+    q.sizes, q.domains = [5], ["faces"]
+    qr = [_srec(f"q:faces:5:{k}", [a + 0.01 * s], s) for s in (0, 1, 2)
+          for k, a in (("feature_extraction", 0.8), ("partial", 0.7), ("full", 0.6))]
+    qres = labs.analyse_quadrant(q, qr, similarity={"faces": "near"})
+    assert [c["agrees"] for c in qres.checks] == [True] and "3 paired seeds" in qres.text
+    assert qres.table.loc[0, "feature_extraction"] == pytest.approx(0.81)
+
+    bn = [_srec(k, [a, a + 0.1 + 0.01 * s], s, phases=[{"trainable": ["head"]}])
+          for s in (0, 1, 2) for k, a in (("bn:frozen", 0.7), ("bn:train", 0.5))]
+    for r in bn:
+        for m in r["epochs"]:
+            m["bn_stat_drift"] = {"b0": 0.0 if r["key"].startswith("bn:frozen") else 0.2}
+    b = labs.analyse_bn(labs.default_config("bn"), bn)
+    assert b.agrees is True and "every one of 3 seeds" in b.text and _bands(b.figure) == 4
+
+
+def test_a_tiny_lab_with_two_seeds_end_to_end(tiny_backbone):
+    res = labs.run_lab(tiny("normalization", seeds=2))
+    lab = labs.list_labs(lab="normalization")[0]
+    assert [r["seed"] for r in lab["runs"]] == [0, 0, 1, 1]
+    store = RunStore()
+    infos = [store.get(r["run_id"]) for r in lab["runs"]]
+    assert all(i.status == "completed" for i in infos) and [i.config["seed"] for i in infos] == [0, 0, 1, 1]
+    assert res.seeds == [0, 1] and "best acc 95% interval" in res.table.columns
+    own = [i.summary["best_val_acc"] for i in infos if i.config["normalization"] == "backbone"]
+    assert res.table.set_index("normalisation").loc["own mean/std", "best acc"] == pytest.approx(sum(own) / 2)
+    assert res.agrees is not None or "interval contains 0" in res.text

@@ -46,6 +46,25 @@ def test_labs_page_renders_every_lab_tab_and_reads_the_url():
     assert at.session_state["labcfg_race"]["image_size"] == labs.default_config("race", "gpu").image_size
 
 
+def test_seeds_widgets_student_links_verdict_rule_and_too_many_runs():
+    at = _page(lab="bn", seeds="2", only_seed="1")
+    assert at.session_state["labcfg_bn"]["seeds"] == 2 and at.session_state["labcfg_bn"]["only_seed"] == 1
+    assert at.number_input(key="bn_seeds").value == 2 and at.selectbox(key="bn_only_seed").value == 1
+    assert at.number_input(key="race_seeds").value == labs.default_config("race").seeds == 3
+    assert sum("Verdict rule" in c.value for c in at.caption) == len(labs.LABS)  # stated in every tab
+    assert any("only_seed=0" in c.value and "only_seed=1" in c.value for c in at.code)  # one link per student
+    at.selectbox(key="bn_only_seed").set_value(None).run()
+    at.number_input(key="bn_seeds").set_value(4).run()
+    assert not at.exception
+    q = {k: (v[-1] if isinstance(v, list) else v) for k, v in at.query_params.items()}
+    assert q["seeds"] == "4" and q["only_seed"] == "all"
+    # a lab that would queue more runs than the limit: one clear line, nothing queued
+    at.number_input(key="race_seeds").set_value(20).run()
+    at.button(key="launch_race").click().run()
+    assert any("120 runs" in e.value and "max_lab_runs" in e.value for e in at.error), [e.value for e in at.error]
+    assert labs.list_labs() == []
+
+
 @pytest.mark.slow
 def test_tiny_lab_launched_from_the_page_completes_with_chart_and_verdict():
     torch.manual_seed(0)
@@ -56,7 +75,7 @@ def test_tiny_lab_launched_from_the_page_completes_with_chart_and_verdict():
     backbones.save_local_backbone(timm.create_model("test_resnet", num_classes=10), spec)
     backbones._data_config.cache_clear()
     at = _page(lab="normalization", backbone="tiny_cnn", data="digits8", per_class="4", image_size="32",
-               epochs="1", batch_size="16")
+               epochs="1", batch_size="16", seeds="1")
     assert at.session_state["labcfg_normalization"]["backbone"] == "tiny_cnn"
     at.button(key="launch_normalization").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]

@@ -1,10 +1,11 @@
 """Labs: small reproducible experiments that put a claim of transfer-learning theory to the test.
 
 A lab is a ``LabConfig`` (a small JSON, or a URL query string that a teacher shares) that expands
-into ordinary training runs (``TrainConfig``s, all on the same data, split and seed, feature
-caching on) plus a PURE analysis: recorded metrics and summaries in → a results table, a plotly
-figure and a "what we measured" text that states the measured outcome in numbers, compares it
-with the prediction and says so when they disagree.
+into ordinary training runs (``TrainConfig``s, all on the same data and split, feature caching on,
+repeated for k paired seeds) plus a PURE analysis: recorded metrics and summaries in → a results
+table, a plotly figure (means with a band over the seeds) and a "what we measured" text that states
+the measured outcome in numbers, compares it with the prediction (a 95% bootstrap interval of the
+paired difference over the seeds) and says so when they disagree.
 
     labs = race | freeze_depth | yosinski | quadrant | bn | normalization
 
@@ -15,32 +16,35 @@ The package:
 - ``plan``: ``LabRun``, ``plan_runs``, helpers plans share, building lab weights files;
 - ``runner``: lab folders and state, ``launch_lab`` / ``execute`` / ``stop_lab`` / ``run_lab``, ``records``,
   ``progress``, ``result``, the ``python -m tl_core.labs`` command line;
-- ``analysis``: ``LabResult`` and the helpers every lab's analysis shares;
+- ``analysis``: ``LabResult`` and the helpers every lab's analysis shares (grouping records by seed, bands);
+- ``stats``: the bootstrap interval and the verdict rule (``paired``, ``VERDICT_RULE``);
 - one module per lab (``race``, ``freeze_depth``, ``yosinski``, ``quadrant``, ``bn``, ``normalization``):
   its ``INFO``, preset ``defaults``, ``plan`` and ``analyse``; ``registry`` builds ``LABS`` from them.
 """
 from .. import runs as runs_mod
-from .analysis import TOL, LabResult, result_csv
+from .analysis import TOL, LabResult, base_key, by_seed, result_csv, seed_of
 from .bn import analyse_bn, frozen_bn_drift
-from .config import (PRESETS, LabConfig, LabInfo, decode_value, default_config, encode_value, load_config_file,
-                     ready_made, ready_made_dir)
+from .config import (PRESETS, LabConfig, LabInfo, check_run_count, decode_value, default_config, encode_value,
+                     load_config_file, ready_made, ready_made_dir)
 from .freeze_depth import analyse_freeze_depth
 from .normalization import analyse_normalization, normalization_views
-from .plan import LabRun, depth_groups, mix_state_dicts, plan_runs
+from .plan import LabRun, depth_groups, mix_state_dicts, pair_split, plan_runs
 from .quadrant import analyse_quadrant, textbook_choice
 from .race import analyse_race, epochs_to_reach, race_benefits
 from .registry import LABS, analyse
 from .runner import (ACTIVE, LAB_LOG, LAB_STATE, STOP_FILE, create_lab, execute, lab_dir, labs_dir, launch_lab,
                      list_labs, main, progress, read_state, records, result, run_lab, stop_lab)
+from .stats import VERDICT_RULE, Paired, Spread, bootstrap_interval, paired, spread, tol_rule
 from .yosinski import YOSINSKI_PAPER, analyse_yosinski, yosinski_backbone_keys, yosinski_classes
 
 __all__ = [
-    "ACTIVE", "LABS", "LAB_LOG", "LAB_STATE", "PRESETS", "STOP_FILE", "TOL", "YOSINSKI_PAPER",
-    "LabConfig", "LabInfo", "LabResult", "LabRun",
+    "ACTIVE", "LABS", "LAB_LOG", "LAB_STATE", "PRESETS", "STOP_FILE", "TOL", "VERDICT_RULE", "YOSINSKI_PAPER",
+    "LabConfig", "LabInfo", "LabResult", "LabRun", "Paired", "Spread",
     "analyse", "analyse_bn", "analyse_freeze_depth", "analyse_normalization", "analyse_quadrant", "analyse_race",
-    "analyse_yosinski", "create_lab", "decode_value", "default_config", "depth_groups", "encode_value",
-    "epochs_to_reach", "execute", "frozen_bn_drift", "lab_dir", "labs_dir", "launch_lab", "list_labs",
-    "load_config_file", "main", "mix_state_dicts", "normalization_views", "plan_runs", "progress", "race_benefits",
+    "analyse_yosinski", "base_key", "bootstrap_interval", "by_seed", "check_run_count", "create_lab",
+    "decode_value", "default_config", "depth_groups", "encode_value", "epochs_to_reach", "execute",
+    "frozen_bn_drift", "lab_dir", "labs_dir", "launch_lab", "list_labs", "load_config_file", "main",
+    "mix_state_dicts", "normalization_views", "pair_split", "paired", "plan_runs", "progress", "race_benefits",
     "read_state", "ready_made", "ready_made_dir", "records", "result", "result_csv", "run_lab", "runs_mod",
-    "stop_lab", "textbook_choice", "yosinski_backbone_keys", "yosinski_classes",
+    "seed_of", "spread", "stop_lab", "textbook_choice", "tol_rule", "yosinski_backbone_keys", "yosinski_classes",
 ]

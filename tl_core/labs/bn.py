@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .analysis import (TOL, LabResult, _accs, _best, _empty, _finish_text, _legend_below, _pct, _pts, _wall_s,
-                       usable_by_key)
+                       add_band, base_label, by_seed, mean_of, paired_best, put_mean, seeds_note)
 from .config import COMMON_FIELDS, LabConfig, LabInfo
 from .plan import LabRun, run_config
 
@@ -21,7 +21,7 @@ INFO = LabInfo(
     "no weight is trained (plain PyTorch's silent default), and the frozen features change under the "
     "head's feet: usually a lower or less stable accuracy.",
     COMMON_FIELDS + ("freeze_blocks",),
-    "25 images per class at 64 px, 4 epochs, 2 runs",
+    "25 images per class at 64 px, 4 epochs, 2 runs × 3 seeds",
 )
 
 
@@ -58,63 +58,88 @@ def frozen_bn_drift(rec: dict) -> list[float]:
     return out
 
 
-def _figure_and_rows(cfg: LabConfig, use: dict[str, dict]) -> tuple[go.Figure, list[dict]]:
+def _figure_and_rows(cfg: LabConfig, runs: dict[str, list[dict]]) -> tuple[go.Figure, list[dict]]:
+    """``runs``: {key: [its record of each seed]}: mean curves with their bands, and one table row per mode."""
     from .. import visuals
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("validation accuracy", "BN statistics drift in frozen blocks"))
     rows = []
     colours = {"bn:frozen": visuals.FROZEN, "bn:train": visuals.TRAINABLE}
-    for key, r in use.items():
-        acc, drift = _accs(r), frozen_bn_drift(r)
-        xs = list(range(1, len(acc) + 1))
-        fig.add_scatter(x=xs, y=acc, mode="lines+markers", name=r["label"], legendgroup=key,
-                        line=dict(color=colours.get(key), width=3), row=1, col=1)
-        fig.add_scatter(x=xs, y=drift, mode="lines+markers", name=r["label"] + " drift", legendgroup=key,
-                        showlegend=False, line=dict(color=colours.get(key), width=3, dash="dot"), row=1, col=2)
-        rows.append({"BatchNorm in frozen blocks": key.split(":")[1], "best acc": _best(r), "final acc": acc[-1],
-                     "max frozen-block BN drift": max(drift) if drift else 0.0,
-                     "frozen blocks": len(_frozen_blocks(r)), "time (s)": _wall_s(r), "run": r["run_id"]})
+    seeds = max(len(v) for v in runs.values())
+    multi = seeds > 1
+    for key, recs in runs.items():
+        accs, drifts = [_accs(r) for r in recs], [frozen_bn_drift(r) for r in recs]
+        label = base_label(recs[0]["label"])
+        xs = list(range(1, max(map(len, accs)) + 1))
+        add_band(fig, xs, accs, label, colours.get(key), row=1, col=1, legendgroup=key, line=dict(width=3))
+        add_band(fig, xs, drifts, label + " drift", colours.get(key), row=1, col=2, legendgroup=key,
+                 showlegend=False, line=dict(width=3, dash="dot"))
+        row = {"BatchNorm in frozen blocks": key.split(":")[1]}
+        put_mean(row, "best acc", [_best(r) for r in recs], multi)
+        row.update({"final acc": mean_of([a[-1] for a in accs]),
+                    "max frozen-block BN drift": max((max(d) for d in drifts if d), default=0.0),
+                    "frozen blocks": len(_frozen_blocks(recs[0])), "time (s)": round(mean_of(
+                        [_wall_s(r) for r in recs]), 1), "run": ", ".join(r["run_id"] for r in recs)})
+        if multi:
+            row["seeds"] = len(recs)
+        rows.append(row)
     fig.update_yaxes(range=[0, 1.02], tickformat=".0%", row=1, col=1)
     fig.update_yaxes(title="‖μ,σ² − start‖ / ‖start‖", row=1, col=2)
     fig.update_xaxes(title="epoch", dtick=1)
-    visuals._layout(fig, f"BatchNorm in frozen blocks: {cfg.backbone}, partial fine-tuning", height=460)
+    visuals._layout(fig, f"BatchNorm in frozen blocks: {cfg.backbone}, partial fine-tuning"
+                         f"{seeds_note(seeds)}", height=460)
     return _legend_below(fig), rows
 
 
-def _checks(f: dict | None, t: dict | None) -> list[dict]:
+def _drift_check(claim: str, recs: list[dict], ok) -> dict:
+    """A claim about every seed's frozen-block drift (a property of each run, not a noisy difference)."""
+    drift = [max(frozen_bn_drift(r) or [0.0]) for r in recs]
+    measured = f"max drift {max(drift):.4f}" if len(drift) == 1 else \
+        f"max drift per seed {', '.join(f'{d:.4f}' for d in drift)}"
+    return {"claim": claim, "measured": measured, "agrees": all(ok(d) for d in drift),
+            **({"basis": f"every one of {len(drift)} seeds"} if len(drift) > 1 else {})}
+
+
+def _checks(groups: dict[int, dict[str, dict]]) -> list[dict]:
     checks = []
+    f = [g["bn:frozen"] for g in groups.values() if "bn:frozen" in g]
+    t = [g["bn:train"] for g in groups.values() if "bn:train" in g]
     if f:
-        d = max(frozen_bn_drift(f) or [0.0])
-        checks.append({"claim": "BN frozen: the frozen blocks' statistics do not move",
-                       "measured": f"max drift {d:.4f}", "agrees": d < 1e-6})
+        checks.append(_drift_check("BN frozen: the frozen blocks' statistics do not move", f, lambda d: d < 1e-6))
     if t:
-        d = max(frozen_bn_drift(t) or [0.0])
-        checks.append({"claim": "BN train: the \"frozen\" blocks' statistics drift anyway",
-                       "measured": f"max drift {d:.4f}", "agrees": d > 1e-4})
-    if f and t:
-        diff = _best(t) - _best(f)
+        checks.append(_drift_check("BN train: the \"frozen\" blocks' statistics drift anyway", t, lambda d: d > 1e-4))
+    cmp = paired_best(groups, "bn:frozen", "bn:train")  # > 0: train costs accuracy
+    if cmp:
+        p, bf, bt = cmp
         checks.append({"claim": "BN train costs accuracy (the frozen features shift under the head)",
-                       "measured": f"best acc train {_pct(_best(t))} vs frozen {_pct(_best(f))} ({_pts(diff)})",
-                       "agrees": diff < -TOL if abs(diff) > TOL else None})
+                       "measured": f"best acc train {_pct(bt)} vs frozen {_pct(bf)} ({p.describe(_pts, sign=-1)})",
+                       "agrees": p.agrees})
     return checks
 
 
 def analyse_bn(cfg: LabConfig, recs: list[dict]) -> LabResult:
-    use, missing = usable_by_key(recs)
-    if not use:
+    groups, missing = by_seed(recs)
+    if not groups:
         return _empty("No finished runs yet.")
-    fig, rows = _figure_and_rows(cfg, use)
-    f, t = use.get("bn:frozen"), use.get("bn:train")
-    checks = _checks(f, t)
+    runs: dict[str, list[dict]] = {}
+    for g in groups.values():
+        for key, r in g.items():
+            runs.setdefault(key, []).append(r)
+    fig, rows = _figure_and_rows(cfg, runs)
+    f, t = runs.get("bn:frozen"), runs.get("bn:train")
+    checks = _checks(groups)
     headline = ""
     if f and t:
-        headline = (f"Same partial fine-tune, {len(_frozen_blocks(f))} frozen blocks: BN frozen reached "
-                    f"{_pct(_best(f))}, BN train {_pct(_best(t))}.")
-    text, agrees = _finish_text(headline, checks, missing)
+        headline = (f"Same partial fine-tune, {len(_frozen_blocks(f[0]))} frozen blocks: BN frozen reached "
+                    f"{_pct(mean_of([_best(r) for r in f]))}, BN train {_pct(mean_of([_best(r) for r in t]))}"
+                    + (f" (means of {len(groups)} seeds)." if len(groups) > 1 else "."))
+    text, agrees = _finish_text(headline, checks, missing, len(groups))
     if f and t and checks[-1]["agrees"] is None:
         text += (f"\n\nThe accuracy difference is within {TOL * 100:.0f} pts: on this data the drift did not "
+                 "change the result measurably, but the frozen blocks did change." if len(groups) == 1 else
+                 "\n\nThe 95% interval of the accuracy difference contains 0: over these seeds the drift did not "
                  "change the result measurably, but the frozen blocks did change.")
-    return LabResult(pd.DataFrame(rows), fig, text, agrees, checks)
+    return LabResult(pd.DataFrame(rows), fig, text, agrees, checks, {"seeds": list(groups)})
 
 
 def analyse(cfg: LabConfig, recs: list[dict], state: dict | None = None) -> LabResult:

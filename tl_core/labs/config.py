@@ -17,7 +17,7 @@ PRESETS = ("default", "gpu")
 
 # the LabConfig fields every lab uses (a lab's LabInfo.fields starts with these)
 COMMON_FIELDS = ("backbone", "data", "per_class", "image_size", "epochs", "batch_size", "lr", "val_fraction",
-                 "seed", "device")
+                 "seed", "seeds", "only_seed", "device")
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,9 @@ class LabConfig:
     batch_size: int = 32
     lr: float | None = None  # None: each strategy's default (race, quadrant); labs that compare set one
     val_fraction: float = 0.1
-    seed: int = 0
+    seed: int = 0  # the split's seed (and Yosinski's A/B classes), and the first training seed
+    seeds: int = 3  # k: training seeds seed, seed+1, ..., seed+k-1 (paired: same split); bounded by limits
+    only_seed: int | None = None  # classroom: run only seed index i (0..seeds-1), i.e. training seed seed+i
     device: str = "auto"
     # race / quadrant
     strategies: list[str] = field(default_factory=lambda: ["scratch", "feature_extraction", "partial", "full",
@@ -144,6 +146,12 @@ class LabConfig:
                     raise ValueError(f"query parameter {key}={text!r}: {exc}") from None
         return cfg
 
+    def run_seeds(self) -> list[int]:
+        """The training seeds this lab runs: seed, seed+1, ..., seed+seeds-1, or only seed+only_seed."""
+        if self.only_seed is not None:
+            return [self.seed + self.only_seed]
+        return [self.seed + i for i in range(self.seeds)]
+
     # --- checks
     def validate(self) -> "LabConfig":
         """Raise ValueError with one clear line for the first bad field: the checks every lab shares
@@ -173,6 +181,19 @@ class LabConfig:
         limits.check_int("source_epochs", self.source_epochs, 1, lim.max_epochs)
         limits.check_int("image_size", self.image_size, lim.min_image_size, lim.max_image_size, " of pixels")
         limits.check_int("batch_size", self.batch_size, 1, lim.max_batch_size)
+        limits.check_int("seeds", self.seeds, 1, lim.max_seeds)
+        if self.only_seed is not None:
+            limits.check_int("only_seed (a seed index)", self.only_seed, 0, self.seeds - 1)
+
+
+def check_run_count(cfg: LabConfig, per_seed: int, detail: str = "") -> None:
+    """Refuse (one line) a lab whose ``per_seed`` runs times its seeds exceed ``limits.max_lab_runs``."""
+    k = len(cfg.run_seeds())
+    total, limit = per_seed * k, limits.current().max_lab_runs
+    if total > limit:
+        what = f"{detail} × {k} seed(s)" if detail else f"{per_seed:,} runs per seed × {k} seed(s)"
+        raise ValueError(f"this lab would queue {total:,} runs ({what}); the limit is {limit} (max_lab_runs): "
+                         "use fewer settings or seeds, or run one seed per student (only_seed)")
 
 
 def check_two_strategies(cfg: LabConfig) -> None:
@@ -183,7 +204,7 @@ def check_two_strategies(cfg: LabConfig) -> None:
 
 # ----------------------------------------------------------------------------- query values
 
-_NONE_WORD = {"per_class": "all", "source_per_class": "all", "sizes": "all"}
+_NONE_WORD = {"per_class": "all", "source_per_class": "all", "sizes": "all", "only_seed": "all"}
 
 
 def _field_types() -> dict[str, str]:

@@ -7,10 +7,11 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from .analysis import TOL, LabResult, _best, _empty, _finish_text, _legend_below, _n_of, _pct, _pts, \
-    usable_and_missing
+from .analysis import (TOL, LabResult, _best, _empty, _finish_text, _legend_below, _n_of, _pct, _pts, add_band,
+                       by_seed, mean_of, put_mean, seeds_note)
 from .config import COMMON_FIELDS, LabConfig, LabInfo
 from .plan import LabRun, _blocks_in, _depths, depth_groups, run_config
+from .stats import paired
 
 INFO = LabInfo(
     "freeze_depth", "Freeze-depth sweep",
@@ -20,7 +21,7 @@ INFO = LabInfo(
     "layers. Copy curve: copying more pretrained groups (and fine-tuning them) helps more than "
     "re-initialising them.",
     COMMON_FIELDS + ("depths",),
-    "25 images per class at 64 px, 4 epochs, 6 depths (11 runs)",
+    "25 images per class at 64 px, 4 epochs, 6 depths (11 runs) × 3 seeds",
     tag="freeze-depth",
 )
 
@@ -59,69 +60,106 @@ def plan(cfg: LabConfig, wdir: Path) -> list[LabRun]:
 # ----------------------------------------------------------------------------- analysis (pure)
 
 
-def _figure(cfg: LabConfig, frozen: dict[int, float], copy: dict[int, float], n_groups: int) -> go.Figure:
+def _figure(cfg: LabConfig, frozen: dict[int, list], copy: dict[int, list], n_groups: int, seeds: int) -> go.Figure:
+    """``frozen`` / ``copy``: {n: [best accuracy of each seed]}; the mean line and the min–max band."""
     from .. import visuals
 
     fig = go.Figure()
-    if frozen:
-        xs = sorted(frozen)
-        fig.add_scatter(x=xs, y=[frozen[n] for n in xs], mode="lines+markers", name="first n frozen, rest fine-tuned",
-                        line=dict(color=visuals.FROZEN, width=3), marker=dict(size=10))
-    if copy:
-        xs = sorted(copy)
-        fig.add_scatter(x=xs, y=[copy[n] for n in xs], mode="lines+markers",
-                        name="first n copied + fine-tuned, rest re-initialised",
-                        line=dict(color=visuals.TRAINABLE, width=3), marker=dict(size=10, symbol="diamond"))
+    for pts, name, colour, symbol in ((frozen, "first n frozen, rest fine-tuned", visuals.FROZEN, "circle"),
+                                      (copy, "first n copied + fine-tuned, rest re-initialised", visuals.TRAINABLE,
+                                       "diamond")):
+        if pts:
+            xs = sorted(pts)
+            add_band(fig, xs, _by_seed_lists(pts, xs), name, colour, line=dict(width=3),
+                     marker=dict(size=10, symbol=symbol))
     fig.update_xaxes(title=f"n = pretrained block groups (of {n_groups})", dtick=1)
     fig.update_yaxes(title="best validation accuracy", range=[0, 1.02], tickformat=".0%")
-    visuals._layout(fig, f"Freeze depth: {cfg.backbone} on {cfg.data}", height=480)
+    visuals._layout(fig, f"Freeze depth: {cfg.backbone} on {cfg.data}{seeds_note(seeds)}", height=480)
     return _legend_below(fig)
 
 
-def _checks(frozen: dict[int, float], copy: dict[int, float]) -> tuple[list[dict], int | None]:
-    """The checks, and the deepest freeze within TOL of the best frozen depth (None: fewer than 2 depths)."""
+def _by_seed_lists(pts: dict[int, dict[int, float]], xs: list[int]) -> list[list[float | None]]:
+    """{n: {seed: acc}} → one list per seed, aligned with ``xs`` (None where that seed lacks n)."""
+    seeds = sorted({s for v in pts.values() for s in v})
+    return [[pts[n].get(s) for n in xs] for s in seeds]
+
+
+def _diffs(pts: dict[int, dict[int, float]], a: int, b: int) -> list[float]:
+    """Per seed that has both depths: acc(a) − acc(b)."""
+    return [pts[a][s] - pts[b][s] for s in pts[a] if s in pts[b]]
+
+
+def _checks(frozen: dict[int, dict[int, float]], copy: dict[int, dict[int, float]]) -> tuple[list[dict], int | None]:
+    """The checks (paired over seeds), and the deepest freeze within TOL of the best frozen depth (on the
+    mean curve; None: fewer than 2 depths). ``frozen`` / ``copy``: {n: {seed: best accuracy}}."""
     checks = []
     general_upto = None
+    mean = {n: mean_of(list(v.values())) for n, v in frozen.items()}
     if len(frozen) >= 2:
-        top = max(frozen.values())
-        ok = [n for n in sorted(frozen) if frozen[n] >= top - TOL]
+        top = max(mean.values())
+        ok = [n for n in sorted(mean) if mean[n] >= top - TOL]
         general_upto = max(ok)
         nmax = max(frozen)
-        fall = top - frozen[nmax]
-        checks.append({"claim": "freezing the deepest groups costs accuracy (late features are task-specific)",
-                       "measured": f"n={nmax} frozen: {_pct(frozen[nmax])}, {fall * 100:.1f} pts below the best "
-                                   f"frozen depth ({_pct(top)} at n={max(ok, key=lambda n: frozen[n])})",
-                       "agrees": fall > TOL})
-    if len(copy) >= 2:
-        lo, hi = min(copy), max(copy)
+        best = max((n for n in mean if n != nmax), key=lambda n: mean[n])  # the best shallower freeze
+        diffs = _diffs(frozen, best, nmax)
+        if diffs:
+            p = paired(diffs, lambda d: d > TOL)
+            checks.append({"claim": "freezing the deepest groups costs accuracy (late features are task-specific)",
+                           "measured": f"n={nmax} frozen: {_pct(mean[nmax])}, {_fall(p)} below the best frozen "
+                                       f"depth ({_pct(top)} at n={max(ok, key=lambda n: mean[n])})",
+                           "agrees": p.agrees})
+    lo, hi = min(copy, default=0), max(copy, default=0)
+    if len(copy) >= 2 and _diffs(copy, hi, lo):
+        p = paired(_diffs(copy, hi, lo), lambda d: d > TOL)
+        cm = {n: mean_of(list(copy[n].values())) for n in (lo, hi)}
         checks.append({"claim": "copying more pretrained groups helps (vs re-initialising them)",
-                       "measured": f"copy n={lo}: {_pct(copy[lo])} → n={hi}: {_pct(copy[hi])} "
-                                   f"({_pts(copy[hi] - copy[lo])})",
-                       "agrees": copy[hi] - copy[lo] > TOL})
+                       "measured": f"copy n={lo}: {_pct(cm[lo])} → n={hi}: {_pct(cm[hi])} ({p.describe(_pts)})",
+                       "agrees": p.agrees})
     return checks, general_upto
 
 
+def _fall(p) -> str:
+    """How far the deepest freeze lies below the best shallower one: "14.4 pts" (single seed: the fall
+    from the best depth, never negative) or "+14.4 pts [95%: ...]"."""
+    return f"{max(p.mean, 0) * 100:.1f} pts" if p.single else p.describe(_pts)
+
+
+def _table(frozen: dict, copy: dict, seeds: int) -> pd.DataFrame:
+    rows = []
+    for n in sorted(set(frozen) | set(copy)):
+        row = {"n (groups)": n}
+        put_mean(row, "frozen first n (best acc)", list(frozen.get(n, {}).values()), seeds > 1)
+        put_mean(row, "copied first n, rest re-init (best acc)", list(copy.get(n, {}).values()), seeds > 1)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def analyse_freeze_depth(cfg: LabConfig, recs: list[dict], n_groups: int | None = None) -> LabResult:
-    use, missing = usable_and_missing(recs)
-    frozen = {_n_of(r["key"]): _best(r) for r in use if r["key"].startswith("frozen:")}
-    copy = {_n_of(r["key"]): _best(r) for r in use if r["key"].startswith("copy:")}
+    groups, missing = by_seed(recs)
+    frozen: dict[int, dict[int, float]] = {}
+    copy: dict[int, dict[int, float]] = {}
+    for seed, g in groups.items():
+        for key, r in g.items():
+            kind = frozen if key.startswith("frozen:") else copy if key.startswith("copy:") else None
+            if kind is not None:
+                kind.setdefault(_n_of(key), {})[seed] = _best(r)
     if n_groups is None:
         n_groups = len(depth_groups(cfg.backbone, cfg.image_size))
     if 0 in frozen:  # copying every group and fine-tuning all of them is full fine-tuning
-        copy.setdefault(n_groups, frozen[0])
+        copy.setdefault(n_groups, dict(frozen[0]))
     if not frozen and not copy:
         return _empty("No finished runs yet.")
-    ns = sorted(set(frozen) | set(copy))
-    table = pd.DataFrame([{"n (groups)": n, "frozen first n (best acc)": frozen.get(n),
-                           "copied first n, rest re-init (best acc)": copy.get(n)} for n in ns])
-    fig = _figure(cfg, frozen, copy, n_groups)
+    fig = _figure(cfg, frozen, copy, n_groups, len(groups))
     checks, general_upto = _checks(frozen, copy)
     headline = ""
     if general_upto is not None:
         headline = (f"The deepest freeze within {TOL * 100:.0f} pts of the best is **n = {general_upto}** block "
                     f"groups: up to there the pretrained features are general enough for {cfg.data}.")
-    text, agrees = _finish_text(headline, checks, missing)
-    return LabResult(table, fig, text, agrees, checks, {"general_upto": general_upto})
+        if len(groups) > 1:
+            headline += f" (On the mean of {len(groups)} seeds.)"
+    text, agrees = _finish_text(headline, checks, missing, len(groups))
+    return LabResult(_table(frozen, copy, len(groups)), fig, text, agrees, checks,
+                     {"general_upto": general_upto, "seeds": list(groups)})
 
 
 def analyse(cfg: LabConfig, recs: list[dict], state: dict | None = None) -> LabResult:

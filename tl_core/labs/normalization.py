@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .analysis import (TOL, LabResult, _accs, _accuracy_axes, _best, _empty, _finish_text, _pct, _wall_s,
-                       usable_by_key)
+                       add_band, base_label, by_seed, mean_of, paired_best, put_mean, seeds_note)
 from .config import COMMON_FIELDS, LabConfig, LabInfo
 from .plan import LabRun, run_config
 
@@ -18,7 +18,7 @@ INFO = LabInfo(
     "= std = 0.5). The wrong statistics shift every input, the frozen features degrade and accuracy "
     "**drops**: the classic \"works in the app, fails in my code\" bug.",
     COMMON_FIELDS,
-    "25 images per class at 64 px, 4 epochs, feature extraction (cached), 2 runs",
+    "25 images per class at 64 px, 4 epochs, feature extraction (cached), 2 runs × 3 seeds",
     tag="normalisation",
 )
 
@@ -59,30 +59,40 @@ def normalization_views(cfg: LabConfig, index: int = 0) -> dict:
 def analyse_normalization(cfg: LabConfig, recs: list[dict]) -> LabResult:
     from .. import visuals
 
-    use, missing = usable_by_key(recs)
-    if not use:
+    groups, missing = by_seed(recs)
+    if not groups:
         return _empty("No finished runs yet.")
+    runs: dict[str, list[dict]] = {}
+    for g in groups.values():
+        for key, r in g.items():
+            runs.setdefault(key, []).append(r)
+    multi = len(groups) > 1
     fig = go.Figure()
     rows = []
     colours = {"norm:backbone": visuals.VAL, "norm:wrong": "#D62728"}
-    for key, r in use.items():
-        acc = _accs(r)
-        fig.add_scatter(x=list(range(1, len(acc) + 1)), y=acc, mode="lines+markers", name=r["label"],
-                        line=dict(color=colours.get(key), width=3), marker=dict(size=9))
-        rows.append({"normalisation": r["label"], "best acc": _best(r), "final acc": acc[-1],
-                     "time (s)": _wall_s(r), "run": r["run_id"]})
+    for key, rs in runs.items():
+        accs = [_accs(r) for r in rs]
+        add_band(fig, list(range(1, max(map(len, accs)) + 1)), accs, base_label(rs[0]["label"]), colours.get(key),
+                 line=dict(width=3), marker=dict(size=9))
+        row = {"normalisation": base_label(rs[0]["label"])}
+        put_mean(row, "best acc", [_best(r) for r in rs], multi)
+        row.update({"final acc": mean_of([a[-1] for a in accs]),
+                    "time (s)": round(mean_of([_wall_s(r) for r in rs]), 1), "run": ", ".join(r["run_id"] for r in rs)})
+        rows.append(row)
     _accuracy_axes(fig)
-    visuals._layout(fig, f"Normalisation: {cfg.backbone}'s own mean/std vs a wrong one", height=420)
+    visuals._layout(fig, f"Normalisation: {cfg.backbone}'s own mean/std vs a wrong one{seeds_note(len(groups))}",
+                    height=420)
     checks, headline = [], ""
-    own, wrong = use.get("norm:backbone"), use.get("norm:wrong")
-    if own and wrong:
-        gap = _best(own) - _best(wrong)
+    cmp = paired_best(groups, "norm:backbone", "norm:wrong", lambda d: d > TOL)
+    if cmp:
+        p, own, wrong = cmp
+        gap = p.describe(lambda d: f"{d * 100:.1f}") + " pts"
         checks.append({"claim": "the wrong mean/std lowers accuracy",
-                       "measured": f"own {_pct(_best(own))} vs wrong {_pct(_best(wrong))} (gap {gap * 100:.1f} pts)",
-                       "agrees": gap > TOL})
-        headline = f"Accuracy gap from normalisation alone: **{gap * 100:.1f} points**."
-    text, agrees = _finish_text(headline, checks, missing)
-    return LabResult(pd.DataFrame(rows), fig, text, agrees, checks)
+                       "measured": f"own {_pct(own)} vs wrong {_pct(wrong)} (gap {gap})", "agrees": p.agrees})
+        headline = f"Accuracy gap from normalisation alone: **{p.mean * 100:.1f} points**" + (
+            "." if p.single else f" (mean of {p.n} seeds; 95% interval {p.lo * 100:.1f} to {p.hi * 100:.1f}).")
+    text, agrees = _finish_text(headline, checks, missing, len(groups))
+    return LabResult(pd.DataFrame(rows), fig, text, agrees, checks, {"seeds": list(groups)})
 
 
 def analyse(cfg: LabConfig, recs: list[dict], state: dict | None = None) -> LabResult:

@@ -1,13 +1,21 @@
-"""A lab's runs: ``LabRun``, ``plan_runs`` (which asks the lab's module for its plan), the helpers plans
-share (depth_groups, ...), and the weights files some runs start from (built right before they run).
+"""A lab's runs: ``LabRun``, ``plan_runs`` (which asks the lab's module for its plan, once per seed), the
+helpers plans share (depth_groups, ...), and the weights files some runs start from (built right before
+they run).
+
+Seeds: a lab module plans ONE seed; ``plan_runs`` repeats that plan for every training seed of
+``LabConfig.run_seeds()``, seed after seed. Each copy trains with its own seed (initialisation, batch
+order, the re-initialised rest of a transfer network) and the split of ``LabConfig.seed`` (TrainConfig's
+``split_seed``), so the seeds are paired. With several seeds a run's key and label carry the seed
+("scratch@s1", "From scratch · seed 1"), its built weights go to ``weights/seed<s>/``.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import LabConfig
+from .config import LabConfig, check_run_count
 
 
 @dataclass
@@ -18,22 +26,56 @@ class LabRun:
     stage: int = 0  # runs of stage s start after every run of stage s-1 has ended
     build: dict | None = None  # a weights file to build right before the run (see _build_weights)
     after: str | None = None  # what to do after it: "register_backbone"
+    seed: int | None = None  # its training seed (set by plan_runs)
 
     def to_dict(self) -> dict:
         return {"key": self.key, "label": self.label, "config": self.cfg.to_dict(), "stage": self.stage,
-                "build": self.build, "after": self.after}
+                "build": self.build, "after": self.after, "seed": self.seed}
+
+
+SPLIT_SEED = "split_seed"  # the TrainConfig field that fixes the split apart from the training seed
+
+
+def pair_split(train_cfg, split_seed: int) -> None:
+    """Fix the run's data split to ``split_seed`` whatever its training seed (TrainConfig.split_seed;
+    a TrainConfig without that field splits by its seed, and the seeds are then not paired)."""
+    if SPLIT_SEED in {f.name for f in dataclasses.fields(train_cfg)}:
+        setattr(train_cfg, SPLIT_SEED, split_seed)
+
+
+def _seeded(runs: list[LabRun], cfg: LabConfig, seed: int, index: int) -> list[LabRun]:
+    """One seed's copy of the plan: training seed ``seed``, the lab's split; tagged when the lab has
+    several seeds; stages shifted so that seed after seed runs (stages of one seed keep their order)."""
+    tagged = cfg.seeds > 1
+    shift = index * (max((r.stage for r in runs), default=0) + 1)
+    for r in runs:
+        r.seed, r.cfg.seed, r.stage = seed, seed, r.stage + shift
+        pair_split(r.cfg, cfg.seed)
+        if tagged:
+            r.key, r.label = f"{r.key}@s{seed}", f"{r.label} · seed {seed}"
+            r.cfg.name = f"{r.cfg.name} · seed {seed}"
+            if r.build and r.build.get("source"):
+                r.build = {**r.build, "source": f"{r.build['source']}@s{seed}"}
+    return runs
 
 
 def plan_runs(cfg: LabConfig, lab_dir: str | os.PathLike | None = None) -> list[LabRun]:
-    """The lab's runs, in execution order. ``lab_dir`` is where built weights files will go."""
+    """The lab's runs for every seed, in execution order (seed after seed). ``lab_dir`` is where built
+    weights files will go. Refuses (ValueError, before anything is queued) more than ``max_lab_runs``."""
     from .registry import module
 
     cfg.validate()
     wdir = Path(lab_dir or ".") / "weights"
-    out = module(cfg.lab).plan(cfg, wdir)
-    for r in out:
-        if r.stage == 0 and not r.build:
-            r.cfg.validate()
+    seeds = cfg.run_seeds()
+    out: list[LabRun] = []
+    for i, seed in enumerate(seeds):
+        runs = module(cfg.lab).plan(cfg, wdir / f"seed{seed}" if cfg.seeds > 1 else wdir)
+        if i == 0:
+            check_run_count(cfg, len(runs))
+            for r in runs:
+                if r.stage == 0 and not r.build:
+                    r.cfg.validate()
+        out += _seeded(runs, cfg, seed, i)
     return out
 
 
@@ -56,7 +98,8 @@ def _base(cfg: LabConfig, lab_label: str, label: str, **kw) -> dict:
 
 def run_config(cfg: LabConfig, label: str, **kw):
     """The TrainConfig of one run of the lab: the lab's shared settings (same data, split and seed,
-    feature caching on), named "lab <tag> · <label>", with ``kw`` overriding."""
+    feature caching on), named "lab <tag> · <label>", with ``kw`` overriding. ``plan_runs`` then gives
+    each seed's copy its training seed."""
     from .registry import LABS
 
     return _train_config(**_base(cfg, LABS[cfg.lab].run_tag, label, **kw))
@@ -192,6 +235,7 @@ def _build_weights(run: dict, state: dict, store) -> None:
 def _register_backbone(run: dict, state: dict, store) -> str | None:
     """Save a lab-trained base net as a catalogue backbone (``backbones.save_local_backbone``)."""
     from .. import backbones, training
+    from .analysis import base_key
     from .yosinski import yosinski_backbone_keys
 
     info, model_dir = _completed_model_dir(run, store)
@@ -199,7 +243,7 @@ def _register_backbone(run: dict, state: dict, store) -> str | None:
         return None
     model, cfg, class_names = training.load_model(model_dir)
     key_a, key_b = yosinski_backbone_keys(LabConfig.from_dict(state["config"]))
-    task = "A" if run["key"] == "baseA" else "B"
+    task = "A" if base_key(run["key"]) == "baseA" else "B"
     key = key_a if task == "A" else key_b
     dc = training.data_config_for(cfg.backbone, model)
     dc = {k: list(v) if isinstance(v, tuple) else v for k, v in dc.items()}

@@ -8,9 +8,10 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .analysis import TOL, LabResult, _best, _empty, _finish_text, _pct, usable_and_missing
-from .config import COMMON_FIELDS, LabConfig, LabInfo, check_two_strategies
+from .analysis import INTERVAL, TOL, LabResult, _best, _empty, _finish_text, _pct, _pts, by_seed, mean_of, put_mean
+from .config import COMMON_FIELDS, LabConfig, LabInfo, check_run_count, check_two_strategies
 from .plan import LabRun, run_config
+from .stats import paired
 
 INFO = LabInfo(
     "quadrant", "Data size × similarity",
@@ -19,7 +20,7 @@ INFO = LabInfo(
     "**fine-tune more** (partial or full); little data + different domain → hard: keep only the early, "
     "generic layers (**partial**).",
     COMMON_FIELDS + ("strategies", "sizes", "domains"),
-    "sizes 5, 25, 100 per class at 48 px, 3 epochs, 2 domains × 3 strategies (18 runs)",
+    "sizes 5, 25, 100 per class at 48 px, 3 epochs, 2 domains × 3 strategies (18 runs) × 3 seeds",
 )
 
 
@@ -44,6 +45,9 @@ def check(cfg: LabConfig) -> None:
 def plan(cfg: LabConfig, wdir: Path) -> list[LabRun]:
     from ..strategies import STRATEGIES
 
+    n_dom, n_size, n_strat = len(cfg.domains), len(cfg.sizes), len(cfg.strategies)
+    check_run_count(cfg, n_dom * n_size * n_strat,
+                    f"{n_dom} domain(s) × {n_size} size(s) × {n_strat} strateg{'y' if n_strat == 1 else 'ies'}")
     out = []
     for dom in cfg.domains:
         for size in cfg.sizes:
@@ -68,7 +72,39 @@ def textbook_choice(size: int | None, similarity: str, small: int = 20) -> set[s
     return {"partial", "full"} if near else {"full"}
 
 
-def _grid(cfg: LabConfig, cells: dict, similarity: dict[str, str], sizes: list[str]) -> tuple[list, list, dict]:
+Cells = dict[tuple[str, str], dict[str, dict[int, float]]]  # (domain, size) → strategy → seed → best acc
+
+
+def _cell_check(dom: str, size: str, sim: str, acc: dict[str, dict[int, float]], rec: set[str],
+                strategies: list[str]) -> tuple[dict, dict, str, float]:
+    """(table row, check, best strategy by the mean, its mean) of one cell. The paired difference per seed:
+    the best textbook strategy minus the best other one (> 0: the textbook's choice wins)."""
+    mean = {s: mean_of(list(v.values())) for s, v in acc.items()}
+    best = max(mean, key=mean.get)
+    others = [s for s in acc if s not in rec]
+    seeds = sorted(set.intersection(*(set(v) for v in acc.values())))
+    diffs = [max(acc[s][k] for s in rec if s in acc) - max(acc[s][k] for s in others) for k in seeds] \
+        if others and any(s in acc for s in rec) else []
+    if diffs:
+        p = paired(diffs, lambda d: d >= -TOL)  # one seed: the textbook's choice within TOL of the best
+        ok, detail = p.agrees, "" if p.single else f"; textbook's best minus the others' best {p.describe(_pts)}"
+    else:  # every strategy is the textbook's (or none ran): nothing to beat
+        ok, detail = any(s in acc for s in rec), ""
+    row = {"domain": dom, "similarity": sim, "images/class": size}
+    for s in strategies:
+        put_mean(row, s, list(acc.get(s, {}).values()), len(seeds) > 1)
+    row.update({"measured best": best, "textbook": " or ".join(sorted(rec)), "agrees": ok})
+    check = {"claim": f"{dom} ({sim}), {size}/class → {' or '.join(sorted(rec))}",
+             "measured": f"best {best} {_pct(mean[best])}" + "".join(f", {s} {_pct(mean[s])}" for s in acc
+                                                                     if s != best) + detail,
+             "agrees": ok}
+    return row, check, best, mean[best]
+
+
+_MARK = {True: "✔", False: "✖", None: "?"}
+
+
+def _grid(cfg: LabConfig, cells: Cells, similarity: dict[str, str], sizes: list[str]) -> tuple[list, list, dict]:
     """Table rows, checks, and the heatmaps' values and texts (one row per domain, one column per size)."""
     rows, checks = [], []
     grid: dict[str, list] = {"z": [], "best": [], "book": []}
@@ -78,17 +114,12 @@ def _grid(cfg: LabConfig, cells: dict, similarity: dict[str, str], sizes: list[s
             acc = cells.get((dom, size), {})
             rec = textbook_choice(None if size == "all" else int(size), similarity[dom])
             if acc:
-                best = max(acc, key=acc.get)
-                ok = any(acc.get(s, -1) >= acc[best] - TOL for s in rec)
-                rows.append({"domain": dom, "similarity": similarity[dom], "images/class": size,
-                             **{s: acc.get(s) for s in cfg.strategies}, "measured best": best,
-                             "textbook": " or ".join(sorted(rec)), "agrees": ok})
-                checks.append({"claim": f"{dom} ({similarity[dom]}), {size}/class → {' or '.join(sorted(rec))}",
-                               "measured": f"best {best} {_pct(acc[best])}"
-                                           + "".join(f", {s} {_pct(acc[s])}" for s in acc if s != best),
-                               "agrees": ok})
-                zr.append(acc[best])
-                tr.append(f"{best.replace('_', '<br>')}<br>{acc[best]:.0%} {'✔' if ok else '✖'}")
+                row, check, best, value = _cell_check(dom, size, similarity[dom], acc, rec, cfg.strategies)
+                rows.append(row)
+                checks.append(check)
+                zr.append(value)
+                spread_txt = f"<br>{row[best + INTERVAL]}" if best + INTERVAL in row else ""
+                tr.append(f"{best.replace('_', '<br>')}<br>{value:.0%} {_MARK[check['agrees']]}{spread_txt}")
             else:
                 zr.append(None)
                 tr.append("")
@@ -99,21 +130,23 @@ def _grid(cfg: LabConfig, cells: dict, similarity: dict[str, str], sizes: list[s
     return rows, checks, grid
 
 
-def _figure(cfg: LabConfig, grid: dict, similarity: dict[str, str], sizes: list[str]) -> go.Figure:
+def _figure(cfg: LabConfig, grid: dict, similarity: dict[str, str], sizes: list[str], seeds: int) -> go.Figure:
     from .. import visuals
 
     ylabels = [f"{d} ({similarity[d]})" for d in cfg.domains]
     xlabels = [f"{s}/class" for s in sizes]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("measured: best strategy (best val acc)",
-                                                        "textbook recommendation"), horizontal_spacing=0.12)
+    measured = "measured: best strategy (best val acc" + (f", mean of {seeds} seeds, 95% interval)" if seeds > 1
+                                                          else ")")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(measured, "textbook recommendation"), horizontal_spacing=0.12)
     fig.add_heatmap(z=grid["z"], x=xlabels, y=ylabels, text=grid["best"], texttemplate="%{text}",
                     colorscale="Greens", zmin=0, zmax=1, showscale=False, textfont=dict(size=17), row=1, col=1)
     fig.add_heatmap(z=[[1 for _ in sizes] for _ in cfg.domains], x=xlabels, y=ylabels, text=grid["book"],
                     texttemplate="%{text}", colorscale=[[0, visuals.FROZEN_LIGHT], [1, visuals.FROZEN_LIGHT]],
                     showscale=False, textfont=dict(size=17), row=1, col=2)
     fig.update_yaxes(showticklabels=False, row=1, col=2)
-    visuals._layout(fig, "Data size × domain similarity (✔ = the textbook's choice is within 2 pts of the best)",
-                    height=440)
+    rule = "✔ = the textbook's choice is within 2 pts of the best" if seeds <= 1 else \
+        "✔ / ✖ / ? = the textbook's choice wins / loses / undecided over the seeds"
+    visuals._layout(fig, f"Data size × domain similarity ({rule})", height=440)
     return fig
 
 
@@ -121,20 +154,25 @@ def analyse_quadrant(cfg: LabConfig, recs: list[dict], similarity: dict[str, str
     from .. import data
 
     similarity = similarity or {d: data.BUILTIN[d].similarity if d in data.BUILTIN else "far" for d in cfg.domains}
-    use, missing = usable_and_missing(recs)
-    cells: dict[tuple[str, str], dict[str, float]] = {}
-    for r in use:
-        _, dom, size, strat = r["key"].split(":")
-        cells.setdefault((dom, size), {})[strat] = _best(r)
+    groups, missing = by_seed(recs)
+    cells: Cells = {}
+    for seed, g in groups.items():
+        for key, r in g.items():
+            _, dom, size, strat = key.split(":")
+            cells.setdefault((dom, size), {}).setdefault(strat, {})[seed] = _best(r)
     if not cells:
         return _empty("No finished runs yet.")
     sizes = ["all" if s is None else str(s) for s in cfg.sizes]
     rows, checks, grid = _grid(cfg, cells, similarity, sizes)
-    fig = _figure(cfg, grid, similarity, sizes)
-    agree_n = sum(bool(c["agrees"]) for c in checks)
-    headline = f"The measured best strategy matches the textbook in {agree_n} of {len(checks)} cells."
-    text, agrees = _finish_text(headline, checks, missing)
-    return LabResult(pd.DataFrame(rows), fig, text, agrees, checks, {"cells": cells})
+    fig = _figure(cfg, grid, similarity, sizes, len(groups))
+    n = {v: sum(c["agrees"] is v for c in checks) for v in (True, False, None)}
+    headline = f"The measured best strategy matches the textbook in {n[True]} of {len(checks)} cells."
+    if len(groups) > 1:
+        headline = (f"Over {len(groups)} paired seeds the textbook's choice wins in {n[True]} of {len(checks)} cells, "
+                    f"loses in {n[False]} and is undecided in {n[None]}.")
+    text, agrees = _finish_text(headline, checks, missing, len(groups))
+    means = {c: {s: mean_of(list(v.values())) for s, v in acc.items()} for c, acc in cells.items()}
+    return LabResult(pd.DataFrame(rows), fig, text, agrees, checks, {"cells": means, "seeds": list(groups)})
 
 
 def analyse(cfg: LabConfig, recs: list[dict], state: dict | None = None) -> LabResult:

@@ -1,4 +1,4 @@
-"""Strategy race: the same data and seed for several strategies; transfer should give a higher start,
+"""Strategy race: the same data, split and seeds for several strategies; transfer should give a higher start,
 slope and asymptote than training from scratch."""
 from __future__ import annotations
 
@@ -8,18 +8,19 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .analysis import (TOL, LabResult, _accs, _accuracy_axes, _empty, _finish_text, _legend_below, _pct, _pts,
-                       _wall_s, usable_and_missing)
+                       _wall_s, add_band, base_label, by_seed, mean_curve, mean_of, put_mean, seeds_note)
 from .config import COMMON_FIELDS, LabConfig, LabInfo, check_two_strategies
 from .plan import LabRun, run_config
+from .stats import paired, tol_rule
 
 INFO = LabInfo(
     "race", "Strategy race",
-    "Six strategies, same data, same seed: which learns best from a small target set?",
+    "Six strategies, same data, same seeds: which learns best from a small target set?",
     "Transfer beats training from scratch in three ways: a **higher start** (better after the first "
     "epoch), a **higher slope** (fewer epochs to reach a target accuracy) and a **higher asymptote** "
     "(better best accuracy). The effects show with a small target set (20–30 images per class).",
     COMMON_FIELDS + ("strategies", "target_acc"),
-    "25 images per class at 64 px, 6 epochs, validation on 10% of the data",
+    "25 images per class at 64 px, 6 epochs, validation on 10% of the data; 6 runs × 3 seeds",
 )
 
 
@@ -64,7 +65,7 @@ def race_benefits(curves: dict[str, list[float]], baseline: str = "scratch", tar
     """The three benefits of each curve relative to ``baseline`` (validation accuracy per epoch):
     start (accuracy after epoch 1), slope (epochs to reach ``target``; default: the best accuracy the
     baseline reached) and asymptote (best accuracy). Each: value, baseline value, diff, verdict
-    (higher | similar | lower)."""
+    (higher | similar | lower); ``slope_diff``: epochs saved (> 0: faster)."""
     if baseline not in curves or not curves[baseline]:
         raise ValueError(f"the {baseline!r} curve is needed")
     base = curves[baseline]
@@ -81,86 +82,132 @@ def race_benefits(curves: dict[str, list[float]], baseline: str = "scratch", tar
         e_b = b_ep if b_ep is not None else len(base) + 1
         out["strategies"][key] = {
             "start": acc[0], "start_diff": start, "start_verdict": _verdict(start, tol),
-            "epochs_to_target": ep, "slope_verdict": "higher" if e_a < e_b else "lower" if e_a > e_b else "similar",
+            "epochs_to_target": ep, "slope_diff": e_b - e_a,
+            "slope_verdict": "higher" if e_a < e_b else "lower" if e_a > e_b else "similar",
             "best": max(acc), "best_diff": best, "best_verdict": _verdict(best, tol),
         }
     return out
 
 
-def _table(use: list[dict], b: dict) -> pd.DataFrame:
+def _label(k: str, recs: list[dict]) -> str:
     from ..strategies import STRATEGIES
 
+    return STRATEGIES[k].label if k in STRATEGIES else base_label(recs[0]["label"])
+
+
+def _table(groups: dict[int, dict], bens: dict[int, dict], keys: list[str]) -> pd.DataFrame:
+    """One row per strategy: means over the seeds (with several: their intervals, and the seeds)."""
+    multi = len(groups) > 1
     rows = []
-    for r in use:
-        s, m = b["strategies"][r["key"]], r["summary"]
-        rows.append({
-            "strategy": STRATEGIES[r["key"]].label if r["key"] in STRATEGIES else r["label"], "key": r["key"],
-            "start (epoch 1)": s["start"], "start vs scratch (pts)": round(s["start_diff"] * 100, 1),
-            "epochs to target": s["epochs_to_target"], "best acc": s["best"],
-            "best vs scratch (pts)": round(s["best_diff"] * 100, 1),
-            "final acc": _accs(r)[-1], "time (s)": _wall_s(r),
-            "trainable params": m.get("trainable_params"), "total params": m.get("total_params"),
-            "run": r["run_id"],
-        })
+    for k in keys:
+        recs = [g[k] for g in groups.values() if k in g]
+        ben = [bens[s]["strategies"][k] for s, g in groups.items() if k in g]
+        row = {"strategy": _label(k, recs), "key": k}
+        put_mean(row, "start (epoch 1)", [b["start"] for b in ben], False)
+        put_mean(row, "start vs scratch (pts)", [b["start_diff"] * 100 for b in ben], multi, scale=1, unit=" pts",
+                 signed=True)
+        row["start vs scratch (pts)"] = round(row["start vs scratch (pts)"], 1)
+        row["epochs to target"] = mean_of([b["epochs_to_target"] for b in ben if b["epochs_to_target"]])
+        put_mean(row, "best acc", [b["best"] for b in ben], multi)
+        put_mean(row, "best vs scratch (pts)", [b["best_diff"] * 100 for b in ben], multi, scale=1, unit=" pts",
+                 signed=True)
+        row["best vs scratch (pts)"] = round(row["best vs scratch (pts)"], 1)
+        m = recs[0]["summary"]
+        row.update({"final acc": mean_of([_accs(r)[-1] for r in recs]), "time (s)": round(mean_of(
+            [_wall_s(r) for r in recs]), 1), "trainable params": m.get("trainable_params"),
+            "total params": m.get("total_params"), "run": ", ".join(r["run_id"] for r in recs)})
+        if multi:
+            row["seeds"] = len(recs)
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _figure(cfg: LabConfig, use: list[dict], curves: dict[str, list[float]], b: dict) -> go.Figure:
+def _figure(cfg: LabConfig, groups: dict[int, dict], keys: list[str], target: float) -> go.Figure:
     from .. import visuals
 
     fig = go.Figure()
-    for i, r in enumerate(use):
-        acc = curves[r["key"]]
-        scratch = r["key"] == "scratch"
+    for i, k in enumerate(keys):
+        recs = [g[k] for g in groups.values() if k in g]
+        ys = [_accs(r) for r in recs]
+        scratch = k == "scratch"
         colour = visuals.NEUTRAL if scratch else visuals.RUN_COLOURS[i % len(visuals.RUN_COLOURS)]
-        fig.add_scatter(x=list(range(1, len(acc) + 1)), y=acc, mode="lines+markers", name=r["label"],
-                        line=dict(color=colour, width=4 if scratch else 3, dash="dash" if scratch else "solid"),
-                        marker=dict(size=9))
-    fig.add_hline(y=b["target"], line=dict(color=visuals.NEUTRAL, dash="dot", width=1.5),
-                  annotation_text=f"target {b['target']:.0%} (scratch's best)" if cfg.target_acc is None
-                  else f"target {b['target']:.0%}", annotation_position="bottom right")
+        add_band(fig, list(range(1, max(map(len, ys)) + 1)), ys, base_label(recs[0]["label"]), colour,
+                 line=dict(width=4 if scratch else 3, dash="dash" if scratch else "solid"), marker=dict(size=9))
+    mean_note = ", mean over seeds" if len(groups) > 1 else ""
+    fig.add_hline(y=target, line=dict(color=visuals.NEUTRAL, dash="dot", width=1.5),
+                  annotation_text=f"target {target:.0%} (scratch's best{mean_note})" if cfg.target_acc is None
+                  else f"target {target:.0%}", annotation_position="bottom right")
     _accuracy_axes(fig)
     visuals._layout(fig, f"Strategy race: {cfg.backbone} on {cfg.data}, {cfg.per_class or 'all'} images/class, "
-                         f"{cfg.image_size} px", height=520)
+                         f"{cfg.image_size} px{seeds_note(len(groups))}", height=520)
     return _legend_below(fig)
 
 
-def _checks(b: dict) -> list[dict]:
-    transfer = {k: v for k, v in b["strategies"].items() if k != "scratch"}
+def _fewer_epochs(d: float) -> bool | None:
+    """The single-seed rule of the slope: any epoch saved (or lost) counts, no tolerance."""
+    return True if d > 0 else False if d < 0 else None
+
+
+_CLAIMS = (("start", "higher start", "accuracy after epoch 1", "start_diff", tol_rule()),
+           ("slope", "higher slope", None, "slope_diff", _fewer_epochs),
+           ("best", "higher asymptote", "best accuracy", "best_diff", tol_rule()))
+
+
+def _detail(key: str, k: str, p, bens: dict[int, dict]) -> str:
+    if key != "slope":
+        return f"{k} {p.describe(_pts)}"
+    if p.single:
+        return f"{k} {next(iter(bens.values()))['strategies'][k]['epochs_to_target'] or 'never'}"
+    return f"{k} {p.describe(lambda d: f'{d:+.1f}')} epochs sooner"
+
+
+def _checks(bens: dict[int, dict], keys: list[str]) -> list[dict]:
+    """Per claim: each transfer strategy's paired difference to scratch over the seeds; the claim holds
+    when most strategies agree (several seeds: it fails when most disagree, else it is inconclusive)."""
+    transfer = [k for k in keys if k != "scratch"]
     if not transfer:
         return []
+    first = next(iter(bens.values()))
+    multi = len(bens) > 1
     checks = []
-    for key, name, what in (("start", "higher start", "accuracy after epoch 1"),
-                            ("slope", "higher slope", f"epochs to reach {b['target']:.0%}"),
-                            ("best", "higher asymptote", "best accuracy")):
-        higher = [k for k, v in transfer.items() if v[f"{key}_verdict"] == "higher"]
-        if key == "start":
-            detail = ", ".join(f"{k} {_pts(v['start_diff'])}" for k, v in transfer.items())
-        elif key == "slope":
-            detail = ", ".join(f"{k} {v['epochs_to_target'] or 'never'}" for k, v in transfer.items()) + \
-                f" vs scratch {b['baseline_epochs'] or 'never'}"
-        else:
-            detail = ", ".join(f"{k} {_pts(v['best_diff'])}" for k, v in transfer.items())
+    for key, name, what, field, rule in _CLAIMS:
+        per = {k: paired([b["strategies"][k][field] for b in bens.values() if k in b["strategies"]], rule)
+               for k in transfer}
+        agree = sum(p.agrees is True for p in per.values())
+        disagree = sum(p.agrees is False for p in per.values())
+        detail = ", ".join(_detail(key, k, p, bens) for k, p in per.items())
+        if key == "slope":
+            what = f"epochs to reach {first['target']:.0%}" if not multi else "epochs to reach the target"
+            if not multi:
+                detail += f" vs scratch {first['baseline_epochs'] or 'never'}"
+        ok = agree * 2 > len(per) if not multi else True if agree * 2 > len(per) else \
+            False if disagree * 2 > len(per) else None
         checks.append({"claim": f"transfer gives a {name} ({what})",
-                       "measured": f"{len(higher)} of {len(transfer)} transfer strategies higher ({detail})",
-                       "agrees": len(higher) * 2 > len(transfer)})
+                       "measured": f"{agree} of {len(per)} transfer strategies higher ({detail})", "agrees": ok})
     return checks
 
 
 def analyse_race(cfg: LabConfig, recs: list[dict]) -> LabResult:
-    use, missing = usable_and_missing(recs)
-    curves = {r["key"]: _accs(r) for r in use}
-    if "scratch" not in curves:
+    groups, missing = by_seed(recs)
+    groups = {s: g for s, g in groups.items() if "scratch" in g}
+    if not groups:
         return _empty("The race needs a finished 'scratch' run: every benefit is relative to it.")
-    b = race_benefits(curves, "scratch", cfg.target_acc)
-    checks = _checks(b)
+    bens = {s: race_benefits({k: _accs(r) for k, r in g.items()}, "scratch", cfg.target_acc)
+            for s, g in groups.items()}
+    keys = list(dict.fromkeys(k for g in groups.values() for k in g))
+    checks = _checks(bens, keys)
+    curves = {k: mean_curve([_accs(g[k]) for g in groups.values() if k in g]) for k in keys}
     best_key = max(curves, key=lambda k: max(curves[k]))
     sc = curves["scratch"]
     headline = (f"Scratch reached {_pct(sc[0])} after epoch 1 and {_pct(max(sc))} at best; the best strategy was "
                 f"**{best_key}** with {_pct(max(curves[best_key]))} ({_pts(max(curves[best_key]) - max(sc))} vs "
                 f"scratch).")
-    text, agrees = _finish_text(headline, checks, missing)
-    return LabResult(_table(use, b), _figure(cfg, use, curves, b), text, agrees, checks, {"benefits": b})
+    if len(groups) > 1:
+        headline += f" (Means of {len(groups)} seeds.)"
+    text, agrees = _finish_text(headline, checks, missing, len(groups))
+    target = mean_of([b["target"] for b in bens.values()])
+    return LabResult(_table(groups, bens, keys), _figure(cfg, groups, keys, target), text, agrees, checks,
+                     {"benefits": next(iter(bens.values())), "benefits_by_seed": bens, "seeds": list(groups)})
 
 
 def analyse(cfg: LabConfig, recs: list[dict], state: dict | None = None) -> LabResult:

@@ -2,8 +2,10 @@
 
 - ``INFO``: its ``LabInfo`` (id, title, question, prediction, the LabConfig fields it uses, timing);
 - ``defaults(cfg, gpu)``: set its preset's values on a fresh ``LabConfig``;
-- ``plan(cfg, wdir) -> list[LabRun]``: its runs (``wdir``: where built weights files go);
-- ``analyse(cfg, recs, state=None) -> LabResult``: pure, records in → table, figure, verdict text;
+- ``plan(cfg, wdir) -> list[LabRun]``: its runs for ONE seed (``wdir``: where built weights files go);
+  ``plan.plan_runs`` repeats them for every seed of ``cfg.run_seeds()``;
+- ``analyse(cfg, recs, state=None) -> LabResult``: pure, records in (of one seed or several:
+  ``analysis.by_seed``) → table, figure (mean and band), verdict text (``stats.paired``);
 - optionally ``check(cfg)`` (raise ValueError for a setting the lab cannot run) and ``meta(cfg) -> dict``
   (saved in the lab's state at creation, for the analysis).
 

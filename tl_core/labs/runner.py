@@ -305,14 +305,15 @@ def run_lab(cfg: LabConfig, runs_dir=None) -> LabResult:
 
 
 def records(state: dict, store) -> list[dict]:
-    """The lab's runs as plain records: key, label, run_id, status, reason, config, epochs, summary."""
+    """The lab's runs as plain records: key, label, run_id, seed, status, reason, config, epochs, summary."""
     out = []
     for r in state["runs"]:
         try:
             info = store.get(r["run_id"])
         except KeyError:
             continue
-        out.append({"key": r["key"], "label": r["label"], "run_id": r["run_id"], "status": info.status,
+        seed = r.get("seed", (info.config or {}).get("seed"))
+        out.append({"key": r["key"], "label": r["label"], "run_id": r["run_id"], "seed": seed, "status": info.status,
                     "reason": info.reason, "config": info.config, "summary": info.summary or {},
                     "epochs": [{k: v for k, v in m.items() if k != "seq"} for m in store.metrics(r["run_id"], "epoch")],
                     "started": info.started, "finished": info.finished})

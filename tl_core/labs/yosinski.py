@@ -7,10 +7,11 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from .analysis import TOL, LabResult, _best, _empty, _finish_text, _legend_below, _n_of, _pct, _pts, \
-    usable_and_missing
+from .analysis import (TOL, LabResult, _best, _empty, _finish_text, _legend_below, _n_of, _pct, _pts, add_band,
+                       by_seed, mean_of, put_mean, seeds_note)
 from .config import COMMON_FIELDS, LabConfig, LabInfo
 from .plan import LabRun, _blocks_in, _depths, depth_groups, run_config
+from .stats import paired
 
 INFO = LabInfo(
     "yosinski", "Your own source task (Yosinski 2014)",
@@ -20,7 +21,7 @@ INFO = LabInfo(
     "apart); **fine-tuned** transfer (AnB+) matches or beats the baseline at every depth.",
     COMMON_FIELDS + ("source_per_class", "source_epochs", "classes_a", "classes_b", "depths"),
     "a test_resnet-sized CNN at 32 px; A: all its images, 4 epochs; B: 30 images per class, 30 epochs "
-    "(5 batches each); 22 runs",
+    "(5 batches each); 22 runs × 3 seeds",
 )
 
 YOSINSKI_PAPER = {
@@ -104,105 +105,144 @@ def plan(cfg: LabConfig, wdir: Path) -> list[LabRun]:
 # ----------------------------------------------------------------------------- analysis (pure)
 
 
-def _figure(curves: dict[str, dict[int, float]], base: float | None) -> go.Figure:
+Curves = dict[str, dict[int, dict[int, float]]]  # variant → n → seed → best accuracy on task B
+
+
+def _means(curves: Curves) -> dict[str, dict[int, float]]:
+    return {v: {n: mean_of(list(by.values())) for n, by in pts.items()} for v, pts in curves.items()}
+
+
+def _figure(curves: Curves, base: dict[int, float]) -> go.Figure:
     from .. import visuals
 
     style = {"BnB": (visuals.FROZEN, "circle-open", "dash"), "BnB+": (visuals.TRAINABLE, "circle-open", "dash"),
              "AnB": (visuals.FROZEN, "diamond", "solid"), "AnB+": (visuals.TRAINABLE, "diamond", "solid")}
     fig = go.Figure()
+    seeds = sorted(set(base) | {s for pts in curves.values() for by in pts.values() for s in by})
     for v, pts in curves.items():
         if pts:
             xs = sorted(pts)
             colour, symbol, dash = style[v]
-            fig.add_scatter(x=xs, y=[pts[n] for n in xs], mode="lines+markers", name=v,
-                            line=dict(color=colour, width=3, dash=dash), marker=dict(size=11, symbol=symbol))
-    if base is not None:
-        fig.add_scatter(x=[0], y=[base], mode="markers", name="baseline B (n=0)",
+            add_band(fig, xs, [[pts[n].get(s) for n in xs] for s in seeds], v, colour,
+                     line=dict(width=3, dash=dash), marker=dict(size=11, symbol=symbol))
+    b = mean_of(list(base.values()))
+    if b is not None:
+        err = dict(type="data", symmetric=False, array=[max(base.values()) - b], arrayminus=[b - min(base.values())],
+                   color="black") if len(base) > 1 else None
+        fig.add_scatter(x=[0], y=[b], mode="markers", name="baseline B (n=0)", error_y=err,
                         marker=dict(size=14, color="white", line=dict(color="black", width=2)))
-        fig.add_hline(y=base, line=dict(color=visuals.NEUTRAL, dash="dot", width=1.5))
+        fig.add_hline(y=b, line=dict(color=visuals.NEUTRAL, dash="dot", width=1.5))
     fig.update_xaxes(title="n = layers copied from the base network (the rest re-initialised)", dtick=1)
-    lo = min([v for c in curves.values() for v in c.values()] + ([base] if base is not None else []))
+    lo = min([v for pts in curves.values() for by in pts.values() for v in by.values()] + list(base.values()))
     fig.update_yaxes(title="best validation accuracy on task B", tickformat=".0%",
                      range=[max(0.0, lo - 0.1), 1.01])
-    visuals._layout(fig, "Yosinski et al. 2014 in miniature: BnB, BnB+, AnB, AnB+", height=520)
+    visuals._layout(fig, "Yosinski et al. 2014 in miniature: BnB, BnB+, AnB, AnB+" + seeds_note(len(seeds)),
+                    height=520)
     return _legend_below(fig)
 
 
-def _check_anb(a: dict[int, float], base: float) -> dict:
+def _per_seed(pts: dict[int, dict[int, float]], base: dict[int, float], fn) -> list[float]:
+    """``fn({n: acc}, baseline)`` for every seed that has the baseline and every depth of ``pts``."""
+    seeds = set(base).intersection(*(by.keys() for by in pts.values()))
+    return [fn({n: pts[n][s] for n in pts}, base[s]) for s in sorted(seeds)]
+
+
+def _check_anb(a: dict[int, dict[int, float]], base: dict[int, float]) -> dict | None:
     first, last = min(a), max(a)
-    fall = a[first] - a[last]
-    return {"claim": "frozen transfer (AnB) falls off in the higher layers",
-            "measured": f"AnB n={first}: {_pct(a[first])} → n={last}: {_pct(a[last])} ({_pts(-fall)}); "
-                        f"baseline {_pct(base)}",
-            "agrees": fall > TOL or a[last] < base - TOL}
+    diffs = _per_seed(a, base, lambda x, b: max(x[first] - x[last], b - x[last]))
+    if not diffs:
+        return None
+    p = paired(diffs, lambda d: d > TOL)
+    m, b = _means({"AnB": a})["AnB"], mean_of(list(base.values()))
+    measured = f"AnB n={first}: {_pct(m[first])} → n={last}: {_pct(m[last])} ({_pts(m[last] - m[first])}); " \
+               f"baseline {_pct(b)}"
+    if not p.single:
+        measured += f"; fall at n={last} (below n={first} or the baseline, the larger): {p.describe(_pts)}"
+    return {"claim": "frozen transfer (AnB) falls off in the higher layers", "measured": measured, "agrees": p.agrees}
 
 
-def _check_anb_plus(ap: dict[int, float], base: float) -> dict:
-    worst = min(ap, key=lambda n: ap[n])
+def _check_anb_plus(ap: dict[int, dict[int, float]], base: dict[int, float]) -> dict | None:
+    diffs = _per_seed(ap, base, lambda x, b: min(v - b for v in x.values()) + TOL)  # > 0: within TOL or above
+    if not diffs:
+        return None
+    p = paired(diffs, lambda d: d >= 0)
+    gap = {n: mean_of([ap[n][s] - base[s] for s in ap[n] if s in base]) for n in ap}
+    worst = min(gap, key=lambda n: gap[n])
+    measured = ", ".join(f"n={n} {_pts(gap[n])}" for n in sorted(gap)) + \
+        f" vs baseline {_pct(mean_of(list(base.values())))} (worst n={worst})"
+    if not p.single:
+        measured += f"; worst depth per seed {p.describe(lambda d: _pts(d - TOL))} (matches: above {_pts(-TOL)})"
     return {"claim": "fine-tuned transfer (AnB+) matches or beats the baseline at every depth",
-            "measured": ", ".join(f"n={n} {_pts(ap[n] - base)}" for n in sorted(ap))
-                        + f" vs baseline {_pct(base)} (worst n={worst})",
-            "agrees": all(v >= base - TOL for v in ap.values())}
+            "measured": measured, "agrees": p.agrees}
 
 
-def _check_bnb(bb: dict[int, float]) -> dict | None:
+def _check_bnb(bb: dict[int, dict[int, float]]) -> dict | None:
+    m = _means({"BnB": bb})["BnB"]
     inner = sorted(bb)[1:-1]
     if not inner:
         return None
-    dip = min(inner, key=lambda n: bb[n])
-    ends = min(bb[min(bb)], bb[max(bb)])
+    dip, first, last = min(inner, key=lambda n: m[n]), min(bb), max(bb)
+    seeds = set(bb[dip]) & set(bb[first]) & set(bb[last])
+    diffs = [min(bb[first][s], bb[last][s]) - bb[dip][s] for s in sorted(seeds)]
+    if not diffs:
+        return None
+    p = paired(diffs, lambda d: True if d > TOL else None)  # one seed: a weak effect is never refuted
+    measured = f"lowest middle point n={dip}: {_pct(m[dip])} vs ends {_pct(min(m[first], m[last]))}"
+    if not p.single:
+        measured += f"; dip below the lower end per seed: {p.describe(_pts)}"
     return {"claim": "frozen self-transfer (BnB) dips in the middle (co-adaptation) — a weaker "
-                     "effect, often invisible in small nets",
-            "measured": f"lowest middle point n={dip}: {_pct(bb[dip])} vs ends {_pct(ends)}",
-            "agrees": None if bb[dip] >= ends - TOL else True}
+                     "effect, often invisible in small nets", "measured": measured, "agrees": p.agrees}
 
 
-def _checks(curves: dict[str, dict[int, float]], base: float | None) -> list[dict]:
-    if base is None:
+def _checks(curves: Curves, base: dict[int, float]) -> list[dict]:
+    if not base:
         return []
-    checks = []
-    if curves["AnB"]:
-        checks.append(_check_anb(curves["AnB"], base))
-    if curves["AnB+"]:
-        checks.append(_check_anb_plus(curves["AnB+"], base))
-    if len(curves["BnB"]) >= 3:
-        bnb = _check_bnb(curves["BnB"])
-        if bnb is not None:
-            checks.append(bnb)
-    return checks
+    checks = [_check_anb(curves["AnB"], base) if curves["AnB"] else None,
+              _check_anb_plus(curves["AnB+"], base) if curves["AnB+"] else None,
+              _check_bnb(curves["BnB"]) if len(curves["BnB"]) >= 3 else None]
+    return [c for c in checks if c is not None]
 
 
-def _headline(cfg: LabConfig, curves: dict[str, dict[int, float]], base: float | None,
-              source: float | None) -> str:
+def _headline(cfg: LabConfig, curves: Curves, base: float | None, source: float | None) -> str:
     a, b = yosinski_classes(cfg)
     headline = (f"Task A ({', '.join(a)}) source net: {_pct(source)}; baseline B ({', '.join(b)}, "
                 f"{cfg.per_class or 'all'} images/class, from scratch): **{_pct(base)}**.")
-    if curves["AnB+"]:
-        n_best = max(curves["AnB+"], key=lambda n: curves["AnB+"][n])
-        headline += f" Best AnB+: {_pct(curves['AnB+'][n_best])} at n={n_best}."
+    ap = _means(curves)["AnB+"]
+    if ap:
+        n_best = max(ap, key=lambda n: ap[n])
+        headline += f" Best AnB+: {_pct(ap[n_best])} at n={n_best}."
     return headline
 
 
+def _table(curves: Curves, base: dict[int, float], multi: bool) -> pd.DataFrame:
+    rows = []
+    for n in sorted({n for pts in curves.values() for n in pts}):
+        row = {"n (layers copied)": n}
+        for v in curves:
+            put_mean(row, v, list(curves[v].get(n, {}).values()), multi)
+        put_mean(row, "baseline B", list(base.values()), multi)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def analyse_yosinski(cfg: LabConfig, recs: list[dict]) -> LabResult:
-    use, missing = usable_and_missing(recs)
-    by = {r["key"]: r for r in use}
-    base = _best(by.get("baseB"))
-    source = _best(by.get("baseA"))
-    curves: dict[str, dict[int, float]] = {v: {} for v in VARIANTS}
-    for r in use:
-        name = r["key"].split(":")[0]
-        if name in curves:
-            curves[name][_n_of(r["key"])] = _best(r)
-    if base is None and not any(curves.values()):
+    groups, missing = by_seed(recs)
+    base = {s: _best(g["baseB"]) for s, g in groups.items() if "baseB" in g}
+    source = mean_of([_best(g["baseA"]) for g in groups.values() if "baseA" in g])
+    curves: Curves = {v: {} for v in VARIANTS}
+    for s, g in groups.items():
+        for key, r in g.items():
+            name = key.split(":")[0]
+            if name in curves:
+                curves[name].setdefault(_n_of(key), {})[s] = _best(r)
+    if not base and not any(curves.values()):
         return _empty("No finished runs yet.")
-    ns = sorted({n for c in curves.values() for n in c})
-    table = pd.DataFrame([{"n (layers copied)": n, **{v: curves[v].get(n) for v in curves}, "baseline B": base}
-                          for n in ns])
     checks = _checks(curves, base)
-    text, agrees = _finish_text(_headline(cfg, curves, base, source), checks, missing)
+    b = mean_of(list(base.values()))
+    text, agrees = _finish_text(_headline(cfg, curves, b, source), checks, missing, len(groups))
     text += "\n\n**The paper:** " + "; ".join(f"{k}: {v}" for k, v in YOSINSKI_PAPER.items()) + "."
-    return LabResult(table, _figure(curves, base), text, agrees, checks,
-                     {"baseline": base, "source": source, "curves": curves})
+    return LabResult(_table(curves, base, len(groups) > 1), _figure(curves, base), text, agrees, checks,
+                     {"baseline": b, "source": source, "curves": _means(curves), "seeds": list(groups)})
 
 
 def analyse(cfg: LabConfig, recs: list[dict], state: dict | None = None) -> LabResult:
