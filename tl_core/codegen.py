@@ -8,7 +8,8 @@ lab's trainable-parameter count and per-block learning rates exactly (tests exec
 The script is built from one section per concept (setup, model, preprocessing, freeze plan,
 optimiser and parameter groups, schedule, training loop): ``code_sections`` returns them in
 order as (title, code) pairs, so they can also become one notebook cell each;
-``generate_code`` joins them with ``join_sections``.
+``generate_code`` joins them with ``join_sections``. ``tl_core.notebook`` builds the downloadable
+notebook from the freeze-plan and optimiser sections, adding the cells that reproduce a whole run.
 
 The block → module mapping comes from ``surgery.hierarchy`` (timm's own group matcher), so
 the generated code lists the module names of each block explicitly instead of relying on lab
