@@ -204,9 +204,8 @@ def test_writes_are_atomic_and_leave_no_temporary_files(tmp_path):
     assert torch.equal(store.load("k"), torch.ones(10, 4) * 2)
 
 
-def test_keys_of_a_thousand_images_and_a_mobilenet_prefix_take_well_under_a_second():
-    import time
-
+def test_keys_of_a_thousand_images_and_a_mobilenet_prefix_are_stable_and_per_split():
+    # (their cost is measured in benchmarks/bench_classroom.py, not asserted here)
     model = timm.create_model("mobilenetv2_100", num_classes=10).eval()
     hier = surgery.hierarchy(model, 96)
     plan = surgery.FreezePlan.for_hierarchy(hier, frozen_upto=len(hier.block_names) - 1)
@@ -215,8 +214,6 @@ def test_keys_of_a_thousand_images_and_a_mobilenet_prefix_take_well_under_a_seco
     _, eval_tf = data.make_transforms(models.data_config_for("mobilenetv2_100", model), 96)
     images = {"train": torch.randint(0, 256, (800, 3, 96, 96), dtype=torch.uint8),
               "val": torch.randint(0, 256, (200, 3, 96, 96), dtype=torch.uint8)}
-    t0 = time.perf_counter()
     keys = features.entry_keys(cache, model, images, eval_tf, {"data": "animal_shapes"})
-    assert time.perf_counter() - t0 < 1.0
     assert len(set(keys.values())) == 2 and keys == features.entry_keys(cache, model, images, eval_tf,
                                                                           {"data": "animal_shapes"})
