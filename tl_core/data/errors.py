@@ -2,4 +2,11 @@
 
 
 class DataError(ValueError):
-    """Data that cannot be used. The message says what is wrong and what to do."""
+    """Data that cannot be used. The message says what is wrong and, for a refusal, what to do.
+
+    ``advice`` holds the what-to-do line separately where the message itself must stay a short
+    reason (a file skipped in a report): a page that refuses that one file shows both."""
+
+    def __init__(self, message: str, advice: str = ""):
+        super().__init__(message)
+        self.advice = advice

@@ -1,20 +1,23 @@
 """User data sets in the ImageFolder layout: finding the layout, scanning, the validation report.
 
 One sub-folder per class, optionally inside ``train/`` and ``val/``, as a folder under the
-data root or as a ``.zip``. Unreadable files are skipped and listed in a
-:class:`ValidationReport`; unusable data shows as the report's errors.
+data root or as a ``.zip``. Only regular files are read; links are followed only while they
+stay inside the data root. Unreadable files, special files and links that lead outside are
+skipped and listed in a :class:`ValidationReport`; unusable data shows as the report's errors.
+The scan (:func:`_scan_layout`) and the usability rules serve text data too.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-import tempfile
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DataError
 from .images import _fit_square, open_image, read_image
-from .sources import Caps, resolve_data_path, safe_extract_zip
+from .sources import Caps, data_root_dir, extracted, file_kind, inside, resolve_data_path
 
 VAL_DIR_NAMES = ("val", "valid", "validation")
 _JUNK_NAMES = {"__MACOSX", "Thumbs.db", "desktop.ini"}
@@ -46,85 +49,157 @@ def _junk(name: str) -> bool:
     return name.startswith(".") or name in _JUNK_NAMES
 
 
-def _subdirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not _junk(p.name))
+def _readable_dir(p: Path, bound: Path, follow_links: bool) -> bool:
+    """A folder to read: a real one, or (with ``follow_links``) a link to a folder inside ``bound``."""
+    if p.is_symlink():
+        return follow_links and p.is_dir() and inside(p, bound)
+    return p.is_dir()
 
 
-def _find_layout(root: Path) -> tuple[Path, dict[str, Path] | None]:
-    """Unwrap single wrapper folders; return (root, {"train": dir, "val": dir} or None)."""
+def _subdirs(folder: Path, bound: Path, follow_links: bool = True) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if not _junk(p.name) and _readable_dir(p, bound, follow_links))
+
+
+def _find_layout(root: Path, bound: Path, follow_links: bool = True) -> tuple[Path, dict[str, Path] | None]:
+    """Unwrap single wrapper folders (never one that leads outside ``bound``); return
+    (root, {"train": dir, "val": dir} or None)."""
     while True:
         entries = [p for p in root.iterdir() if not _junk(p.name)]
         only = entries[0] if len(entries) == 1 else None
-        if only is None or not only.is_dir() or any(p.is_file() for p in only.iterdir() if not _junk(p.name)):
+        if (only is None or not _readable_dir(only, bound, follow_links)
+                or any(p.is_file() for p in only.iterdir() if not _junk(p.name))):
             break
         root = only
-    dirs = {p.name.lower(): p for p in _subdirs(root)}
+    dirs = {p.name.lower(): p for p in _subdirs(root, bound, follow_links)}
     val = next((dirs[n] for n in VAL_DIR_NAMES if n in dirs), None)
     return root, ({"train": dirs["train"], "val": val} if "train" in dirs and val else None)
 
 
-def _scan_folder(folder: Path, caps: Caps, store_size: int, name: str):
-    """Validate and decode an ImageFolder tree. Returns (report, images [N,S,S,3], labels, is_val)."""
-    root, split_dirs = _find_layout(folder)
+_OUTSIDE = "symbolic link to a {} outside the data root; copy it into the data root instead"
+
+
+def _entry(path: Path, bound: Path, follow_links: bool, chain: tuple[Path, ...]) -> tuple[str, object]:
+    """What a folder entry is: ("dir", resolved path), ("file", size) or ("skip", why). Uses lstat/stat
+    only: nothing is opened."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        if not follow_links:
+            return "skip", "not a regular file: a symbolic link (links are not followed for this data)"
+        target = path.resolve()
+        if not target.exists():
+            return "skip", "broken symbolic link"
+        if not target.is_relative_to(bound):
+            return "skip", _OUTSIDE.format("folder" if target.is_dir() else "file")
+        if target in chain:
+            return "skip", "symbolic link to a folder that contains it (a loop)"
+        st = os.stat(target)
+    if stat.S_ISDIR(st.st_mode):
+        return "dir", path.resolve()
+    if stat.S_ISREG(st.st_mode):
+        return "file", st.st_size
+    return "skip", f"not a regular file: {file_kind(st.st_mode)}; skipped without opening it"
+
+
+def _list_files(root: Path, caps, report: ValidationReport, bound: Path,
+                follow_links: bool = True) -> list[tuple[Path, str]] | None:
+    """Every regular file under ``root`` as (file, relative name), in sorted top-down order. Links are
+    followed only inside ``bound`` (and only with ``follow_links``); special files, links that lead
+    outside, broken links and loops go to ``report.skipped``. None (with the error in ``report``)
+    when the max_files or max_total_bytes cap is exceeded."""
+    files: list[tuple[Path, str]] = []
+    total, folders = 0, 0
+    stack = [(root, "", (root.resolve(),))]
+    while stack:
+        folder, rel, chain = stack.pop()
+        subdirs = []
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError as exc:
+            report.skipped.append((rel or ".", f"cannot list this folder ({exc.strerror})"))
+            continue
+        for name in names:
+            if _junk(name):
+                continue
+            if len(files) > caps.max_files:
+                break
+            try:
+                kind, value = _entry(folder / name, bound, follow_links, chain)
+            except OSError as exc:  # removed or made unreadable while we look
+                kind, value = "skip", f"cannot read it ({exc.strerror})"
+            if kind == "dir":
+                subdirs.append((folder / name, f"{rel}{name}/", (*chain, value)))
+            elif kind == "file":
+                files.append((folder / name, f"{rel}{name}"))
+                total += value
+            else:
+                report.skipped.append((f"{rel}{name}{'/' if (folder / name).is_dir() else ''}", value))
+        folders += len(subdirs)
+        if len(files) > caps.max_files or folders > caps.max_files:
+            what = "files" if folders <= caps.max_files else "folders"
+            report.errors.append(f"more than {caps.max_files:,} {what}: over the max_files cap of {caps.max_files:,}. "
+                                 "What to do: use fewer files, or ask the teacher to raise the cap")
+            return None
+        stack += reversed(subdirs)
+    if total > caps.max_total_bytes:
+        report.errors.append(f"{total:,} bytes of files, over the max_total_bytes cap of {caps.max_total_bytes:,}. "
+                             "What to do: use fewer or smaller files")
+        return None
+    return files
+
+
+def _scan_layout(folder: Path, caps, name: str, bound: Path, report_type: type = ValidationReport,
+                 follow_links: bool = True):
+    """Find the layout, the classes and each file's class. Returns (report, [(file, relative name,
+    label, from val/)]), or (report, None) when a cap stops the listing (the error is in the report).
+    Files outside a class folder are listed in ``report.skipped``."""
+    root, split_dirs = _find_layout(folder, bound, follow_links)
     parts = split_dirs or {"train": root}
-    classes = sorted({d.name for base in parts.values() for d in _subdirs(base)})
-    report = ValidationReport(classes, {c: 0 for c in classes}, [], [], split_dirs is not None, source=name)
+    classes = sorted({d.name for base in parts.values() for d in _subdirs(base, bound, follow_links)})
+    report = report_type(classes, {c: 0 for c in classes}, [], [], split_dirs is not None, source=name)
     if split_dirs:
         report.val_counts = {c: 0 for c in classes}
-    files = _list_files(root, caps, report)
+    files = _list_files(root, caps, report, bound, follow_links)
     if files is None:
+        return report, None
+    index = {c: i for i, c in enumerate(classes)}
+    placed = []
+    for path, rel in files:
+        split_name = next((k for k, base in parts.items() if path.is_relative_to(base)), None)
+        sub = path.relative_to(parts[split_name]).parts if split_name else ()
+        if split_name is None:
+            report.skipped.append((rel, "not under train/ or val/"))
+        elif len(sub) < 2 or sub[0] not in index:
+            report.skipped.append((rel, "not inside a class folder"))
+        else:
+            placed.append((path, rel, index[sub[0]], split_name == "val"))
+    return report, placed
+
+
+def _scan_folder(folder: Path, caps: Caps, store_size: int, name: str, bound: Path):
+    """Validate and decode an ImageFolder tree. Returns (report, images [N,S,S,3], labels, is_val)."""
+    report, placed = _scan_layout(folder, caps, name, bound)
+    if placed is None:
         return report, None, None, None
-    found, side = _place_files(files, parts, folder, caps, store_size, report)
+    found, side = _read_headers(placed, caps, store_size, report)
     images, labels, is_val = _decode(found, side, caps, report)
     report.skipped.sort()
     report.errors += _usability_errors(report, caps)
     return report, images, labels, is_val
 
 
-def _list_files(root: Path, caps: Caps, report: ValidationReport) -> list[tuple[Path, str]] | None:
-    """Every file under ``root`` as (file, relative name); None (with the error in ``report``)
-    when the max_files or max_total_bytes cap is exceeded."""
-    files: list[tuple[Path, str]] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not _junk(d))
-        files += [(Path(dirpath) / f, str((Path(dirpath) / f).relative_to(root)))
-                  for f in sorted(filenames) if not _junk(f)]
-    if len(files) > caps.max_files:
-        report.errors.append(f"{len(files):,} files, over the max_files cap of {caps.max_files:,}")
-        return None
-    total = sum(f.stat().st_size for f, _ in files if f.exists())  # a broken link is skipped below
-    if total > caps.max_total_bytes:
-        report.errors.append(f"{total:,} bytes of files, over the max_total_bytes cap of {caps.max_total_bytes:,}")
-        return None
-    return files
-
-
-def _place_files(files: list[tuple[Path, str]], parts: dict[str, Path], folder: Path, caps: Caps,
-                 store_size: int, report: ValidationReport) -> tuple[list[tuple[Path, str, int, bool]], int]:
-    """Pass 1: place each file in its class and read its header (cheap). Returns the usable files
-    as (file, relative name, label, from val/) and the common side to decode them at."""
-    index = {c: i for i, c in enumerate(report.classes)}
-    found: list[tuple[Path, str, int, bool]] = []
-    sides = []
-    for path, rel in files:
-        split_name = next((k for k, base in parts.items() if path.is_relative_to(base)), None)
-        if split_name is None:
-            report.skipped.append((rel, "not under train/ or val/"))
-            continue
-        sub = path.relative_to(parts[split_name]).parts
-        if len(sub) < 2:
-            report.skipped.append((rel, "not inside a class folder"))
-            continue
-        if path.is_symlink() and not path.resolve().is_relative_to(folder):
-            report.skipped.append((rel, "symbolic link to a file outside the dataset"))
-            continue
+def _read_headers(placed: list[tuple[Path, str, int, bool]], caps: Caps, store_size: int,
+                  report: ValidationReport) -> tuple[list[tuple[Path, str, int, bool]], int]:
+    """Pass 1: read each placed file's header (cheap). Returns the usable files and the common side
+    to decode them at."""
+    found, sides = [], []
+    for path, rel, label, val in placed:
         try:
             with open_image(path, caps) as im:
                 w, h = im.size
         except DataError as exc:
             report.skipped.append((rel, str(exc)))
             continue
-        found.append((path, rel, index[sub[0]], split_name == "val"))
+        found.append((path, rel, label, val))
         sides.append(min(w, h))
     return found, min(store_size, max(sides, default=store_size))  # small images are not blown up
 
@@ -147,36 +222,53 @@ def _decode(found: list[tuple[Path, str, int, bool]], side: int, caps: Caps, rep
     return images, labels, is_val
 
 
-def _usability_errors(report: ValidationReport, caps: Caps) -> list[str]:
+_NO_IMAGES = ("no images found; expected one sub-folder of images per class (ImageFolder layout), "
+              "optionally inside train/ and val/")
+
+
+def _usability_errors(report: ValidationReport, caps, noun: str = "image", empty: str = _NO_IMAGES) -> list[str]:
+    """Why the data cannot train a classifier ([] when it can): nothing usable (``empty``), a single
+    class, too many classes (caps with ``max_classes``), a class under ``min_per_class``, an empty
+    half of a train/ val/ split. ``noun`` is what is counted ("image", "text")."""
     if not report.num_images:
-        return ["no images found; expected one sub-folder of images per class (ImageFolder layout), "
-                "optionally inside train/ and val/"]
+        return [empty]
+    used = [c for c, n in report.counts.items() if n]
+    if len(used) < 2:
+        return [f"found a single class ({', '.join(used)}); a classifier needs at least two: "
+                f"add {noun}s of another class (one sub-folder per class for a folder or zip)"]
+    max_classes = getattr(caps, "max_classes", None)
+    if max_classes is not None and len(report.classes) > max_classes:
+        return [f"{len(report.classes):,} distinct labels, over the max_classes cap of {max_classes}; "
+                "is the label column really a column of class names?"]
     errors = []
-    if len(report.classes) < 2:
-        errors.append(f"found {len(report.classes)} class ({', '.join(report.classes)}); a classifier needs at "
-                      "least two: add one sub-folder of images per class")
     for c, n in report.counts.items():
         if n < caps.min_per_class:
-            errors.append(f"class {c!r} has {n} image(s); each class needs at least {caps.min_per_class} "
+            errors.append(f"class {c!r} has {n} {noun}(s); each class needs at least {caps.min_per_class} "
                           "(the min_per_class cap) so that training and validation both get some")
         elif report.has_split and not (0 < report.val_counts[c] < n):
             where = "val/" if report.val_counts[c] == 0 else "train/"
-            errors.append(f"class {c!r} has no images in {where}; add some or drop the train/ val/ split")
+            errors.append(f"class {c!r} has no {noun}s in {where}; add some or drop the train/ val/ split")
     return errors
 
 
-def _read_user_data(path: Path, caps: Caps, store_size: int):
+def _read_user_data(path: Path, caps: Caps, store_size: int, bound: Path, name: str | None = None):
+    """Scan a resolved folder (links followed inside ``bound``) or zip: (report, images, labels, is_val)."""
+    name = name or path.name
     if path.is_dir():
-        return _scan_folder(path, caps, store_size, path.name)
-    with tempfile.TemporaryDirectory(prefix="tl_zip_") as tmp:
+        return _scan_folder(path, caps, store_size, name, bound)
+    with contextlib.ExitStack() as stack:
         try:
-            safe_extract_zip(path, tmp, caps)
+            tmp = stack.enter_context(extracted(path, caps))
         except DataError as exc:
-            return ValidationReport([], {}, [], [str(exc)], False, source=path.name), None, None, None
-        return _scan_folder(Path(tmp).resolve(), caps, store_size, path.name)
+            return ValidationReport([], {}, [], [str(exc)], False, source=name), None, None, None
+        return _scan_folder(tmp, caps, store_size, name, tmp)
 
 
 def check_data(path: str | Path, data_root: str | Path | None = None, caps: Caps = Caps()) -> ValidationReport:
     """The validation report of a folder or zip: classes, counts, skipped files and why, errors.
-    Raises DataError only for a path that cannot be read at all (outside the data root, missing)."""
-    return _read_user_data(resolve_data_path(path, data_root), caps, 160)[0]
+    Raises DataError only for a path that cannot be read at all (outside the data root, missing).
+    ``data_root=UNRESTRICTED`` (the command line) reads any path."""
+    from .uploads import upload_name
+
+    resolved = resolve_data_path(path, data_root)
+    return _read_user_data(resolved, caps, 160, data_root_dir(data_root), upload_name(resolved))[0]

@@ -1,6 +1,7 @@
 """Reading one user image: lazily, under the pixel cap, upright, as 8-bit RGB."""
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .errors import DataError
-from .sources import Caps
+from .sources import Caps, check_regular
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -31,21 +32,37 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # L, 1, CMYK (PIL undoes Adobe's inverted CMYK JPEGs), YCbCr
 
 
+_RESIZE = "resize the image (a few hundred pixels a side is plenty) and try again"
+
+
+def _bomb_message(exc: Exception, caps: Caps) -> str:
+    """Our pixel-cap message for PIL's decompression-bomb refusal (PIL says only the pixel count)."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    pixels = int(found.group(1)) if found else None
+    if pixels is not None and pixels <= caps.max_pixels:  # a teacher raised our cap above PIL's guard
+        return (f"{pixels:,} pixels, over the decompression-bomb limit of {2 * Image.MAX_IMAGE_PIXELS:,} "
+                "pixels that every image is held to")
+    count = f"{pixels:,} pixels" if pixels is not None else "too many pixels"
+    return f"{count}, over the max_pixels cap of {caps.max_pixels:,}"
+
+
 def open_image(path: str | Path, caps: Caps = Caps()) -> Image.Image:
     """Open an image lazily (header only) and apply the max_pixels cap before anything is decoded.
-    Raises DataError with the reason for a non-image or an image over the cap."""
+    Only a regular file is opened (checked with ``stat`` first: a FIFO would block). Raises DataError
+    with the reason (and ``advice``) for a special file, a non-image or an image over the cap."""
+    check_regular(path)
     try:
         with warnings.catch_warnings():  # PIL's own bomb warning: our cap below is the rule
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(path)
     except Image.DecompressionBombError as exc:
-        raise DataError(f"too many pixels for PIL's decompression-bomb guard ({exc})") from None
+        raise DataError(_bomb_message(exc, caps), advice=_RESIZE) from None
     except Exception:  # UnidentifiedImageError, or a plugin failing on odd bytes
-        raise DataError("not an image file") from None
+        raise DataError("not an image file", advice="save it as PNG or JPEG and try again") from None
     w, h = im.size
     if w * h > caps.max_pixels:
         im.close()
-        raise DataError(f"{w}x{h} = {w * h:,} pixels, over the max_pixels cap of {caps.max_pixels:,}")
+        raise DataError(f"{w}x{h} = {w * h:,} pixels, over the max_pixels cap of {caps.max_pixels:,}", advice=_RESIZE)
     return im
 
 
@@ -60,8 +77,11 @@ def read_image(path: str | Path, caps: Caps = Caps(), draft_size: int | None = N
             im.load()
             im = ImageOps.exif_transpose(im)
             return _to_rgb(im)
+        except Image.DecompressionBombError as exc:  # some formats learn their real size only here
+            raise DataError(_bomb_message(exc, caps), advice=_RESIZE) from None
         except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... for broken files
-            raise DataError(f"corrupt or truncated image ({exc})") from None
+            raise DataError(f"corrupt or truncated image ({exc})",
+                            advice="the file is damaged: export or download it again") from None
 
 
 def image_tensor(im: Image.Image) -> torch.Tensor:

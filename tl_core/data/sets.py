@@ -15,7 +15,8 @@ import torch
 from .builtin import BUILTIN, _builtin_arrays
 from .errors import DataError
 from .folders import ValidationReport, _read_user_data
-from .sources import Caps, resolve_data_path
+from .sources import Caps, data_root_dir, resolve_data_path
+from .uploads import upload_name
 
 
 @dataclass
@@ -35,20 +36,22 @@ class ImageSet:
         return len(self.class_names)
 
 
-def _load_user(path: Path, caps: Caps, store_size: int) -> ImageSet:
-    report, images, labels, is_val = _read_user_data(path, caps, store_size)
+def _load_user(path: Path, caps: Caps, store_size: int, bound: Path) -> ImageSet:
+    shown = upload_name(path)  # an upload is named after the user's own file, never the generated one
+    report, images, labels, is_val = _read_user_data(path, caps, store_size, bound, shown)
     if not report.ok:
-        raise DataError(f"{path.name}: " + "; ".join(report.errors))
+        raise DataError(f"{shown or path.name}: " + "; ".join(report.errors))
     return ImageSet(
         torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
-        torch.tensor(labels, dtype=torch.int64), report.classes, path.stem, report,
+        torch.tensor(labels, dtype=torch.int64), report.classes, Path(shown or path.name).stem, report,
         torch.tensor(is_val, dtype=torch.bool) if report.has_split else None,
     )
 
 
 def load_dataset(source: str, data_root: str | Path | None = None, store_size: int = 160,
                  caps: Caps = Caps()) -> ImageSet:
-    """A built-in dataset (a key of BUILTIN) or a user folder/zip inside the data root.
+    """A built-in dataset (a key of BUILTIN) or a user folder/zip inside the data root (any path with
+    ``data_root=UNRESTRICTED``, which only the command line passes).
 
     Built-ins come at their native size, 1 channel. User images are converted to RGB and
     centre-cropped to a square of ``store_size`` pixels, or of the largest image's shorter side
@@ -65,7 +68,7 @@ def load_dataset(source: str, data_root: str | Path | None = None, store_size: i
             raise
         raise DataError(f"{source!r} is not a built-in dataset ({', '.join(BUILTIN)}) "
                         f"nor a folder or zip in the data root: {exc}") from None
-    return _load_user(path, caps, store_size)
+    return _load_user(path, caps, store_size, data_root_dir(data_root))
 
 
 def split(ds: ImageSet, val_fraction: float = 0.2, seed: int = 0,

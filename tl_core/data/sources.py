@@ -1,17 +1,29 @@
-"""Where user data may come from, and how much of it: the data root, caps, safe zip extraction.
+"""Where user data may come from, and how much of it: the data root, caps, regular files, safe zip extraction.
 
 User data is a folder under the data root or a ``.zip``. Reading it never trusts the input:
-paths outside the root are refused, unsafe zip entries are refused and sizes are capped
-(:class:`Caps`).
+paths outside the root are refused (every component resolved, links included), only regular
+files are opened (a FIFO would block), unsafe zip entries are refused and sizes are capped
+(:class:`Caps`). The data root is the rule for paths typed into the web page; the command line
+passes :data:`UNRESTRICTED`, since its user owns the machine and may read any path.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import stat
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import DataError
+
+# ``data_root=UNRESTRICTED`` reads any path (relative ones from the working directory). A string, so
+# that it travels inside a JSON config (``TrainConfig.data_root``); only the CLI may set it.
+UNRESTRICTED = "<unrestricted>"
+_EXTRACT_PREFIX = "tl_zip_"  # temporary extraction folders: tl_zip_<pid>_<random>
 
 
 @dataclass(frozen=True)
@@ -24,32 +36,93 @@ class Caps:
     min_per_class: int = 5  # images per class, so that a split leaves some for validation
 
 
+def is_unrestricted(data_root) -> bool:
+    return (data_root or os.environ.get("TL_DATA_ROOT")) == UNRESTRICTED
+
+
 def data_root_dir(data_root: str | Path | None = None) -> Path:
-    """The folder user datasets must live in: ``data_root``, else env ``TL_DATA_ROOT``, else ``./data``."""
+    """The folder user datasets must live in: ``data_root``, else env ``TL_DATA_ROOT``, else ``./data``
+    (``/`` for UNRESTRICTED: every path is inside it)."""
+    if is_unrestricted(data_root):
+        return Path("/")
     return Path(data_root or os.environ.get("TL_DATA_ROOT") or "data").expanduser().resolve()
 
 
 data_root = data_root_dir  # short name for callers; inside functions a ``data_root`` argument shadows it
 
 
-def resolve_data_path(path: str | Path, data_root: str | Path | None = None) -> Path:
-    """``path`` as an absolute path, accepted only inside the data root (see data_root_dir).
-    A relative path is looked up in the data root first, then in the working directory.
-    Symbolic links are followed before the check."""
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words, from its ``st_mode``."""
+    return ("a folder" if stat.S_ISDIR(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a symbolic link" if stat.S_ISLNK(mode) else "a special file")
+
+
+def _not_regular(what: str) -> DataError:
+    return DataError(f"not a regular file: {what}; skipped without opening it",
+                     advice="give a plain file: pipes, sockets and devices are never read")
+
+
+def check_regular(path: str | Path) -> os.stat_result:
+    """``os.stat`` of ``path`` (links followed), or DataError unless it is a regular file. Nothing is
+    opened, so a FIFO cannot block."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise DataError(f"cannot read it ({exc.strerror})",
+                        advice="check that the file exists and is readable") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_regular(file_kind(st.st_mode))
+    return st
+
+
+def read_regular(path: str | Path, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``. Opened non-blocking and checked again on
+    the open file, so a file swapped for a FIFO after a check cannot block either."""
+    check_regular(path)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with open(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular(file_kind(st.st_mode))
+        if st.st_size > max_bytes:
+            raise DataError(f"{st.st_size:,} bytes, over the max_total_bytes cap of {max_bytes:,}",
+                            advice="use a smaller file")
+        return fh.read(max_bytes + 1)[:max_bytes]
+
+
+def inside(path: Path, bound: Path) -> bool:
+    """Whether ``path``, every component and link resolved, lies inside ``bound`` (a resolved folder)."""
+    return path.resolve().is_relative_to(bound)
+
+
+def resolve_data_path(path: str | Path, data_root: str | Path | None = None, files: tuple[str, ...] = ()) -> Path:
+    """``path`` as an absolute path, accepted only inside the data root (see data_root_dir): a folder,
+    a ``.zip``, or a regular file ending in one of ``files`` (e.g. ``(".csv",)``).
+    A relative path is looked up in the data root first, then in the working directory (only the
+    working directory with UNRESTRICTED). Every component and link is resolved before the check."""
     root = data_root_dir(data_root)
     p = Path(path).expanduser()
     if not p.is_absolute():
         in_cwd = Path.cwd() / p
-        p = in_cwd if in_cwd.exists() and not (root / p).exists() else root / p
+        p = in_cwd if is_unrestricted(data_root) or (in_cwd.exists() and not (root / p).exists()) else root / p
     resolved = p.resolve()
     if not resolved.is_relative_to(root):
         raise DataError(f"{path} is outside the data root {root}; only datasets inside it can be read. "
                         "Copy the dataset there (or set TL_DATA_ROOT) and try again.")
     if not resolved.exists():
-        raise DataError(f"{path} not found (looked in the data root {root} and the working directory)")
-    if not (resolved.is_dir() or zipfile.is_zipfile(resolved)):
-        raise DataError(f"{path} is neither a folder nor a .zip file")
-    return resolved
+        raise DataError(f"{path} not found (looked in the data root {root} and the working directory); "
+                        "check the spelling, or give the path of a folder or .zip inside the data root")
+    if resolved.is_dir():
+        return resolved
+    kinds = ["a folder", "a .zip file", *(f"a {s} file" for s in files)]
+    wanted, neither = (", ".join(kinds[:-1]) + f" {w} " + kinds[-1] for w in ("or", "nor"))
+    mode = os.stat(resolved).st_mode
+    if not stat.S_ISREG(mode):  # never open a pipe or device: opening a FIFO blocks
+        raise DataError(f"{path} is {file_kind(mode)}, not {wanted}; give {wanted}")
+    if resolved.suffix.lower() in files or zipfile.is_zipfile(resolved):
+        return resolved
+    raise DataError(f"{path} is neither {neither}; give {wanted} instead")
 
 
 def _unsafe_zip_name(name: str) -> bool:
@@ -57,42 +130,79 @@ def _unsafe_zip_name(name: str) -> bool:
     return n.startswith("/") or (len(n) > 1 and n[1] == ":") or ".." in n.split("/")
 
 
-def safe_extract_zip(zip_path: str | Path, dest_dir: str | Path, caps: Caps = Caps()) -> Path:
-    """Extract a zip into ``dest_dir`` after checking it: entries with absolute paths or ``..``
-    are refused, and the file count and uncompressed size are capped (checked from the header
-    first, then again while writing, so a lying header cannot get past)."""
+_REZIP = "What to do: zip the dataset folder again with an ordinary zip tool and upload that."
+
+
+def safe_extract_zip(zip_path: str | Path | BinaryIO, dest_dir: str | Path, caps: Caps = Caps()) -> Path:
+    """Extract a zip (a path or an open binary file) into ``dest_dir`` after checking it: entries with
+    absolute paths or ``..`` are refused, and the file count and uncompressed size are capped (checked
+    from the header first, then again while writing, so a lying header cannot get past)."""
     dest = Path(dest_dir).resolve()
+    label = Path(zip_path).name if isinstance(zip_path, (str, Path)) else "the upload"
     try:
         zf = zipfile.ZipFile(zip_path)
-    except zipfile.BadZipFile:
-        raise DataError(f"{Path(zip_path).name} is not a valid zip file") from None
+    except (zipfile.BadZipFile, OSError):
+        raise DataError(f"{label} is not a valid zip file. {_REZIP}") from None
     with zf:
         members = [m for m in zf.infolist() if not m.is_dir()]
         for m in zf.infolist():
             if _unsafe_zip_name(m.filename):
                 raise DataError(f"zip entry {m.filename!r} has an absolute path or '..'; "
-                                "refusing to extract this archive")
+                                f"refusing to extract this archive. {_REZIP}")
         if len(members) > caps.max_files:
-            raise DataError(f"the zip holds {len(members):,} files, over the max_files cap of {caps.max_files:,}")
+            raise DataError(f"the zip holds {len(members):,} files, over the max_files cap of {caps.max_files:,}. "
+                            "What to do: use fewer files.")
         declared = sum(m.file_size for m in members)
         if declared > caps.max_total_bytes:
             raise DataError(f"the zip unpacks to {declared:,} bytes, over the max_total_bytes cap "
-                            f"of {caps.max_total_bytes:,}")
+                            f"of {caps.max_total_bytes:,}. What to do: use fewer or smaller images.")
         budget = caps.max_total_bytes
         for m in members:
             target = (dest / m.filename).resolve()
             if not target.is_relative_to(dest):  # belt and braces after _unsafe_zip_name
-                raise DataError(f"zip entry {m.filename!r} points outside the extraction directory")
+                raise DataError(f"zip entry {m.filename!r} points outside the extraction directory. {_REZIP}")
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(m) as src, open(target, "wb") as out:
                     while chunk := src.read(1 << 20):
                         budget -= len(chunk)
                         if budget < 0:
-                            raise DataError("the zip unpacks to more than the max_total_bytes cap "
-                                            f"of {caps.max_total_bytes:,} bytes")
+                            raise DataError("the zip unpacks to more than the max_total_bytes cap of "
+                                            f"{caps.max_total_bytes:,} bytes. What to do: use fewer or smaller images.")
                         out.write(chunk)
             except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError) as exc:
                 # bad CRC, encryption, unknown compression, a file and a folder of the same name
-                raise DataError(f"cannot read zip entry {m.filename!r}: {exc}") from None
+                raise DataError(f"cannot read zip entry {m.filename!r}: {exc}. {_REZIP}") from None
     return dest
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0  # another user's live process (or a bogus number: treat 0 and below as dead)
+    return True
+
+
+def clean_stale_extractions(folder: str | Path | None = None) -> list[Path]:
+    """Remove the extraction folders (``tl_zip_<pid>_*``) that a killed process left in ``folder``
+    (default: the system temp folder). Folders of live processes are left alone. Returns what went."""
+    base = Path(folder or tempfile.gettempdir())
+    gone = []
+    for p in base.glob(f"{_EXTRACT_PREFIX}*_*"):
+        pid = p.name[len(_EXTRACT_PREFIX):].split("_", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)) and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+            gone.append(p)
+    return gone
+
+
+@contextlib.contextmanager
+def extracted(zip_path: str | Path | BinaryIO, caps: Caps = Caps()):
+    """A zip safely extracted to a temporary folder (the resolved path), removed afterwards. The folder
+    is named after this process, so the next call of any process removes it if this one is killed."""
+    clean_stale_extractions()
+    with tempfile.TemporaryDirectory(prefix=f"{_EXTRACT_PREFIX}{os.getpid()}_") as tmp:
+        yield safe_extract_zip(zip_path, tmp, caps)

@@ -1,0 +1,247 @@
+"""Dataset uploads from the web page: stored under generated names, with the user's own name beside them.
+
+An upload is a zip in ``<data root>/uploads`` named ``<id>.zip`` (12 hex digits), with a small
+JSON sidecar ``<id>.json`` that holds the user's own file name, the owner (``None`` outside
+classroom mode), the unpacked size and what the check found. :func:`save_upload` checks the zip
+in a temporary folder first (safe extraction, every image decoded, the usability rules) and
+stores only what passed: a rejected upload (a bomb, an empty or unusable zip, over the quota)
+leaves nothing behind. The unpacked size of each owner's uploads is held to a quota
+(``limits.Limits.upload_quota_mb``, 2000 MB unless a teacher raises it).
+
+A process killed while writing leaves ``<id>.<pid>.partial`` (and ``tl_zip_<pid>_*`` extraction
+folders in the temp folder); the next call of any process removes them.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import io
+import json
+import os
+import re
+import threading
+import time
+import unicodedata
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from .. import limits
+from .errors import DataError
+from .folders import ValidationReport, _scan_folder
+from .sources import Caps, _pid_alive, clean_stale_extractions, data_root_dir, extracted, read_regular
+
+_FORMAT = "tl_lab.upload/1"
+_ID = re.compile(r"^[0-9a-f]{12}$")
+_ACTIVE: set[str] = set()  # ids this process is writing now (its threads share the pid)
+_ACTIVE_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Upload:
+    id: str
+    name: str  # the user's own file name, shown instead of the generated one
+    owner: str | None
+    path: Path  # the stored zip: what load_dataset and check_data take
+    size: int  # bytes once unpacked: what counts against the quota
+    created: float  # seconds since the epoch
+    num_images: int = 0
+    num_classes: int = 0
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "path": str(self.path)}
+
+
+def uploads_dir(data_root: str | Path | None = None) -> Path:
+    """Where dataset uploads live: ``<data root>/uploads``."""
+    return data_root_dir(data_root) / "uploads"
+
+
+def _clean_name(name: str) -> str:
+    """The last part of the user's file name, without control or format characters, at most 120 long."""
+    base = str(name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(ch for ch in base if not unicodedata.category(ch).startswith("C")).strip()
+    return base[:120] or "upload.zip"
+
+
+def _read_sidecar(sidecar: Path) -> Upload | None:
+    try:
+        meta = json.loads(read_regular(sidecar, 65_536))
+        if meta.get("format") != _FORMAT or meta.get("id") != sidecar.stem:
+            return None
+        owner = meta.get("owner")
+        return Upload(sidecar.stem, _clean_name(meta["name"]), owner if isinstance(owner, str) else None,
+                      sidecar.with_suffix(".zip"), int(meta["size"]), float(meta["created"]),
+                      int(meta.get("num_images", 0)), int(meta.get("num_classes", 0)))
+    except (DataError, OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # not one of ours, or damaged: never shown
+
+
+def find_upload(path: str | Path) -> Upload | None:
+    """The upload stored at ``path`` (its zip), or None when ``path`` is not an upload."""
+    p = Path(path)
+    if p.suffix != ".zip" or not _ID.match(p.stem) or p.parent.name != "uploads" or not p.is_file():
+        return None
+    return _read_sidecar(p.with_suffix(".json"))
+
+
+def upload_name(path: str | Path) -> str | None:
+    """The user's own file name of the upload at ``path``; None when ``path`` is not an upload."""
+    found = find_upload(path)
+    return found.name if found else None
+
+
+@contextlib.contextmanager
+def _locked(folder: Path):
+    """The uploads folder to oneself (all processes and threads): quota checks, commits and clean-ups."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _clean(folder: Path) -> list[Path]:
+    """Partial files of dead writers, and sidecars whose zip is gone (call with the folder locked)."""
+    gone = []
+    for p in folder.glob("*.partial"):
+        uid, _, pid = p.stem.partition(".")
+        mine = pid == str(os.getpid())
+        with _ACTIVE_LOCK:
+            busy = uid in _ACTIVE
+        if not pid.isdigit() or (mine and not busy) or (not mine and not _pid_alive(int(pid))):
+            p.unlink(missing_ok=True)
+            gone.append(p)
+    for sidecar in folder.glob("*.json"):
+        if _ID.match(sidecar.stem) and not sidecar.with_suffix(".zip").exists():
+            sidecar.unlink(missing_ok=True)
+            gone.append(sidecar)
+    return gone
+
+
+def clean_stale_uploads(data_root: str | Path | None = None) -> list[Path]:
+    """Remove what killed processes left behind: partial uploads, orphan sidecars and temporary
+    extraction folders. Safe to call at any time (live writers are left alone); returns what went."""
+    gone = clean_stale_extractions()
+    folder = uploads_dir(data_root)
+    if folder.is_dir():
+        with _locked(folder):
+            gone += _clean(folder)
+    return gone
+
+
+def list_uploads(owner: str | None = None, data_root: str | Path | None = None) -> list[Upload]:
+    """The stored uploads, newest first: all of them, or only ``owner``'s when an owner is given.
+    Files without a valid sidecar (e.g. zips stored before sidecars existed) are not listed."""
+    folder = uploads_dir(data_root)
+    if not folder.is_dir():
+        return []
+    clean_stale_uploads(data_root)
+    return sorted((u for u in _stored(folder) if owner is None or u.owner == owner), key=lambda u: -u.created)
+
+
+def _stored(folder: Path) -> list[Upload]:
+    return [u for u in map(_read_sidecar, folder.glob("*.json")) if u and u.path.is_file()]
+
+
+def uploads_used(owner: str | None, data_root: str | Path | None = None) -> int:
+    """Unpacked bytes of ``owner``'s uploads (owner None: the uploads that have no owner)."""
+    folder = uploads_dir(data_root)
+    return sum(u.size for u in _stored(folder) if u.owner == owner) if folder.is_dir() else 0
+
+
+def _quota_error(shown: str, size: int, used: int, quota: int) -> str:
+    return (f"{shown} unpacks to {size / 1e6:,.1f} MB; with the {used / 1e6:,.1f} MB of your other uploads that is "
+            f"over the upload quota of {quota / 1e6:,.0f} MB. What to do: delete an upload you no longer need, "
+            "or ask the teacher to raise upload_quota_mb (TL_LIMIT_UPLOAD_QUOTA_MB).")
+
+
+def _check_zip(raw: bytes, shown: str, caps: Caps) -> tuple[ValidationReport, int]:
+    """The validation report of the zip in ``raw`` (checked in a temporary folder) and its unpacked size."""
+    if not zipfile.is_zipfile(io.BytesIO(raw)):
+        raise DataError(f"{shown} is not a zip file. What to do: zip the dataset folder (one sub-folder of "
+                        "images per class) and upload the .zip.")
+    with extracted(io.BytesIO(raw), caps) as tmp:
+        size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
+        return _scan_folder(tmp, caps, 160, shown, tmp)[0], size
+
+
+def save_upload(content: bytes | BinaryIO, name: str, owner: str | None = None, *,
+                data_root: str | Path | None = None, caps: Caps = Caps(),
+                quota_mb: int | None = None) -> tuple[Upload | None, ValidationReport]:
+    """Check an uploaded dataset zip and store it when usable.
+
+    ``content`` is the zip (bytes or a binary file such as Streamlit's UploadedFile), ``name`` the
+    user's own file name, ``owner`` who uploaded it (None outside classroom mode). Returns
+    ``(upload, report)``: the stored Upload and the validation report, or ``(None, report)`` with
+    the reasons in ``report.errors`` (each says what to do) when the zip is refused; then nothing
+    is left in the uploads folder. ``quota_mb`` defaults to ``limits.current().upload_quota_mb``."""
+    shown = _clean_name(name)
+    folder = uploads_dir(data_root)
+    if isinstance(content, (bytes, bytearray, memoryview)):
+        raw = bytes(content)
+    else:
+        raw = content.read(caps.max_total_bytes + 1)
+    quota = (limits.current().upload_quota_mb if quota_mb is None else quota_mb) * 1_000_000
+
+    def refuse(message: str, report: ValidationReport | None = None) -> tuple[None, ValidationReport]:
+        report = report or ValidationReport([], {}, [], [], False, source=shown)
+        if message:
+            report.errors.append(message)
+        return None, report
+
+    if len(raw) > caps.max_total_bytes:
+        return refuse(f"{shown} is over the max_total_bytes cap of {caps.max_total_bytes:,} bytes. "
+                      "What to do: use fewer or smaller images (a few hundred pixels a side is plenty).")
+    try:
+        report, size = _check_zip(raw, shown, caps)
+    except DataError as exc:
+        return refuse(str(exc))
+    if not report.ok:
+        return refuse("", report)
+    uid = uuid.uuid4().hex[:12]
+    partial = folder / f"{uid}.{os.getpid()}.partial"
+    with _ACTIVE_LOCK:
+        _ACTIVE.add(uid)
+    try:
+        with _locked(folder):
+            _clean(folder)
+            used = uploads_used(owner, data_root)
+            if used + size > quota:
+                return refuse(_quota_error(shown, size, used, quota), report)
+            partial.write_bytes(raw)
+            upload = Upload(uid, shown, owner, folder / f"{uid}.zip", size, time.time(),
+                            report.num_images, len(report.classes))
+            meta = {"format": _FORMAT, **upload.to_dict(), "zip_bytes": len(raw)}
+            meta.pop("path")
+            (folder / f"{uid}.json").write_text(json.dumps(meta, indent=1))
+            os.replace(partial, upload.path)
+        return upload, report
+    finally:
+        partial.unlink(missing_ok=True)
+        with _ACTIVE_LOCK:
+            _ACTIVE.discard(uid)
+
+
+def delete_upload(upload: Upload | str | Path, owner: str | None = None,
+                  data_root: str | Path | None = None) -> bool:
+    """Remove an upload (an Upload, its id or its path) and its sidecar. With ``owner``, only that
+    owner's upload can be removed (DataError otherwise). Returns whether anything was removed."""
+    if not isinstance(upload, Upload):
+        text = str(upload)
+        path = uploads_dir(data_root) / f"{text}.zip" if _ID.match(text) else Path(text)
+        upload = find_upload(path)
+        if upload is None:
+            return False
+    if owner is not None and upload.owner != owner:
+        raise DataError(f"{upload.name} is someone else's upload; you can only delete your own.")
+    with _locked(upload.path.parent):
+        existed = upload.path.exists()
+        upload.path.unlink(missing_ok=True)
+        upload.path.with_suffix(".json").unlink(missing_ok=True)
+    return existed
