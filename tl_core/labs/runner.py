@@ -219,6 +219,16 @@ def _register_after(r: dict, state: dict, store) -> None:
         traceback.print_exc()
 
 
+def _after_run(r: dict, state: dict, store) -> None:
+    """The lab module's optional ``after_run(run, state, store)`` (what_changed: measure the run's CKA)."""
+    hook = getattr(module(state["lab"]), "after_run", None)
+    if hook is not None:
+        try:
+            hook(r, state, store)
+        except Exception:
+            traceback.print_exc()
+
+
 def _run_all(folder: Path, state: dict, store) -> None:
     """Every queued run of the lab, stage by stage, until the end, a stop request or a signal."""
     from .. import worker
@@ -236,6 +246,7 @@ def _run_all(folder: Path, state: dict, store) -> None:
             break
         if r.get("after") == "register_backbone":
             _register_after(r, state, store)
+        _after_run(r, state, store)
 
 
 def _final_status(folder: Path, status: str, reason: str | None) -> tuple[str, str | None]:
