@@ -7,7 +7,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from . import backbones, limits, models, strategies, surgery
+from . import backbones, limits, models, strategies, surgery, text_data, text_models
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -25,6 +25,7 @@ class TrainConfig:
     per_class: int | None = 100  # training images per class (validation does not depend on it)
     val_fraction: float = 0.2
     image_size: int = 96
+    max_tokens: int = 64  # text backbones: texts are cut or padded to this many tokens
     augment: dict = field(default_factory=dict)  # fields of data.Augment
     normalization: str = "backbone"
     strategy: str = "feature_extraction"
@@ -76,7 +77,17 @@ class TrainConfig:
 
     @property
     def effective_lr(self) -> float:
-        return self.lr if self.lr is not None else strategies.default_lr(self.strategy, self.optimizer)
+        return self.lr if self.lr is not None else strategies.default_lr(self.strategy, self.optimizer, self.modality)
+
+    @property
+    def modality(self) -> str:
+        """"text" for a text backbone (minilm_l6, glove_50d), else "image"."""
+        return models.modality(self.backbone)
+
+    @property
+    def sample_size(self) -> int:
+        """The size of one input: ``max_tokens`` for a text run, ``image_size`` for an image run."""
+        return self.max_tokens if self.modality == "text" else self.image_size
 
     # --- checks
     def validate(self) -> "TrainConfig":
@@ -109,6 +120,8 @@ def _check_model(c: TrainConfig, lim: limits.Limits) -> None:
         _bad(f"weights must be 'pretrained' or 'random', not {c.weights!r}")
     if c.strategy not in strategies.STRATEGIES:
         _bad(f"unknown strategy {c.strategy!r}; choose one of: {', '.join(strategies.STRATEGIES)}")
+    if c.weights_file and c.modality == "text":
+        _bad(f"{c.backbone} is a text backbone: it reads its bundled weights, not a weights file (weights_file=None)")
 
 
 def _check_data(c: TrainConfig, lim: limits.Limits) -> None:
@@ -116,6 +129,9 @@ def _check_data(c: TrainConfig, lim: limits.Limits) -> None:
 
     if not isinstance(c.data, str) or not c.data:
         _bad("data must name a built-in dataset or a folder/zip in the data root")
+    kind = text_data.data_modality(c.data)
+    if kind is not None and kind != c.modality:
+        _bad(_modality_mismatch(c, kind))
     if c.classes is not None and (not isinstance(c.classes, list) or len(set(c.classes)) < 2
                                   or not all(isinstance(x, str) for x in c.classes)):
         _bad(f"classes must list at least two distinct class names (or be None for all), not {c.classes!r}")
@@ -124,10 +140,23 @@ def _check_data(c: TrainConfig, lim: limits.Limits) -> None:
     if not 0 < c.val_fraction < 1:
         _bad(f"val_fraction must be between 0 and 1, not {c.val_fraction}")
     limits.check_int("image_size", c.image_size, lim.min_image_size, lim.max_image_size, unit=" of pixels")
+    limits.check_int("max_tokens", c.max_tokens, lim.min_tokens, lim.max_tokens, unit=" of tokens")
     unknown = set(c.augment or {}) - {f.name for f in dataclasses.fields(data.Augment)}
     if unknown:
         _bad(f"unknown augmentation {sorted(unknown)[0]!r}; use flip, random_resized_crop, color_jitter")
+    if c.modality == "text" and data.Augment(**(c.augment or {})).any:
+        _bad("augmentation is for images: a text run takes none (augment={})")
     _one_of("normalization", c.normalization, data.NORMALIZATIONS)
+
+
+def _modality_mismatch(c: TrainConfig, kind: str) -> str:
+    from . import data
+
+    if kind == "image":
+        return (f"data {c.data!r} is an image data set but {c.backbone} is a text backbone: choose a text data set "
+                f"({', '.join(text_data.TEXT_BUILTIN)}, a .csv file or a folder of .txt files)")
+    return (f"data {c.data!r} is a text data set but {c.backbone} is an image backbone: choose a text backbone "
+            f"({', '.join(text_models.TEXT_MODELS)}) or an image data set ({', '.join(data.BUILTIN)} or a folder)")
 
 
 def _check_length(c: TrainConfig, lim: limits.Limits) -> None:
@@ -172,7 +201,7 @@ def _check_blocks(c: TrainConfig, lim: limits.Limits) -> None:
         limits.check_int("freeze_blocks", c.freeze_blocks, 0)
     if c.freeze_blocks is None and not c.plan and not c.snapshot_layers:
         return
-    names = models.block_names(c.backbone, c.image_size)
+    names = models.block_names(c.backbone, c.sample_size)
     if c.freeze_blocks is not None and c.freeze_blocks >= len(names):
         _bad(f"freeze_blocks={c.freeze_blocks} is beyond this backbone: {c.backbone} has {len(names)} "
              f"blocks, so freeze 0..{len(names) - 1} (the head always trains)")
@@ -186,3 +215,15 @@ def _check_blocks(c: TrainConfig, lim: limits.Limits) -> None:
     for layer in c.snapshot_layers or []:
         if layer not in names:
             _bad(f"snapshot layer {layer!r} is not a block of {c.backbone}; blocks are: {', '.join(names)}")
+
+
+TEXT_DEFAULTS = dict(backbone="minilm_l6", data="fine_food", strategy="feature_extraction", max_tokens=64,
+                     per_class=500, epochs=3)
+
+
+def default_text_config(**changes) -> TrainConfig:
+    """The default text run: MiniLM-L6, fine-food reviews, feature extraction, 64 tokens, 3 epochs, on
+    1,000 training reviews. ``per_class`` caps each class's training texts: the set's training part
+    holds 2,600 great and 1,400 other reviews, so 500 per class gives 1,000, balanced; validation is
+    the set's own 1,000 test reviews (658 great, 342 other) whatever ``per_class`` and ``val_fraction``."""
+    return TrainConfig(**{**TEXT_DEFAULTS, **changes})

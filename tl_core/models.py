@@ -28,6 +28,12 @@ def build_arch(backbone: str, num_classes: int, weights: str = "random", weights
     return model, backbones.WeightsStatus("random", "", "random initialisation (from scratch)")
 
 
+def modality(backbone: str) -> str:
+    """"text" for a text backbone of the catalogue (tl_core.text_models), else "image"."""
+    cat = backbones.catalogue()
+    return cat[backbone].modality if backbone in cat else "image"
+
+
 BLOCK_NAMES: dict[tuple, list[str]] = {}  # (backbone, image_size) -> block names; labs drop entries they replace
 
 
@@ -41,7 +47,8 @@ def block_names(backbone: str, image_size: int) -> list[str]:
 
 
 def data_config_for(backbone: str, model: nn.Module | None = None) -> dict:
-    """Input size, interpolation, mean/std and crop of ``backbone`` (from timm for a non-catalogue model)."""
+    """Input size, interpolation, mean/std and crop of ``backbone`` (from timm for a non-catalogue model);
+    for a text backbone its tokenizer and longest input (``text_models.data_config``)."""
     if backbone in backbones.catalogue():
         return backbones.data_config(backbone)
     import timm
@@ -67,7 +74,8 @@ def save_model(model: nn.Module, cfg: config.TrainConfig, class_names: list[str]
             "timm_name": backbones.get_spec(cfg.backbone).timm_name if cfg.backbone in backbones.catalogue()
             else cfg.backbone,
             "data_config": jsonable_data_config(data_config_for(cfg.backbone, model)),
-            "image_size": cfg.image_size, "normalization": cfg.normalization}
+            "image_size": cfg.image_size, "normalization": cfg.normalization,
+            "modality": cfg.modality, "max_tokens": cfg.max_tokens}
     (out / "model.json").write_text(json.dumps(meta, indent=2))
     return out
 

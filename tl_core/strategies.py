@@ -69,8 +69,15 @@ class Phase:
     note: str = ""  # for people: what changes in this phase
 
 
-def default_lr(strategy: str, optimizer: str = "adamw") -> float:
-    lr = STRATEGIES[strategy].default_lr
+# Transformers fine-tune at far lower learning rates than CNNs (BERT: 2e-5..1e-4), while a head on frozen
+# sentence vectors wants a higher one; "text" runs (TrainConfig.modality) use these.
+TEXT_LRS = {"scratch": 5e-4, "feature_extraction": 1e-2, "partial": 1e-4, "full": 1e-4, "two_phase": 1e-3,
+            "gradual": 3e-4}
+
+
+def default_lr(strategy: str, optimizer: str = "adamw", modality: str = "image") -> float:
+    """The AdamW learning rate of ``strategy`` for an image or a text backbone (SGD gets 10x)."""
+    lr = TEXT_LRS[strategy] if modality == "text" else STRATEGIES[strategy].default_lr
     return lr * 10 if optimizer == "sgd" else lr
 
 

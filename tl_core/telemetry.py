@@ -134,9 +134,11 @@ def snapshot_maps(raw: torch.Tensor, channels: torch.Tensor | None = None) -> tu
     return u8.cpu().numpy(), channels
 
 
-def default_snapshot_layers(hier: surgery.Hierarchy) -> list[str]:
-    """Early, middle and late blocks with a spatial (or token-grid) output."""
-    cands = [b.name for b in hier.blocks if b.kind in ("stem", "block") and len(b.out_shape) in (2, 3)]
+def default_snapshot_layers(hier: surgery.Hierarchy, text: bool = False) -> list[str]:
+    """Early, middle and late blocks with a spatial (or token-grid) output; for a text model
+    (``text``), early, middle and late Transformer layers (the blocks that attend)."""
+    kinds = ("block",) if text else ("stem", "block")
+    cands = [b.name for b in hier.blocks if b.kind in kinds and len(b.out_shape) in (2, 3)]
     if len(cands) <= 3:
         return cands
     return [cands[0], cands[len(cands) // 2], cands[-1]]
@@ -189,4 +191,31 @@ class Snapshots:
     def __call__(self) -> dict[str, np.ndarray]:
         maps, used = layer_maps(self.model, self.hier, self.probe, self.layers, self.channels, self.autocast)
         self.channels.update(used)
+        return maps
+
+
+class AttentionSnapshots:
+    """The text form of :class:`Snapshots`: attention maps of one probe text at fixed Transformer
+    layers, ``{layer: uint8 [k≤8 heads, T, T]}`` over its ``T`` real tokens (keep ``T`` ≤ 32 so no
+    pooling blurs the tokens), each head scaled to 0..255 like a feature map. The heads shown are
+    picked at the first call (the most varied) and kept, so epochs compare. A model without
+    attention layers (GloVe) gives ``{}``."""
+
+    def __init__(self, model: nn.Module, hier: surgery.Hierarchy, probe: torch.Tensor, layers: list[str],
+                 autocast=contextlib.nullcontext):
+        self.model, self.probe = model, probe
+        index = {name: i for i, name in enumerate(b.name for b in hier.blocks if b.kind == "block")}  # = model.layers
+        self.layers = [name for name in layers if name in index]
+        self.index = [index[name] for name in self.layers]
+        self.heads: dict[str, torch.Tensor] = {}
+
+    def __call__(self) -> dict[str, np.ndarray]:
+        if not self.layers:
+            return {}
+        from .text_models import attention_maps
+
+        att = attention_maps(self.model, self.probe)  # [layers, heads, T, T], rows sum to 1
+        maps = {}
+        for name, i in zip(self.layers, self.index):
+            maps[name], self.heads[name] = snapshot_maps(att[i], self.heads.get(name))
         return maps

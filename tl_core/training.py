@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import backbones, devices, features, models, strategies, surgery, telemetry
-from .config import OPTIMIZERS, SCHEDULES, TrainConfig  # noqa: F401 (re-exported)
+from .config import OPTIMIZERS, SCHEDULES, TrainConfig, default_text_config  # noqa: F401 (re-exported)
 from .devices import DevicePlan, device_plan, resolve_device  # noqa: F401 (re-exported)
 from .devices import cores as _cores  # noqa: F401 (re-exported)
 from .features import CACHE_LIMIT_BYTES  # noqa: F401 (re-exported)
@@ -60,9 +60,15 @@ def _seed_everything(seed: int) -> None:
 def prepare(cfg: TrainConfig, data_cfg: dict | None = None) -> dict:
     """Load and split the data set (seeded: same seed → same split). Returns a dict with the ImageSet
     ``ds`` (uint8 images in memory), ``train_idx``, ``val_idx``, ``augment`` and, given the backbone's
-    ``data_cfg`` (or for a catalogue backbone), the ``train_tf`` / ``eval_tf`` transforms."""
+    ``data_cfg`` (or for a catalogue backbone), the ``train_tf`` / ``eval_tf`` transforms.
+
+    For a text backbone ``ds`` is a tokenised ``text_data.TextSet`` of this run's texts only (training
+    first, then validation): ``ds.texts``, and ``ds.images`` = the packed token ids ``[N, 2, max_tokens]``
+    made by the backbone's own tokenizer; the transforms are identities and there is no augmentation."""
     from . import data
 
+    if cfg.modality == "text":
+        return _prepare_text(cfg)
     ds = data.load_dataset(cfg.data, cfg.data_root)
     if cfg.classes:
         ds = data.subset_classes(ds, cfg.classes)
@@ -75,9 +81,28 @@ def prepare(cfg: TrainConfig, data_cfg: dict | None = None) -> dict:
     return out
 
 
+def _prepare_text(cfg: TrainConfig) -> dict:
+    """``prepare`` for a text backbone: the split of the image sets, then only its texts are tokenised."""
+    from . import data, text_data, text_models
+
+    ds = text_data.load_text_dataset(cfg.data, cfg.data_root)
+    if cfg.classes:
+        ds = text_data.subset_classes(ds, cfg.classes)
+    train_idx, val_idx = data.split(ds, cfg.val_fraction, cfg.seed, cfg.per_class)
+    ds = text_data.tokenized(ds, text_models.text_tokenizer(cfg.backbone), cfg.max_tokens,
+                             torch.cat([train_idx, val_idx]))
+    n = len(train_idx)
+    return {"ds": ds, "train_idx": torch.arange(n), "val_idx": torch.arange(n, len(ds)), "augment": data.Augment(),
+            **_transforms(cfg, {"modality": "text"}, None)}
+
+
 def _transforms(cfg: TrainConfig, data_cfg: dict, augment) -> dict:
-    """{"train_tf", "eval_tf"}: ``data.make_transforms`` at the config's image size and normalisation."""
+    """{"train_tf", "eval_tf"}: ``data.make_transforms`` at the config's image size and normalisation
+    (identities for a text backbone: its inputs are token ids already)."""
     from . import data
+
+    if data_cfg.get("modality") == "text":
+        return {"train_tf": nn.Identity(), "eval_tf": nn.Identity()}
 
     train_tf, eval_tf = data.make_transforms(data_cfg, cfg.image_size, augment, cfg.normalization)
     return {"train_tf": train_tf, "eval_tf": eval_tf}
@@ -159,22 +184,42 @@ class Trainer:
         self.data_cfg = models.data_config_for(cfg.backbone, model)
         self.data.update(_transforms(cfg, self.data_cfg, self.data["augment"]))
         self.class_names = list(ds.class_names)
-        self.hier = surgery.hierarchy(model, cfg.image_size)
+        self.hier = surgery.hierarchy(model, cfg.sample_size)
         self.phases = strategies.schedule(cfg, self.hier)
-        self.chain = surgery.sequential_chain(model, min(cfg.image_size, 64))
+        self.chain = surgery.sequential_chain(model, min(cfg.sample_size, 16 if self.text else 64))
         self.dev = device_plan(self.device, conv=devices.is_conv_net(model), channels_last=cfg.channels_last)
         self.model = self.dev.prepare_model(model)
         self.gen = torch.Generator().manual_seed(cfg.seed)  # batch order
         self.scaler = self.dev.scaler()
         telemetry.reset_peak_mem(self.device)
         self.drift = telemetry.Drift(model, self.hier)  # drift is measured against the weights and statistics now
-        probe = self.data["eval_tf"](ds.images[self.data["val_idx"][:1]]).to(self.device)
-        layers = cfg.snapshot_layers or telemetry.default_snapshot_layers(self.hier)
-        self.snapshots = telemetry.Snapshots(model, self.hier, probe, layers, self.dev.autocast)
+        self.snapshots = self._snapshots(model)
         self.steps_per_epoch = math.ceil(len(self.data["train_idx"]) / cfg.batch_size)
         self.info = run_info(self)
         surgery.apply_plan(model, self.hier, self.phases[0].plan)
         self.info["trainable_params"] = surgery.count_params(model)["trainable"]
+
+    @property
+    def text(self) -> bool:
+        """A text run (the inputs are token ids; the snapshots are attention maps)."""
+        return self.cfg.modality == "text"
+
+    def _snapshots(self, model: nn.Module):
+        """Feature maps of the first validation image at the snapshot layers or, for a text run, the
+        attention maps of a short validation text (``self.probe``: its text and tokens)."""
+        cfg, ds, val = self.cfg, self.data["ds"], self.data["val_idx"]
+        layers = cfg.snapshot_layers or telemetry.default_snapshot_layers(self.hier, text=self.text)
+        if self.text:
+            from . import text_data, text_models
+
+            x, self.probe = text_data.probe_text(ds, val, text_models.text_tokenizer(cfg.backbone), SNAPSHOT_SIZE)
+            return telemetry.AttentionSnapshots(model, self.hier, x, layers)
+        probe = self.data["eval_tf"](ds.images[val[:1]]).to(self.device)
+        return telemetry.Snapshots(model, self.hier, probe, layers, self.dev.autocast)
+
+    def _say(self, line: str) -> str:
+        """A message of the engine in this run's words: texts, not images, for a text run."""
+        return line.replace(" images x ", " texts x ") if self.text else line
 
     def _cache_plan(self, plan: surgery.FreezePlan) -> features.CachePlan:
         return features.plan_cache(self.model, self.hier, self.chain, plan, enabled=self.cfg.cache_features,
@@ -187,13 +232,13 @@ class Trainer:
         if pi:
             surgery.apply_plan(self.model, self.hier, phase.plan)
         loaders = features.phase_loaders(self.model, self._cache_plan(phase.plan), self.data, self.dev,
-                                         cfg.batch_size, self.gen)
+                                         cfg.batch_size, self.gen, key=features.key_inputs(cfg))
         gradual = cfg.strategy == "gradual"
         span = self.steps_per_epoch * (cfg.epochs if gradual else phase.epochs)
         self.optimizer, self.scheduler = build_optimizer(cfg, self.model, self.hier, phase.plan,
                                                          self.step if gradual else 0, span)
         record = {"phase": pi + 1, "name": phase.name, "epochs": phase.epochs, "trainable": phase.plan.trainable,
-                  "lrs": {g["name"]: g["lr"] for g in self.optimizer.param_groups}, "cache": loaders["why"],
+                  "lrs": {g["name"]: g["lr"] for g in self.optimizer.param_groups}, "cache": self._say(loaders["why"]),
                   "cached": loaders["cached"], "trainable_params": surgery.count_params(self.model)["trainable"]}
         self.phase_log.append(record)
         self.emit("before_phase", **record)
@@ -302,6 +347,8 @@ def run_info(t: Trainer) -> dict:
                    for p in t.phases],
         "cache": t._cache_plan(t.phases[0].plan).why, "snapshot_layers": t.snapshots.layers,
         "data_config": models.jsonable_data_config(t.data_cfg),
+        "modality": cfg.modality, "unit": "texts" if t.text else "images",
+        **({"max_tokens": cfg.max_tokens, "snapshot_probe": t.probe} if t.text else {}),
     }
 
 
@@ -314,8 +361,10 @@ def _outcome(exc: BaseException, cfg: TrainConfig) -> tuple[str, str, BaseExcept
     if isinstance(exc, torch.OutOfMemoryError):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        size = (f"fewer tokens (max_tokens now {cfg.max_tokens})" if cfg.modality == "text"
+                else f"a smaller image size (now {cfg.image_size})")
         return "failed", (f"out of GPU memory ({str(exc).splitlines()[0] if str(exc) else ''}) — try a smaller "
-                          f"batch size (now {cfg.batch_size}) or a smaller image size (now {cfg.image_size})"), None
+                          f"batch size (now {cfg.batch_size}) or {size}"), None
     return "failed", f"{type(exc).__name__}: {exc}", exc
 
 
