@@ -3,7 +3,7 @@ import streamlit as st
 
 st.set_page_config(page_title="Transfer Learning Lab", page_icon=":material/ac_unit:", layout="wide")
 
-from pages import _router, _ui  # noqa: E402  (after set_page_config)
+from pages import _classroom, _router, _ui  # noqa: E402  (after set_page_config)
 
 
 # each page's step of the first experiment on the home page
@@ -61,12 +61,15 @@ def home() -> None:
         usable = [r["label"] for r in rows if r["weights"] in ("bundled", "cached", "user")]
         st.caption("Usable offline with pretrained weights: " + (", ".join(usable) or "none") +
                    ". The others train from random weights unless you upload a weights file.")
-        runs = _ui.store().list_runs()
+        runs = _classroom.visible_runs()
         if runs:
             active = sum(r.status in ("queued", "running") for r in runs)
             st.caption(f"{len(runs)} runs recorded, {active} queued or running.")
+        if not _classroom.on() or _classroom.is_teacher():
+            st.page_link("pages/board.py", label="All runs, pooled by strategy, frozen depth or seed",
+                         icon=":material/groups:")
 
 
 _ui.setup_page()
 _ui.inputs()  # the session's inputs dict exists from the first page on
-_router.route(home)
+_router.route(home, gate=_classroom.gate)

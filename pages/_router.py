@@ -26,19 +26,28 @@ PAGES = [
     ("pages/inspect.py", "Inspect", ":material/search:"),
     ("pages/labs.py", "Labs", ":material/science:"),
 ]
+# the class board: in the top navigation in classroom mode; otherwise reachable by its links (and /board)
+BOARD = ("pages/board.py", "Class board", ":material/groups:")
 _state = {"ran": False}  # app.py's router has run in this server process (Streamlit's switch is process-wide too)
 
 
 def _file_pages() -> list:
-    return [st.Page(path, title=title, icon=icon) for path, title, icon in PAGES]
+    from tl_core.classroom import classroom_mode
+
+    path, title, icon = BOARD
+    board = (st.Page(path, title=title, icon=icon) if classroom_mode()
+             else st.Page(path, title="All runs", icon=icon, visibility="hidden"))
+    return [*(st.Page(path, title=title, icon=icon) for path, title, icon in PAGES), board]
 
 
-def route(home) -> None:
+def route(home, gate=None) -> None:
     """app.py's router: Home (the function ``home``) and the page files, as top navigation; runs the
-    page the URL names."""
+    page the URL names, after ``gate()`` (which may draw something else and ``st.stop()`` instead)."""
     page = st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True), *_file_pages()],
                          position="top")
     _state["ran"] = True
+    if gate is not None:
+        gate()
     page.run()
 
 

@@ -7,6 +7,8 @@ TrainConfig. Everything heavy lives in tl_core; these helpers only glue it to St
 from __future__ import annotations
 
 import os
+import re
+import unicodedata
 import uuid
 from pathlib import Path
 
@@ -157,7 +159,23 @@ def num_classes(inp: dict) -> int:
 
 
 def data_label(inp: dict) -> str:
-    return BUILTIN[inp["data"]].name if inp.get("data") in BUILTIN else Path(str(inp.get("data"))).name
+    """A data set's name to show: the built-in's title, an upload's own file name, else the folder name."""
+    if inp.get("data") in BUILTIN:
+        return BUILTIN[inp["data"]].name
+    from tl_core.data import uploads
+
+    return uploads.upload_name(str(inp.get("data"))) or Path(str(inp.get("data"))).name
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~:$&\"'=^@%;?/,])")
+
+
+def plain(text) -> str:
+    """User text (a run, student or file name, a ``?run=`` value, an error that quotes one) made safe
+    to put inside markdown: every ASCII punctuation mark is backslash-escaped, so no link, emphasis,
+    colour directive, HTML or formula can appear; control characters and newlines become spaces."""
+    text = "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in str(text))
+    return _MD_SPECIAL.sub(r"\\\1", text)
 
 
 # ------------------------------------------------------------------ strategies and plans

@@ -90,7 +90,7 @@ with left:
                     st.rerun()
         if st.session_state.get("weights_upload_error"):
             st.error(
-                f"These weights cannot be used: {st.session_state['weights_upload_error']}\n\n"
+                f"These weights cannot be used: {_ui.plain(st.session_state['weights_upload_error'])}\n\n"
                 f"What to do: upload the state_dict of a {info['timm_name']} model (timm key names), saved with "
                 "`safetensors.torch.save_file(model.state_dict(), ...)` or `torch.save(model.state_dict(), ...)`."
             )
@@ -105,7 +105,7 @@ try:
     with st.spinner("Reading the backbone's layers…"):
         hier = _ui.hierarchy_for(key, int(inp["image_size"]), _ui.num_classes(inp))
 except Exception as exc:
-    st.error(f"Could not build {info['label']}: {exc}. Pick another backbone.")
+    st.error(f"Could not build {_ui.plain(info['label'])}: {_ui.plain(exc)}. Pick another backbone.")
     st.stop()
 plan = _ui.current_plan(inp, hier)
 counts = visuals.plan_counts(hier, plan)

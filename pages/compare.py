@@ -1,7 +1,7 @@
 """Compare page: overlay runs and read off what transfer bought (start, slope, asymptote)."""
 import streamlit as st
 
-from pages import _ui
+from pages import _classroom, _ui
 from tl_core import visuals
 
 _ui.start_page()
@@ -13,11 +13,14 @@ st.markdown(
     "*from scratch* run on the same data to see which ones you got."
 )
 
-runs = [r for r in store.list_runs() if r.status != "queued"]
+runs = [r for r in _classroom.visible_runs() if r.status != "queued"]
 if not runs:
     st.info("No runs to compare yet. Launch at least one on the Train page.")
     st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
     st.stop()
+if not _classroom.on() or _classroom.is_teacher():
+    st.page_link("pages/board.py", label="Many runs of one sweep? Pool them by strategy, frozen depth or seed",
+                 icon=":material/groups:")
 by_id = {r.id: r for r in runs}
 finished = [r.id for r in runs if r.status == "completed"]
 st.session_state.setdefault("compare_pick", (finished or [r.id for r in runs])[:3])
@@ -80,7 +83,8 @@ else:
     if by_id[a].config.get("data") != by_id[b].config.get("data"):
         st.warning("These two runs used different data: the comparison is not fair.")
     g = visuals.transfer_gains(curves[labels[a]], curves[labels[b]], "val_acc")
-    st.markdown(f"**{labels[a]}** (pretrained) vs **{labels[b]}** (from scratch), validation accuracy over "
+    st.markdown(f"**{_ui.plain(labels[a])}** (pretrained) vs **{_ui.plain(labels[b])}** (from scratch), "
+                f"validation accuracy over "
                 f"the first {g['epochs_compared']} epoch(s):")
     cols = st.columns(3)
     texts = {"start": ("Higher start", "accuracy after epoch 1"),

@@ -5,7 +5,7 @@ import numpy as np
 import streamlit as st
 import torch
 
-from pages import _ui
+from pages import _classroom, _ui
 from tl_core import backbones, data, visuals
 
 inp = _ui.start_page()
@@ -19,12 +19,14 @@ UPLOAD = "__upload__"
 caps = data.Caps()
 
 
-def _user_sets() -> list[str]:
-    folder = data.data_root() / "uploads"
-    return sorted(str(p) for p in folder.glob("*.zip")) if folder.is_dir() else []
+def _user_sets() -> dict[str, str]:
+    """{stored path: the user's own file name} of the uploads this session may use: its own in classroom mode."""
+    owner = None if _classroom.shows_all() else _classroom.owner()
+    return {str(u.path): u.name for u in data.list_uploads(owner=owner)}
 
 
-choices = list(data.BUILTIN) + _user_sets() + [UPLOAD]
+mine = _user_sets()
+choices = list(data.BUILTIN) + list(mine) + [UPLOAD]
 if inp["data"] not in choices:
     choices.insert(-1, inp["data"])
 
@@ -35,7 +37,7 @@ def _label(k: str) -> str:
     if k in data.BUILTIN:
         i = data.BUILTIN[k]
         return f"{i.name} · {i.num_classes} classes · {i.size:,} images · similarity to ImageNet: {i.similarity}"
-    return f"My upload · {st.session_state.get('upload_names', {}).get(k, Path(k).name)}"
+    return f"My upload · {mine.get(k) or data.upload_name(k) or Path(k).name}"
 
 
 left, right = st.columns([3, 2], gap="large")
@@ -60,28 +62,17 @@ if pick == UPLOAD:
         st.stop()
     if st.session_state.get("data_upload_done") != up.file_id:
         st.session_state["data_upload_done"] = up.file_id
-        if up.size > caps.max_total_bytes:
-            st.error(f"{up.name} is {up.size / 1e6:.0f} MB, over the {caps.max_total_bytes / 1e6:.0f} MB cap. "
-                     "What to do: resize the images (a few hundred pixels is plenty) or use fewer of them.")
-            st.stop()
-        path = _ui.upload_path("data", ".zip")
-        path.write_bytes(up.getvalue())
-        with st.spinner("Checking every image in the zip…"):
-            try:
-                report = data.check_data(path)
-            except data.DataError as exc:
-                report = None
-                st.error(f"{exc}")
-        st.session_state["upload_report"] = report.to_dict() if report else None
-        st.session_state.setdefault("upload_names", {})[str(path)] = up.name
-        if report and report.ok:
-            inp["data"] = str(path)
-            st.session_state["data_num_classes"] = len(report.classes)
-            st.session_state["data_pick_pending"] = str(path)
+        with st.spinner("Checking every image in the zip…"):  # a refused zip leaves nothing on the server
+            stored, report = data.save_upload(up, up.name, owner=_classroom.owner())
+        st.session_state["upload_report"] = {**report.to_dict(), "ok": stored is not None}
+        if stored is not None:
+            inp["data"] = str(stored.path)
+            st.session_state["data_num_classes"] = stored.num_classes
+            st.session_state["data_pick_pending"] = str(stored.path)
             st.rerun()
     rep = st.session_state.get("upload_report")
     if rep and not rep["ok"]:
-        st.error("This data cannot be used yet:\n\n" + "\n".join(f"- {e}" for e in rep["errors"]) +
+        st.error("This data cannot be used yet:\n\n" + "\n".join(f"- {_ui.plain(e)}" for e in rep["errors"]) +
                  "\n\nWhat to do: fix the folders in the zip and upload it again.")
         if rep["skipped"]:
             st.dataframe([{"file": f, "why skipped": w} for f, w in rep["skipped"]], hide_index=True, width="stretch")
@@ -92,7 +83,7 @@ try:
     with st.spinner("Loading the images…"):
         ds = data.load_dataset(inp["data"])
 except data.DataError as exc:
-    st.error(f"{exc}\n\nWhat to do: pick another dataset or upload the zip again.")
+    st.error(f"{_ui.plain(exc)}\n\nWhat to do: pick another dataset or upload the zip again.")
     st.stop()
 st.session_state["data_num_classes"] = ds.num_classes
 
@@ -103,7 +94,7 @@ with right:
         st.caption(f"Similarity to ImageNet: **{info.similarity}**. {info.similarity_note}")
     elif ds.report is not None:
         r = ds.report
-        st.markdown(f"**{ds.name}**: {r.num_images:,} images in {len(r.classes)} classes"
+        st.markdown(f"**{_ui.plain(_ui.data_label(inp))}**: {r.num_images:,} images in {len(r.classes)} classes"
                     + (" (train/ and val/ folders)" if r.has_split else ""))
         if r.skipped:
             with st.expander(f"Validation report: {len(r.skipped)} file(s) skipped"):
@@ -126,7 +117,7 @@ with left:
 try:
     train_idx, val_idx = data.split(ds, float(inp["val_fraction"]), int(inp.get("seed", 0)), int(inp["per_class"]))
 except data.DataError as exc:
-    st.error(f"{exc}")
+    st.error(_ui.plain(exc))
     st.stop()
 
 g1, g2 = st.columns([3, 2], gap="large")
@@ -183,7 +174,7 @@ with p2:
     x, picture = data.network_view(ds, int(idx), dcfg, int(inp["image_size"]), inp["normalization"])
     original = ds.images[int(idx)].expand(3, -1, -1).permute(1, 2, 0).numpy()
     st.image([original, picture], caption=[f"stored ({original.shape[0]} px): "
-                                           f"{ds.class_names[int(ds.labels[int(idx)])]}",
+                                           f"{_ui.plain(ds.class_names[int(ds.labels[int(idx)])])}",
                                            f"network input ({picture.shape[0]} px), de-normalised"], width=150)
 with p3:
     st.markdown("**The tensor itself** (per channel, after normalisation)")

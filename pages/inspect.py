@@ -3,7 +3,7 @@ import json
 
 import streamlit as st
 
-from pages import _models, _ui
+from pages import _classroom, _models, _ui
 from tl_core import data, surgery, training, visuals
 
 _ui.start_page()
@@ -12,7 +12,7 @@ st.title("5 · Inspect")
 st.markdown("Look inside a finished run: **which classes it confuses**, **which images it gets wrong**, and how "
             "fine-tuning changed the **features** compared with the network it started from.")
 
-done = [r for r in store.list_runs() if r.status in ("completed", "stopped") and store.model_dir(r.id)]
+done = [r for r in _classroom.visible_runs() if r.status in ("completed", "stopped") and store.model_dir(r.id)]
 if not done:
     st.info("No finished run with a saved model yet. Train one on the Train page (about a minute).")
     st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
@@ -28,9 +28,9 @@ run_dir = str(store.model_dir(run_id))
 try:
     model, cfg, class_names = _models.run_model(run_dir)
 except Exception as exc:
-    st.error(f"The saved model of this run cannot be loaded ({exc}). What to do: train the run again.")
+    st.error(f"The saved model of this run cannot be loaded ({_ui.plain(exc)}). What to do: train the run again.")
     st.stop()
-st.caption(f"{_ui.strategy_label(cfg.strategy)} · {cfg.backbone} · {_ui.data_label(cfg.to_dict())} · "
+st.caption(f"{_ui.strategy_label(cfg.strategy)} · {cfg.backbone} · {_ui.plain(_ui.data_label(cfg.to_dict()))} · "
            f"final validation accuracy {(s.get('final_val_acc') or 0):.1%}")
 
 # ------------------------------------------------------------------ confusion + per class
@@ -48,14 +48,16 @@ try:
     idx, preds, conf = _models.predictions(run_dir)
     d = _models.run_data(run_dir)
 except data.DataError as exc:
-    st.error(f"The run's data is no longer available ({exc}). What to do: restore the dataset, or pick another run.")
+    st.error(f"The run's data is no longer available ({_ui.plain(exc)}). "
+             "What to do: restore the dataset, or pick another run.")
     st.stop()
 ds = d["ds"]
 labels = ds.labels[idx].numpy()
 wrong = [i for i in (conf * -1).argsort() if preds[i] != labels[i]][:16]
 if wrong:
     st.image([ds.images[int(idx[i])].expand(3, -1, -1).permute(1, 2, 0).numpy() for i in wrong],
-             caption=[f"true {class_names[labels[i]]} → {class_names[preds[i]]} ({conf[i]:.0%})" for i in wrong],
+             caption=[f"true {_ui.plain(class_names[labels[i]])} → {_ui.plain(class_names[preds[i]])} ({conf[i]:.0%})"
+                      for i in wrong],
              width=110)
     st.caption(f"{int((preds != labels).sum())} mistakes among the first {len(idx)} validation images.")
 else:
@@ -76,7 +78,7 @@ with f1:
         k = st.slider("Sample", 0, len(d["val_idx"]) - 1, key="inspect_sample")
         i = int(d["val_idx"][k])
         x, shown = d["eval_tf"](ds.images[i]), ds.images[i].expand(3, -1, -1).permute(1, 2, 0).numpy()
-        st.caption(f"true class: {class_names[int(ds.labels[i])]}")
+        st.caption(f"true class: {_ui.plain(class_names[int(ds.labels[i])])}")
     else:
         up = st.file_uploader("A photo or drawing", type=["png", "jpg", "jpeg", "webp", "bmp"], key="inspect_upload")
         if up is not None:
@@ -90,7 +92,7 @@ with f1:
                     t = data.image_tensor(im)
                     x, shown = d["eval_tf"](t), t.permute(1, 2, 0).numpy()
                 except data.DataError as exc:
-                    st.error(f"Cannot read that image: {exc}. What to do: upload a PNG or JPEG.")
+                    st.error(f"Cannot read that image: {_ui.plain(exc)}. What to do: upload a PNG or JPEG.")
                 finally:
                     path.unlink(missing_ok=True)
     if shown is not None:
@@ -100,7 +102,8 @@ with f1:
         with torch.no_grad():
             p = model(x[None]).softmax(1)[0]
         top = p.argsort(descending=True)[:3]
-        st.markdown("**Prediction**  \n" + "  \n".join(f"{class_names[int(j)]}: {float(p[j]):.0%}" for j in top))
+        st.markdown("**Prediction**  \n" + "  \n".join(f"{_ui.plain(class_names[int(j)])}: {float(p[j]):.0%}"
+                                                      for j in top))
 with f2:
     if x is not None:
         before = _models.initial_model(run_dir)

@@ -4,7 +4,7 @@ import time
 import streamlit as st
 import torch
 
-from pages import _ui
+from pages import _classroom, _ui
 from tl_core import backbones, strategies, visuals
 
 inp = _ui.start_page()
@@ -23,12 +23,17 @@ def _attached_run():
     if not run_id:
         return None, None
     try:
-        return run_id, store.get(run_id)
+        info = store.get(run_id)
+        if _classroom.may_see(info):
+            return run_id, info
+        st.warning(f"Run {_ui.plain(run_id)} is another student's: this page shows your own runs. "
+                   "Launch a new run below, or pick one of yours.")
     except KeyError:
-        st.warning(f"Run {run_id} is not in this lab's run store ({store.runs_dir}). Launch a new run below.")
-        st.session_state.pop("run_id", None)
-        st.query_params.pop("run", None)
-        return None, None
+        st.warning(f"Run {_ui.plain(run_id)} is not in this lab's run store ({_ui.plain(store.runs_dir)}). "
+                   "Launch a new run below.")
+    st.session_state.pop("run_id", None)
+    st.query_params.pop("run", None)
+    return None, None
 
 
 def _devices() -> dict[str, str]:
@@ -56,7 +61,8 @@ def _choices_summary(phases, counts) -> None:
     bb = _ui.describe(inp["backbone"])
     st.markdown(
         f"**Backbone** {bb['label']} · {'pretrained' if inp['weights'] == 'pretrained' else 'random'} weights  \n"
-        f"**Data** {_ui.data_label(inp)} · {inp['per_class']} training images per class · {inp['image_size']} px  \n"
+        f"**Data** {_ui.plain(_ui.data_label(inp))} · {inp['per_class']} training images per class · "
+        f"{inp['image_size']} px  \n"
         f"**Strategy** {_ui.strategy_label(inp['strategy'])}"
         + (f"  \n**Frozen** {counts['frozen_blocks']} of {counts['blocks']} blocks · "
            f"{visuals.fmt_count(counts['trainable'])} of {visuals.fmt_count(counts['total'])} parameters train"
@@ -109,7 +115,7 @@ def _launch() -> None:
 
     try:
         cfg = _ui.to_config(inp)
-        new_id = runs.launch(cfg, store.runs_dir)
+        new_id = runs.launch(cfg, store.runs_dir, owner=_classroom.owner())
     except (ValueError, KeyError, backbones.WeightsError) as exc:
         st.session_state["launch_error"] = str(exc)
         return
@@ -129,7 +135,8 @@ def new_run_form(expanded: bool) -> None:
         st.button("Launch training", type="primary", key="launch", on_click=_launch, icon=":material/play_arrow:",
                   disabled=counts is None, help="Starts a background worker process: closing this tab does not stop it.")
         if st.session_state.get("launch_error"):
-            st.error(f"Cannot launch: {st.session_state['launch_error']}. What to do: fix that setting and launch again.")
+            st.error(f"Cannot launch: {_ui.plain(st.session_state['launch_error'])}. "
+                     "What to do: fix that setting and launch again.")
 
 
 # ------------------------------------------------------------------ the attached run, live
@@ -156,11 +163,12 @@ def run_picker(runs_list, run_id) -> str:
 
 def _status_header(info) -> None:
     head, stop_col = st.columns([5, 1], vertical_alignment="center")
-    head.markdown(f"### {info.name} &nbsp; {_ui.status_badge(info.status)}")
-    if info.active:
+    head.markdown(f"### {_ui.plain(info.name)} &nbsp; {_ui.status_badge(info.status)}")
+    if info.active and _classroom.may_stop(info):
         stop_col.button("Stop", key=f"stop_{info.id}", icon=":material/stop:", width="stretch",
-                        on_click=store.request_stop, args=(info.id,),
+                        on_click=_classroom.stop, args=(info.id,),
                         help="Stops within one batch; the model trained so far is kept.")
+    _classroom.stop_error()
     if info.stop_requested and info.active:
         st.caption("Stop requested: finishing the current batch…")
 
@@ -180,7 +188,7 @@ def _progress(info, epochs, steps, spe, total_epochs) -> None:
     if str(meta.get("device", "")).startswith("cuda") and epochs:
         text += f" · GPU memory {epochs[-1].get('peak_mem_mb', 0):.0f} MB"
     st.progress(min(1.0, done / total) if total else 0.0,
-                text=text if meta else (info.reason or "loading data and model…"))
+                text=text if meta else _ui.plain(info.reason or "loading data and model…"))
 
 
 def _status_message(info, epochs, steps, spe, total_epochs) -> None:
@@ -195,9 +203,10 @@ def _status_message(info, epochs, steps, spe, total_epochs) -> None:
                    f"{(s.get('best_val_acc') or 0):.1%}) in {_ui.fmt_seconds(s.get('wall_s'))}. "
                    "Compare it with other runs, or inspect its mistakes.")
     elif info.status == "stopped":
-        st.warning(f"Stopped: {info.reason or 'by request'}. The curves below show what was trained until then.")
+        st.warning(f"Stopped: {_ui.plain(info.reason or 'by request')}. "
+                   "The curves below show what was trained until then.")
     else:
-        st.error(f"This run {info.status}: {info.reason or 'no reason recorded'}. "
+        st.error(f"This run {info.status}: {_ui.plain(info.reason or 'no reason recorded')}. "
                  "What to do: change the setting named above and launch again.")
 
 
@@ -278,9 +287,11 @@ def _live_view(run_id: str) -> None:
 
 
 def all_runs_table(runs_list) -> None:
-    with st.expander(f"All runs ({len(runs_list)})"):
+    title = "All runs" if not _classroom.on() or _classroom.shows_all() else "Your runs"
+    with st.expander(f"{title} ({len(runs_list)})"):
         st.dataframe([{
-            "name": r.name, "status": r.status + (f" (#{r.queue_position} in queue)" if r.queue_position else ""),
+            **({"student": getattr(r, "owner", None) or ""} if _classroom.on() else {}), "name": r.name,
+            "status": r.status + (f" (#{r.queue_position} in queue)" if r.queue_position else ""),
             "val acc": f"{r.summary['final_val_acc']:.1%}" if r.summary and r.summary.get("final_val_acc") is not None
             else "", "device": r.device, "id": r.id, "reason": r.reason or "",
         } for r in runs_list], hide_index=True, width="stretch")
@@ -289,7 +300,7 @@ def all_runs_table(runs_list) -> None:
 # ------------------------------------------------------------------ the page
 run_id, attached = _attached_run()
 new_run_form(expanded=attached is None)
-runs_list = store.list_runs()
+runs_list = _classroom.visible_runs()
 if not runs_list:
     st.info("No runs yet. Press **Launch training** above: a first run takes under a minute on a laptop CPU.")
     st.stop()

@@ -5,6 +5,8 @@ and watch the meter, pick a data set, launch a one-epoch run, see the live curve
 re-attach, then visit Compare and Inspect, and run a tiny lab from a shared link. It saves a projector-size screenshot of every page to
 artifacts/screenshots/ (1600x1000 viewport, plus a full-height *_full.png). Another opens a deep link
 as a fresh server's first request: the files of pages/ are never listed, and the page opens in the app's layout.
+A third runs a server in classroom mode: two students in two browser contexts, each sees only their own run,
+and the teacher's class board shows both.
 """
 import os
 import re
@@ -288,5 +290,72 @@ def test_a_deep_link_as_a_fresh_servers_first_request_opens_in_the_app_layout(se
         assert f"run={run_id}" in page.url and "/train" in page.url
         assert not page.locator("[data-testid='stSidebar']").count()
         assert not page.locator("[data-testid='stException']").count(), "an exception box is on the page"
+        assert not errors, errors
+        browser.close()
+
+
+@pytest.fixture
+def classroom_password(monkeypatch):
+    """Classroom mode for the server started by the ``server`` fixture (request this one first)."""
+    monkeypatch.setenv("TL_TEACHER_PASSWORD", "open sesame")
+    return "open sesame"
+
+
+def test_two_students_see_their_own_runs_and_the_class_board_shows_both(classroom_password, server):
+    """Classroom mode: two students in two browser contexts each give a name and launch one tiny run;
+    each sees only their own run (also after a reload: the name is in the URL); the teacher, after the
+    password, sees both on the class board with the pooled result."""
+    from playwright.sync_api import expect, sync_playwright
+
+    url, tmp = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        errors, pages = [], {}
+        for student in ("Alice", "Bob"):
+            page = browser.new_context(viewport=VIEWPORT).new_page()
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{url}/data")
+            _settle(page)
+            page.get_by_role("textbox", name="Your name", exact=True).fill(student)
+            page.get_by_role("button", name="Join the class").click()
+            _settle(page)
+            _select(page, "Dataset", "Faces")
+            _nav(page, "Train")
+            for label, value in (("Epochs", "1"), ("Run name", f"{student} run")):
+                box = page.get_by_role("spinbutton" if label == "Epochs" else "textbox", name=label, exact=True)
+                box.fill(value)
+                box.press("Enter")
+                _settle(page)
+            page.get_by_role("button", name="Launch training").click()
+            page.wait_for_url(re.compile("run="), timeout=60_000)
+            _settle(page)
+            pages[student] = page
+        for student, page in pages.items():  # a reload keeps the name (URL) and lists only their own run
+            page.reload()
+            _settle(page)
+            assert f"student={student}" in page.url
+            expect(page.get_by_text("Your runs (1)")).to_be_visible(timeout=60_000)
+            assert f"{student} run" in page.get_by_role("combobox", name="Run", exact=True).input_value()
+            other = "Bob" if student == "Alice" else "Alice"
+            assert not page.get_by_text(f"{other} run").count()
+
+        teacher = browser.new_context(viewport=VIEWPORT).new_page()
+        teacher.on("pageerror", lambda e: errors.append(str(e)))
+        teacher.goto(f"{url}/board")
+        _settle(teacher)
+        teacher.get_by_label("Teacher password").fill(classroom_password)
+        teacher.get_by_role("button", name="Unlock").click()
+        _settle(teacher)
+        expect(teacher.get_by_role("heading", name="Class board")).to_be_visible(timeout=60_000)
+        expect(teacher.get_by_text("Students: Alice, Bob")).to_be_visible(timeout=60_000)
+        # the board refreshes itself while runs are active: wait for both results, pooled in one group
+        teacher.get_by_text("2 runs by 2 students; 2 of 2 finished with an accuracy.").wait_for(timeout=300_000)
+        _settle(teacher)
+        chart = teacher.locator("[data-testid='stPlotlyChart']")
+        assert chart.count() == 1 and _points(chart) == 3  # one pooled bar and two students' dots
+        for page in (*pages.values(), teacher):
+            assert not page.locator("[data-testid='stException']").count(), "an exception box is on the page"
         assert not errors, errors
         browser.close()

@@ -544,3 +544,45 @@ def grad_cam_overlay(image: np.ndarray, cam: np.ndarray | Mapping[str, np.ndarra
     fig.update_xaxes(visible=False, range=[-0.5, w - 0.5])
     fig.update_yaxes(visible=False, range=[h - 0.5, -0.5])
     return _layout(fig, title, height=height, showlegend=False)
+
+
+# ------------------------------------------------------------------ the class board
+
+
+def board_figure(runs, pooled, group_title: str = "group", height: int = 440) -> go.Figure:
+    """The class board: per group the pooled mean final validation accuracy (a bar) with its spread
+    (± one standard deviation), and each run's own result as a point beside it, named on hover.
+
+    ``runs`` and ``pooled`` are the two tables of ``classroom.board_table`` (DataFrames, or anything
+    with the same columns as records): runs without a final accuracy are not drawn."""
+    import html
+
+    records = lambda t: t.to_dict("records") if hasattr(t, "to_dict") else list(t)  # noqa: E731
+    groups = [g["group"] for g in records(pooled)]
+    pos = {g: i for i, g in enumerate(groups)}
+    fig = go.Figure()
+    bars = records(pooled)
+    std = [0.0 if b["std"] is None or math.isnan(b["std"]) else float(b["std"]) for b in bars]
+    fig.add_bar(x=list(range(len(bars))), y=[b["mean"] for b in bars], name="pooled mean ± spread",
+                marker=dict(color=VAL, opacity=0.45), width=0.7,
+                error_y=dict(type="data", array=std, visible=True, thickness=2.5, width=12, color="#145C46"),
+                text=[f"{b['mean']:.1%}" for b in bars], textposition="inside", insidetextanchor="start",
+                hovertemplate="%{customdata}<extra></extra>",
+                customdata=[html.escape(f"{b['group']}: mean {b['mean']:.1%} ± {s:.1%} over {int(b['n'])} run(s)")
+                            for b, s in zip(bars, std)])
+    points = [r for r in records(runs) if r["group"] in pos and r["final acc"] == r["final acc"]]
+    within: dict[str, int] = {}
+    xs = []
+    for r in points:  # spread each group's points evenly across its bar, in table order
+        k = within[r["group"]] = within.get(r["group"], -1) + 1
+        n = sum(p["group"] == r["group"] for p in points)
+        xs.append(pos[r["group"]] + (0.0 if n == 1 else -0.25 + 0.5 * k / (n - 1)))
+    fig.add_scatter(x=xs, y=[r["final acc"] for r in points], mode="markers", name="each run",
+                    marker=dict(size=13, color="#4D4D4D", line=dict(color="white", width=1.5)),
+                    hovertemplate="%{customdata}<extra></extra>",
+                    customdata=[html.escape(f"{r['student'] or 'no name'} · {r['run']}: {r['final acc']:.1%}")
+                                for r in points])
+    fig.update_xaxes(title=group_title, tickmode="array", tickvals=list(range(len(groups))),
+                     ticktext=[html.escape(str(g)) for g in groups], range=[-0.6, max(len(groups), 1) - 0.4])
+    fig.update_yaxes(title="final validation accuracy", range=[0, 1.05], tickformat=".0%")
+    return _layout(fig, None, height=height)
