@@ -42,6 +42,7 @@ class TrainConfig:
     bn_mode: str = "frozen"  # BatchNorm in frozen blocks: frozen (statistics fixed) | train (statistics update)
     plan: dict | None = None  # a FreezePlan dict overriding the strategy's first-phase plan
     seed: int = 0
+    split_seed: int | None = None  # the data split's seed; None: seed (labs fix it so their seeds are paired)
     device: str = "auto"  # auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps
     cache_features: bool = True
     snapshot_layers: list[str] | None = None  # block names; None: early/middle/late from the hierarchy
@@ -78,6 +79,10 @@ class TrainConfig:
     @property
     def effective_lr(self) -> float:
         return self.lr if self.lr is not None else strategies.default_lr(self.strategy, self.optimizer, self.modality)
+
+    @property
+    def effective_split_seed(self) -> int:
+        return self.seed if self.split_seed is None else self.split_seed
 
     @property
     def modality(self) -> str:
@@ -188,8 +193,10 @@ def _check_optimizer(c: TrainConfig, lim: limits.Limits) -> None:
 def _check_runtime(c: TrainConfig, lim: limits.Limits) -> None:
     if c.num_threads is not None:
         limits.check_int("num_threads", c.num_threads, 1)
-    if not isinstance(c.seed, int) or isinstance(c.seed, bool):
-        _bad(f"seed must be a whole number, not {c.seed!r}")
+    for name in ("seed", "split_seed"):
+        value = getattr(c, name)
+        if (value is not None or name == "seed") and (not isinstance(value, int) or isinstance(value, bool)):
+            _bad(f"{name} must be a whole number, not {value!r}")
     dev = str(c.device)
     if dev not in ("auto", "cpu", "mps", "cuda") and not (dev.startswith("cuda:") and dev[5:].isdigit()):
         _bad(f"device must be auto, cpu, cuda, cuda:N or mps, not {dev!r}")

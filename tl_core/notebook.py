@@ -135,7 +135,7 @@ def _data_cell(cfg: TrainConfig) -> Cell:
 from tl_core import data as tl_data  # the lab's loader, for the images and the split only
 
 dataset = tl_data.load_dataset({str(cfg.data)!r}, {cfg.data_root!r}){subset}
-train_idx, val_idx = tl_data.split(dataset, val_fraction={cfg.val_fraction!r}, seed=SEED, per_class={cfg.per_class!r})
+train_idx, val_idx = tl_data.split(dataset, val_fraction={cfg.val_fraction!r}, seed={cfg.effective_split_seed}, per_class={cfg.per_class!r})
 CLASS_NAMES = list(dataset.class_names)
 assert len(CLASS_NAMES) == NUM_CLASSES
 print(f"{{len(train_idx)}} training and {{len(val_idx)}} validation images of {{NUM_CLASSES}} classes: "

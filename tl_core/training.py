@@ -72,7 +72,7 @@ def prepare(cfg: TrainConfig, data_cfg: dict | None = None) -> dict:
     ds = data.load_dataset(cfg.data, cfg.data_root)
     if cfg.classes:
         ds = data.subset_classes(ds, cfg.classes)
-    train_idx, val_idx = data.split(ds, cfg.val_fraction, cfg.seed, cfg.per_class)
+    train_idx, val_idx = data.split(ds, cfg.val_fraction, cfg.effective_split_seed, cfg.per_class)
     out = {"ds": ds, "train_idx": train_idx, "val_idx": val_idx, "augment": data.Augment(**(cfg.augment or {}))}
     if data_cfg is None and cfg.backbone in backbones.catalogue():
         data_cfg = backbones.data_config(cfg.backbone)
@@ -88,7 +88,7 @@ def _prepare_text(cfg: TrainConfig) -> dict:
     ds = text_data.load_text_dataset(cfg.data, cfg.data_root)
     if cfg.classes:
         ds = text_data.subset_classes(ds, cfg.classes)
-    train_idx, val_idx = data.split(ds, cfg.val_fraction, cfg.seed, cfg.per_class)
+    train_idx, val_idx = data.split(ds, cfg.val_fraction, cfg.effective_split_seed, cfg.per_class)
     ds = text_data.tokenized(ds, text_models.text_tokenizer(cfg.backbone), cfg.max_tokens,
                              torch.cat([train_idx, val_idx]))
     n = len(train_idx)
