@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 8501
 
-.PHONY: install run test test-fast browser bench screenshots clean
+.PHONY: install install-ray run test test-fast browser bench screenshots clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,6 +18,14 @@ $(STAMP): requirements.txt requirements-nodeps.txt requirements-dev.txt constrai
 
 install: $(STAMP)
 
+# Ray, for TL_EXECUTOR=ray (runs on a cluster; tests/test_ray.py starts a two-node one on this machine).
+RAY_STAMP := $(VENV)/.installed-ray
+$(RAY_STAMP): requirements-ray.txt $(STAMP)
+	$(BIN)/pip install -r requirements-ray.txt -c constraints.txt
+	touch $(RAY_STAMP)
+
+install-ray: $(RAY_STAMP)
+
 run: install
 	$(BIN)/python -m streamlit run app.py --server.port $(PORT)
 
@@ -25,7 +33,7 @@ run: install
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update && apt-get install -y --no-install-recommends chromium fonts-dejavu-core)
 
-test: install browser
+test: install install-ray browser
 	$(BIN)/python -m pytest -q
 
 test-fast: install

@@ -1,0 +1,248 @@
+"""The Ray executor on a real two-node Ray cluster on this machine (``ray start --head`` + a second
+``ray start --address=...``, one CPU each): runs land on both nodes and stream into the host's store,
+a remote run stops within a few batches, and a node whose raylet is killed fails its run while the
+head node's run completes. Each node has its own folder (``TL_NODE_DIR``): nothing is shared with
+the host's run store but what travels through Ray."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is not installed: `make install-ray` (requirements-ray.txt)")
+
+import test_runs  # noqa: E402  (its helpers: a tiny config, waiting for a condition or a run's end)
+from test_runs import finished, wait_until  # noqa: E402
+from tl_core import ray_executor  # noqa: E402
+from tl_core.runs import RunStore  # noqa: E402
+
+pytestmark = pytest.mark.slow  # starts a Ray cluster: not in `make test-fast`
+RAY = str(Path(sys.executable).with_name("ray"))
+TINY = dict(backbone="mobilenetv2", data="digits8", per_class=6, image_size=32, batch_size=8,
+            strategy="feature_extraction", epochs=2, device="cpu")
+# a few seconds of training: the whole network trains on every batch
+MEDIUM = dict(TINY, strategy="full", per_class=20, epochs=2, batch_size=4)
+LONG = dict(MEDIUM, epochs=30)  # still running when it is stopped
+
+
+def cfg(**kw):
+    return test_runs.cfg(**{**TINY, **kw})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def raylet_pid(node_id: str) -> int:
+    """The pid of the raylet of ``node_id`` (its command line names the node)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmd and cmd[0].endswith(b"/raylet") and f"--node_id={node_id}".encode() in cmd:
+            return int(pid)
+    raise AssertionError(f"no raylet process for node {node_id}")
+
+
+def ray_start(args: list[str], env: dict) -> int:
+    """``ray start ARGS`` in a new session; returns its process group, which the node's daemons
+    and workers keep (the teardown ends them by it: never another cluster of this machine)."""
+    proc = subprocess.Popen([RAY, "start", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    out = proc.communicate(timeout=180)[0]
+    assert proc.returncode == 0, f"ray start {' '.join(args)} failed:\n{out[-3000:]}"
+    return proc.pid
+
+
+def end_groups(groups: list[int]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pgid in groups:
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + 3
+        while time.time() < deadline and any(alive(g) for g in groups):
+            time.sleep(0.1)
+
+
+def alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two Ray nodes on this machine, each with one CPU, a custom resource naming it and its own
+    TL_NODE_DIR. Ray's sockets live under a short temporary folder (a socket path has ~107 bytes).
+    Token authentication is off (RAY_AUTH_MODE=disabled: else a ~/.ray/auth_token left by anyone
+    turns it on for the head only): the cluster listens on 127.0.0.1."""
+    base = Path(tempfile.mkdtemp(prefix="tlray-"))
+    port, groups = free_port(), []
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TL_RUNS_DIR", "TL_BACKBONES_DIR")}
+    env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
+    common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--object-store-memory=200000000",
+              "--disable-usage-stats"]
+    nodes = {"head": base / "node-head", "node2": base / "node-2"}
+    t0 = time.monotonic()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "disabled")
+        mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        try:
+            groups.append(ray_start(["--head", f"--port={port}", f"--temp-dir={base / 'ray'}",
+                                     "--include-dashboard=false", '--resources={"head": 1}', *common],
+                                    {**env, "TL_NODE_DIR": str(nodes["head"])}))
+            groups.append(ray_start([f"--address=127.0.0.1:{port}", '--resources={"node2": 1}', *common],
+                                    {**env, "TL_NODE_DIR": str(nodes["node2"])}))
+            ray_executor.connect(f"127.0.0.1:{port}")
+            wait_until(lambda: sum(n["Alive"] for n in ray.nodes()) == 2, timeout=60)
+            ids = {name: next(n["NodeID"] for n in ray.nodes() if n["Alive"] and name in n["Resources"])
+                   for name in nodes}
+            print(f"\n[ray] two-node cluster up in {time.monotonic() - t0:.1f} s")
+            yield {"ids": ids, "dirs": nodes}
+        finally:
+            ray_executor.shutdown()
+            end_groups(groups)
+            shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def host(cluster, tmp_path):
+    """The app's side: a run store in this test's folder and a RayExecutor over it."""
+    store = RunStore(tmp_path / "runs")
+    ex = ray_executor.RayExecutor(store.runs_dir)
+    yield store, ex
+    ex.close()
+    store.close()
+
+
+def user_folder(root: Path) -> Path:
+    """A user data set in the host's data root: two classes of digits8 images as PNG files."""
+    from PIL import Image
+
+    from tl_core import data
+
+    ds = data.load_dataset("digits8")
+    for label, name in ((3, "three"), (7, "seven")):
+        (root / "digits" / name).mkdir(parents=True)
+        for i, k in enumerate(np.flatnonzero(ds.labels.numpy() == label)[:8]):
+            Image.fromarray(ds.images[k, 0].numpy()).save(root / "digits" / name / f"{i}.png")
+    return root / "digits"
+
+
+def weights_file(path: Path) -> Path:
+    """A MobileNetV2 weights file that only this host has (random weights, safetensors)."""
+    from safetensors.torch import save_file
+
+    from tl_core import backbones
+
+    model, _ = backbones.create_model("mobilenetv2", weights="random")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def test_runs_land_on_both_nodes_and_stream_into_the_hosts_store(cluster, host, tmp_path):
+    from tl_core.training import load_model
+
+    store, ex = host
+    user_folder(tmp_path / "data")
+    plain = store.create(cfg())
+    shipped = store.create(cfg(data="digits", data_root=str(tmp_path / "data"),
+                               weights_file=str(weights_file(tmp_path / "mine.safetensors"))))
+    t0 = time.monotonic()
+    for run_id in (plain, shipped):
+        ex.submit(run_id)
+    wait_until(lambda: store.metrics(plain, "step") or store.metrics(shipped, "step"))
+    print(f"\n[ray] first metric in the host's store {time.monotonic() - t0:.1f} s after submit (cold workers)")
+    for run_id in (plain, shipped):
+        run = finished(store, run_id)
+        assert run.status == "completed", run.reason
+        assert len(store.metrics(run_id, "epoch")) == TINY["epochs"]
+        assert store.metrics(run_id, "step") and store.metrics(run_id, "phase")
+        assert sorted(store.snapshots(run_id)) == [0, 1, 2]
+        assert run.summary["final_val_acc"] is not None and run.info["num_train"] > 0
+        model, saved_cfg, classes = load_model(store.model_dir(run_id))
+        assert classes == run.summary["class_names"] and saved_cfg.data == run.config["data"]
+    where = {store.get(r).info["node"]["node_id"] for r in (plain, shipped)}
+    assert where == set(cluster["ids"].values())  # one CPU per node: one run on each
+    info = store.get(shipped).info
+    assert info["weights"] == "user" and info["classes"] == ["seven", "three"]
+    # the user's folder and weights went as bytes into the shipped run's node folder, and nowhere else
+    node = next(name for name, i in cluster["ids"].items() if i == info["node"]["node_id"])
+    other = next(name for name in cluster["ids"] if name != node)
+    arrived = sorted(p.name for p in (cluster["dirs"][node] / "inputs").glob("*/*"))
+    assert arrived == sorted(["digits.zip", "mine.safetensors"])
+    assert not (cluster["dirs"][other] / "inputs").exists()
+    # each node keeps its own feature cache; the host's run folder holds none
+    assert all(list((d / "runs" / "feature_cache").glob("*.safetensors")) for d in cluster["dirs"].values())
+    assert not (store.runs_dir / "feature_cache").exists()
+
+
+def test_a_remote_run_launched_with_TL_EXECUTOR_ray_stops_within_a_few_batches(host, monkeypatch):
+    from tl_core import executor
+
+    store, _ = host
+    monkeypatch.setenv("TL_EXECUTOR", "ray")
+    run_id = executor.launch(cfg(**LONG), store.runs_dir)  # what the Train page calls
+    assert store.get(run_id).executor == "ray"
+    wait_until(lambda: len(store.metrics(run_id, "step")) >= 2)
+    at = store.metrics(run_id, "step")[-1]["step"]
+    assert executor.get_executor(store.runs_dir).stop(run_id) == "running"
+    run = finished(store, run_id)
+    assert run.status == "stopped" and "stop" in run.reason, run.reason
+    last = store.metrics(run_id, "step")[-1]["step"]
+    assert last - at <= 15, f"{last - at} batches after the request"  # the request crosses one tick and one push
+    assert last < run.info["steps_per_epoch"] * LONG["epochs"]
+    assert store.model_dir(run_id) is not None  # a stopped run keeps its model, as locally
+
+
+def test_the_host_queues_what_the_cluster_cannot_take_and_a_queued_run_can_be_cancelled(host):
+    store, ex = host
+    first, second, third = (store.create(cfg(**MEDIUM)) for _ in range(3))
+    for run_id in (first, second, third):
+        ex.submit(run_id)
+    wait_until(lambda: store.metrics(first, "step") and store.metrics(second, "step"))
+    assert store.get(third).status == "queued"  # two nodes of one CPU, two runs: the third waits on the host
+    assert ex.stop(third) == "stopped"
+    for run_id in (first, second):
+        assert finished(store, run_id).status == "completed"
+    assert store.get(third).status == "stopped" and not store.metrics(third, "step")
+
+
+def test_a_dead_node_fails_its_run_and_the_head_nodes_run_completes(cluster, host):
+    store, ex = host
+    runs = [store.create(cfg(**MEDIUM)) for _ in range(2)]
+    for run_id in runs:
+        ex.submit(run_id)
+
+    def placed():
+        infos = [store.get(r).info for r in runs]
+        return all(i and "node" in i for i in infos) and all(store.metrics(r, "step") for r in runs) and infos
+    node_of = {r: i["node"]["node_id"] for r, i in zip(runs, wait_until(placed))}
+    victim = next(r for r in runs if node_of[r] == cluster["ids"]["node2"])
+    survivor = next(r for r in runs if r != victim)
+    t0 = time.monotonic()
+    os.kill(raylet_pid(cluster["ids"]["node2"]), signal.SIGKILL)
+    dead = finished(store, victim)
+    print(f"\n[ray] a dead node's run failed {time.monotonic() - t0:.1f} s after its raylet was killed")
+    assert dead.status == "failed" and "node" in dead.reason and "NodeDiedError" in dead.reason, dead.reason
+    worker = store.get(victim).info["node"]["pid"]
+    wait_until(lambda: not Path(f"/proc/{worker}").exists(), timeout=60)  # its worker does not train on
+    alive = finished(store, survivor)
+    assert alive.status == "completed", alive.reason
+    assert len(store.metrics(survivor, "epoch")) == MEDIUM["epochs"]
+    assert json.loads((store.run_dir(survivor) / "summary.json").read_text())["status"] == "completed"
