@@ -4,11 +4,14 @@ measured, in numbers, next to the prediction.
 
 The lab's configuration lives in the page address (``?lab=race&per_class=25...``): a teacher
 prepares it, copies the link, and students open exactly the same setup.
+
+In classroom mode a lab belongs to the student who launched it (its runs carry the name): the page
+lists the student's own labs, and only they or the teacher may stop one.
 """
 import streamlit as st
 
-from pages import _ui
-from tl_core import labs, limits
+from pages import _classroom, _ui
+from tl_core import classroom, labs, limits
 
 _ui.start_page()
 store = _ui.store()
@@ -58,8 +61,9 @@ def _set_cfg(cfg: labs.LabConfig, to_url: bool = True) -> None:
     """Store a lab's config, show it in its widgets, and put it in the page address."""
     st.session_state[f"labcfg_{cfg.lab}"] = cfg.to_dict()
     st.session_state.update(_widget_values(cfg))
-    if to_url:
-        st.query_params.from_dict(cfg.to_query())
+    if to_url:  # the student's name stays in the address (a reload keeps it)
+        student = st.query_params.get("student")
+        st.query_params.from_dict({**cfg.to_query(), **({"student": student} if student else {})})
         st.session_state["lab_url_seen"] = cfg.to_query_string()
 
 
@@ -73,7 +77,8 @@ if url_lab:
             _set_cfg(from_url, to_url=False)
             st.session_state["lab_url_seen"] = from_url.to_query_string()
     except ValueError as exc:
-        st.error(f"The link's lab settings could not be read: {exc}. The lab's defaults are shown instead.")
+        st.error(f"The link's lab settings could not be read: {_ui.plain(exc)}. What to do: fix the link, or use the "
+                 "lab's defaults shown instead.")
 
 
 def _edit(lab: str, field: str, convert=None) -> None:
@@ -123,7 +128,7 @@ def _load_ready(lab: str) -> None:
 def _launch(lab: str) -> None:
     try:
         cfg = _cfg(lab).validate()
-        lab_id = labs.launch_lab(cfg, RUNS_DIR)
+        lab_id = labs.launch_lab(cfg, RUNS_DIR, owner=_classroom.owner())
     except Exception as exc:  # a bad setting or a missing engine feature: say which
         st.session_state[f"lab_launch_err_{lab}"] = f"{type(exc).__name__}: {exc}" if not isinstance(
             exc, ValueError) else str(exc)
@@ -131,6 +136,15 @@ def _launch(lab: str) -> None:
     st.session_state.pop(f"lab_launch_err_{lab}", None)
     st.session_state[f"lab_pick_{lab}"] = lab_id
     _set_cfg(cfg)
+
+
+def _stop(lab: str, lab_id: str) -> None:
+    """The Stop button's callback: another student's lab is refused (one line, kept for the page)."""
+    try:
+        labs.stop_lab(lab_id, RUNS_DIR, **classroom.stop_rights(_classroom.owner(), _classroom.is_teacher()))
+        st.session_state.pop(f"lab_stop_err_{lab}", None)
+    except (PermissionError, KeyError) as exc:
+        st.session_state[f"lab_stop_err_{lab}"] = str(exc).strip("'\"")
 
 
 def _ints(text: str):
@@ -185,7 +199,7 @@ def settings(lab: str) -> labs.LabConfig:
         st.number_input("Epochs of the base networks A and B", min_value=1, max_value=100,
                         key=f"{lab}_source_epochs", on_change=_edit, args=(lab, "source_epochs"))
     if st.session_state.get(f"labcfg_err_{lab}"):
-        st.error(f"Setting not applied: {st.session_state[f'labcfg_err_{lab}']}")
+        st.error(f"Setting not applied: {_ui.plain(st.session_state[f'labcfg_err_{lab}'])}")
     share(lab, cfg)
     return cfg
 
@@ -198,6 +212,7 @@ def only_seed(lab: str, cfg: labs.LabConfig) -> None:
     st.selectbox("Seeds to run", options, key=f"{lab}_only_seed", on_change=_edit, args=(lab, "only_seed"),
                  format_func=lambda i: f"all {cfg.seeds}" if i is None else f"only seed #{i} (training seed "
                                                                             f"{cfg.seed + i})",
+                 placeholder=f"all {cfg.seeds}",  # the None option: a selectbox at None shows its placeholder
                  help="A class can share the work: each student runs one seed of the same lab (see the student "
                       "links under 'Share').")
 
@@ -248,19 +263,22 @@ def _pick_instance(lab: str, instances: list[dict]) -> str:
         pick = ids[0]
     if len(ids) > 1:
         st.session_state[f"lab_pick_{lab}"] = pick
-        st.selectbox("Lab run", ids, key=f"lab_pick_{lab}",
-                     format_func=lambda i: f"{i} · {next(s['status'] for s in instances if s['id'] == i)}")
+        by_id = {s["id"]: s for s in instances}
+        st.selectbox("Lab run", ids, key=f"lab_pick_{lab}",  # a teacher who shows all sees whose lab it is
+                     format_func=lambda i: " · ".join([i, by_id[i]["status"], *filter(None, [by_id[i].get("owner")])]))
         pick = st.session_state[f"lab_pick_{lab}"]
     return pick
 
 
 def results(lab: str) -> None:
-    instances = labs.list_labs(RUNS_DIR, lab)
+    instances = labs.list_labs(RUNS_DIR, lab, owner=None if _classroom.shows_all() else _classroom.owner())
     if not instances:
         st.info("Not run yet. Press **Run this lab**: its runs queue up and train one after another in the "
                 "background; you can leave this page and come back.")
         return
     pick = _pick_instance(lab, instances)
+    if st.session_state.get(f"lab_stop_err_{lab}"):
+        st.error(f"Cannot stop that lab: {_ui.plain(st.session_state.pop(f'lab_stop_err_{lab}'))}.")
     state = next(s for s in instances if s["id"] == pick)
     active = state["status"] in labs.ACTIVE
 
@@ -278,10 +296,11 @@ def results(lab: str) -> None:
                     + f" · {_ui.fmt_seconds(p['elapsed'])}")
             cols[0].progress(min(1.0, p["fraction"]), text=text)
             cols[1].button("Stop lab", key=f"stop_lab_{lab}_{pick}", icon=":material/stop:", width="stretch",
-                           on_click=labs.stop_lab, args=(pick, RUNS_DIR),
+                           on_click=_stop, args=(lab, pick),
                            help="Stops the current run and cancels the runs still waiting.")
         else:
-            st.caption(f"Lab {pick}: {state['status']}" + (f" ({state['reason']})" if state.get("reason") else "")
+            st.caption(f"Lab {pick}: {state['status']}" + (f" ({_ui.plain(state['reason'])})" if state.get("reason")
+                                                           else "")
                        + f" · {p['total']} runs · took {_ui.fmt_seconds(p['elapsed'])}")
         res = labs.analyse(cfg, labs.records(state, store), state)
         st.plotly_chart(res.figure, key=f"labfig_{lab}_{pick}", width="stretch",
@@ -301,7 +320,7 @@ def results(lab: str) -> None:
         if failed:
             with st.expander(f"{len(failed)} run(s) failed"):
                 for r in failed:
-                    st.write(f"**{r['label']}** ({r['run_id']}): {store.get(r['run_id']).reason}")
+                    st.write(f"**{r['label']}** ({r['run_id']}): {_ui.plain(store.get(r['run_id']).reason)}")
 
     live()
 
@@ -320,7 +339,8 @@ def tab(lab: str) -> None:
               icon=":material/play_arrow:",
               help="Queues the lab's runs; one background process trains them one after another.")
     if st.session_state.get(f"lab_launch_err_{lab}"):
-        st.error(f"Cannot start the lab: {st.session_state[f'lab_launch_err_{lab}']}. What to do: change that "
+        why = _ui.plain(st.session_state[f"lab_launch_err_{lab}"]).replace("\\_", "_")  # setting names as typed
+        st.error(f"Cannot start the lab: {why}. What to do: change that "
                  "setting and try again.")
     results(lab)
 

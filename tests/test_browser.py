@@ -134,6 +134,16 @@ def _shot(page, name: str) -> None:
     page.set_viewport_size(VIEWPORT)
 
 
+def _shot_at(page, locator, name: str) -> None:
+    """A viewport screenshot with ``locator`` (a section further down the page) at its top."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.mouse.move(5, 995)
+    locator.scroll_into_view_if_needed()
+    locator.evaluate("e => e.scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(800)  # plotly animations
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+
+
 def _nav(page, label: str) -> None:
     page.locator("[data-testid='stTopNavLink']", has_text=label).first.click()
     page.wait_for_timeout(300)
@@ -242,9 +252,20 @@ def test_first_experiment_in_a_real_browser(server):
         _settle(page)
         assert page.get_by_role("button", name=re.compile("model.safetensors")).is_visible()
         _shot(page, "inspect")
+        # what changed and what transfers: the CKA bars, the feature space and Grad-CAM, one screenshot each
+        for heading, shot in (("What changed?", "inspect_what_changed"),
+                              ("What transfers: the feature space", "inspect_feature_space"),
+                              ("Where does it look? (Grad-CAM)", "inspect_grad_cam")):
+            section = page.get_by_role("heading", name=heading)
+            section.wait_for(timeout=120_000)
+            _shot_at(page, section, shot)
+        expect(page.get_by_text("1 = the same representation")).to_be_visible()
+        expect(page.get_by_text("Nearest-class-mean accuracy")).to_be_visible()
+        expect(page.get_by_text("Where the two look differs")).to_be_visible()
+        assert page.locator("[data-testid='stPlotlyChart']").count() >= 9  # + CKA, drift, projection, Grad-CAM
 
         # Labs: a shared link opens the BatchNorm lab with a tiny setup; run it and see its chart
-        page.goto(f"{url}/labs?lab=bn&per_class=5&image_size=32&epochs=1")
+        page.goto(f"{url}/labs?lab=bn&per_class=5&image_size=32&epochs=1&seeds=1")
         _settle(page)
         assert page.get_by_role("tab", name="BatchNorm pitfall", selected=True).is_visible()
         assert page.get_by_role("spinbutton", name="Epochs", exact=True).first.input_value() == "1"
@@ -256,6 +277,13 @@ def test_first_experiment_in_a_real_browser(server):
         assert chart.count() == 1 and _points(chart) > 0
         expect(panel.get_by_text("BN frozen reached")).to_be_visible()
         _shot(page, "labs")
+        text_lab = page.get_by_role("tab", name=re.compile(r"^Text"))
+        if text_lab.count():  # the text lab: its tab opens with its question and its Run button
+            text_lab.first.click()
+            _settle(page)
+            panel = page.get_by_role("tabpanel")
+            expect(panel.get_by_role("button", name="Run this lab")).to_be_visible()
+            _shot(page, "labs_text")
 
         assert not page.locator("[data-testid='stException']").count(), "an exception box is on the page"
         assert not errors, errors

@@ -91,3 +91,50 @@ def test_tiny_lab_launched_from_the_page_completes_with_chart_and_verdict():
     assert boxes and "Accuracy gap" in boxes[0]
     assert len(at.get("plotly_chart")) >= 1
     assert len(at.get("download_button")) >= 2  # the config (JSON) and the results (CSV)
+
+
+def _student(name: str, **query) -> AppTest:
+    """The Labs page in classroom mode for student ``name`` (the name comes from the teacher's link)."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.query_params["student"] = name
+    at.run()
+    assert not at.exception and at.session_state["student"] == name
+    at.switch_page("pages/labs.py")
+    for k, v in {"student": name, **query}.items():
+        at.query_params[k] = v
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_a_students_lab_carries_the_owner_and_other_students_do_not_see_or_stop_it(monkeypatch):
+    from tl_core.runs import RunStore
+
+    monkeypatch.setenv("TL_TEACHER_PASSWORD", "open sesame")
+    alice = _student("Alice", lab="bn", per_class="5", image_size="32", epochs="20", seeds="1")
+    alice.button(key="launch_bn").click().run()
+    assert not alice.exception and not alice.error, [e.value for e in alice.error]
+    q = {k: (v[-1] if isinstance(v, list) else v) for k, v in alice.query_params.items()}
+    assert q["student"] == "Alice" and q["lab"] == "bn"  # the lab's settings did not wipe the name from the URL
+    state = labs.list_labs(lab="bn")[0]
+    store = RunStore()
+    assert state["owner"] == "Alice" and {store.get(r["run_id"]).owner for r in state["runs"]} == {"Alice"}
+    assert [s["id"] for s in labs.list_labs(lab="bn", owner="Alice")] == [state["id"]]
+    assert labs.list_labs(lab="bn", owner="Bob") == []
+
+    bob = _student("Bob", lab="bn")
+    tab = next(t for t in bob.tabs if t.label == labs.LABS["bn"].title)
+    assert any("Not run yet" in i.value for i in tab.info)  # Alice's lab is not listed for Bob
+    assert not [b for b in bob.button if b.key == f"stop_lab_bn_{state['id']}"]
+    with pytest.raises(PermissionError, match="belongs to Alice"):
+        labs.stop_lab(state["id"], by="Bob")
+    assert not (labs.lab_dir(state["id"]) / labs.STOP_FILE).exists()
+
+    alice.run()
+    alice.button(key=f"stop_lab_bn_{state['id']}").click().run()  # her own: she may stop it
+    assert not alice.exception and not alice.error, [e.value for e in alice.error]
+    t = time.time()
+    while labs.read_state(state["id"])["status"] in labs.ACTIVE:
+        assert time.time() - t < 120, "the stopped lab did not end"
+        time.sleep(0.3)
+    assert all(not store.get(r["run_id"]).active for r in state["runs"])

@@ -255,3 +255,38 @@ def test_grad_cam_errors_say_what_to_do(resnet, shapes64):
         probes.grad_cam(model, shapes64[0], layer="fc", hier=hier)
     with pytest.raises(ValueError, match="evaluation transform"):
         probes.grad_cam(model, data.load_dataset("animal_shapes").images[0], hier=hier)
+
+
+# --------------------------------------------------------------------------- text models (Inspect: text runs)
+
+
+@pytest.fixture(scope="module")
+def minilm_reviews():
+    """The real MiniLM encoder and 24 real fine-food reviews (12 per class), packed at 16 tokens."""
+    from tl_core import text_data, text_models
+
+    food = text_data.load_text_builtin("fine_food")
+    rows = torch.cat([torch.nonzero(food.labels == c).flatten()[:12] for c in range(2)])
+    x = text_data.tokenize([food.texts[i] for i in rows], text_models.minilm_tokenizer(), 16)
+    return text_models.build_minilm(2), x, food.labels[rows].numpy()
+
+
+def test_block_cka_and_sentence_embeddings_of_a_text_model(minilm_reviews):
+    """The probes read packed token batches too: CKA sees only the Transformer layer that changed, and the
+    penultimate features are the mean-pooled sentence embeddings."""
+    from tl_core import text_models
+
+    model, x, labels = minilm_reviews
+    hier = surgery.hierarchy(model, 16)
+    tuned = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in tuned.layers[5].parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
+    cka = probes.block_cka(model, tuned, hier, x)
+    assert list(cka) == hier.block_names == ["stem", *[f"layers.{i}" for i in range(6)], "head"]
+    assert all(cka[b] == pytest.approx(1.0, abs=1e-6) for b in hier.block_names[:6]), cka
+    assert cka["layers.5"] < 0.99
+    feats = probes.penultimate_features(model, x)
+    np.testing.assert_allclose(feats, text_models.sentence_embeddings(model, x).numpy(), atol=1e-5)
+    assert probes.project_2d(feats).shape == (24, 2) and 0 <= probes.nearest_centroid_accuracy(feats, labels) <= 1
+

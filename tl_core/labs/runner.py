@@ -81,8 +81,9 @@ def read_state(lab_id: str, runs_dir=None) -> dict:
     return state
 
 
-def list_labs(runs_dir=None, lab: str | None = None) -> list[dict]:
-    """Lab states, newest first (optionally only one lab kind)."""
+def list_labs(runs_dir=None, lab: str | None = None, owner: str | None = None) -> list[dict]:
+    """Lab states, newest first (optionally only one lab kind, and only the labs of ``owner``: a
+    student's name in classroom mode; None lists everyone's)."""
     folder = labs_dir(runs_dir)
     out = []
     if folder.is_dir():
@@ -92,7 +93,7 @@ def list_labs(runs_dir=None, lab: str | None = None) -> list[dict]:
                     s = read_state(d.name, runs_dir)
                 except (OSError, ValueError):
                     continue
-                if lab is None or s.get("lab") == lab:
+                if (lab is None or s.get("lab") == lab) and (owner is None or s.get("owner") == owner):
                     out.append(s)
     return sorted(out, key=lambda s: s.get("created", 0), reverse=True)
 
@@ -102,8 +103,9 @@ def _open_store(store, runs_dir):
     return (store, False) if store is not None else (runs_mod.RunStore(runs_dir), True)
 
 
-def create_lab(cfg: LabConfig, runs_dir=None, store=None) -> dict:
-    """Register the lab and all its runs (queued) in the store; returns the lab state."""
+def create_lab(cfg: LabConfig, runs_dir=None, store=None, owner: str | None = None) -> dict:
+    """Register the lab and all its runs (queued) in the store; returns the lab state. ``owner`` (a
+    student's name in classroom mode, else None) owns the lab and every one of its runs."""
     cfg.validate()
     lab_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
     folder = lab_dir(lab_id, runs_dir)
@@ -111,23 +113,24 @@ def create_lab(cfg: LabConfig, runs_dir=None, store=None) -> dict:
     folder.mkdir(parents=True)
     store, own = _open_store(store, runs_dir)
     try:
-        runs = [{**r.to_dict(), "run_id": store.create(r.cfg)} for r in planned]
+        runs = [{**r.to_dict(), "run_id": store.create(r.cfg, owner=owner)} for r in planned]
     finally:
         if own:
             store.close()
     meta_fn = getattr(module(cfg.lab), "meta", None)
     meta = meta_fn(cfg) if meta_fn is not None else {}
-    state = {"id": lab_id, "lab": cfg.lab, "config": cfg.to_dict(), "runs": runs, "status": "queued", "meta": meta,
+    state = {"id": lab_id, "lab": cfg.lab, "owner": owner, "config": cfg.to_dict(), "runs": runs, "status": "queued",
+             "meta": meta,
              "reason": "waiting for the lab process to start", "created": time.time(), "started": None,
              "finished": None, "pid": None, "runs_dir": str(Path(runs_dir or runs_mod.default_runs_dir()).resolve())}
     _write_state(folder, state)
     return state
 
 
-def launch_lab(cfg: LabConfig, runs_dir=None) -> str:
-    """Create the lab's runs and start ``python -m tl_core.labs run LAB_ID`` in its own session.
-    Returns the lab id at once."""
-    state = create_lab(cfg, runs_dir)
+def launch_lab(cfg: LabConfig, runs_dir=None, owner: str | None = None) -> str:
+    """Create the lab's runs (owned by ``owner``) and start ``python -m tl_core.labs run LAB_ID`` in its
+    own session. Returns the lab id at once."""
+    state = create_lab(cfg, runs_dir, owner=owner)
     folder = lab_dir(state["id"], runs_dir)
     package_root = str(Path(__file__).resolve().parents[2])  # the folder that holds tl_core/
     env = dict(os.environ)
@@ -147,18 +150,23 @@ def launch_lab(cfg: LabConfig, runs_dir=None) -> str:
     return state["id"]
 
 
-def stop_lab(lab_id: str, runs_dir=None) -> None:
-    """Stop the current run of the lab and cancel the rest."""
+def stop_lab(lab_id: str, runs_dir=None, by: str | None = None, teacher: bool = False) -> None:
+    """Stop the current run of the lab and cancel the rest. A lab with an owner may be stopped only by
+    that owner (``by``) or the ``teacher``, as ``RunStore.request_stop`` rules for a run: PermissionError
+    otherwise, before anything is stopped."""
     folder = lab_dir(lab_id, runs_dir)
-    (folder / STOP_FILE).touch()
     state = read_state(lab_id, runs_dir)
+    owner = state.get("owner")
+    if owner is not None and by != owner and not teacher:
+        raise PermissionError(f"this lab belongs to {owner}; only they or the teacher can stop it")
+    (folder / STOP_FILE).touch()
     store = runs_mod.RunStore(runs_dir or state.get("runs_dir"))
     try:
         # queued ones first, so the lab process never starts another one
         for r in sorted(state["runs"], key=lambda r: store.get(r["run_id"]).status != "queued"):
             try:
                 if store.get(r["run_id"]).status in ACTIVE:
-                    store.request_stop(r["run_id"])
+                    store.request_stop(r["run_id"], by=by, teacher=teacher)
             except KeyError:
                 pass
     finally:
@@ -262,7 +270,7 @@ def _cancel_queued(state: dict, store) -> None:
     for r in state["runs"]:
         try:
             if store.get(r["run_id"]).status == "queued":
-                store.request_stop(r["run_id"])
+                store.request_stop(r["run_id"], by=state.get("owner"))  # the lab process acts for its owner
         except Exception:
             traceback.print_exc()
 
