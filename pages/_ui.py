@@ -14,8 +14,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from tl_core import backbones, strategies, surgery, visuals
+from tl_core import backbones, models, strategies, surgery, text_data, visuals
 from tl_core.data import BUILTIN
+from tl_core.text_data import TEXT_BUILTIN
 from tl_core.strategies import STRATEGIES
 
 from pages import _router
@@ -155,6 +156,8 @@ def num_classes(inp: dict) -> int:
     """Classes of the chosen data (for the head size); 10 when it cannot be known yet."""
     if inp.get("data") in BUILTIN:
         return BUILTIN[inp["data"]].num_classes
+    if inp.get("data") in TEXT_BUILTIN:
+        return len(TEXT_BUILTIN[inp["data"]].class_names)
     return int(st.session_state.get("data_num_classes", 10))
 
 
@@ -162,9 +165,88 @@ def data_label(inp: dict) -> str:
     """A data set's name to show: the built-in's title, an upload's own file name, else the folder name."""
     if inp.get("data") in BUILTIN:
         return BUILTIN[inp["data"]].name
+    if inp.get("data") in TEXT_BUILTIN:
+        return TEXT_BUILTIN[inp["data"]].name
     from tl_core.data import uploads
 
-    return uploads.upload_name(str(inp.get("data"))) or Path(str(inp.get("data"))).name
+    text_upload = st.session_state.get("text_uploads", {}).get(str(inp.get("data")))
+    return text_upload or uploads.upload_name(str(inp.get("data"))) or Path(str(inp.get("data"))).name
+
+
+# ------------------------------------------------------------------ images or texts
+
+# what a switch to each modality sets, so that the backbone and the data always match
+MODALITY_DEFAULTS = {
+    "image": {"backbone": "mobilenetv2", "data": "animal_shapes", "per_class": 100},
+    "text": {"backbone": "minilm_l6", "data": "fine_food", "per_class": 500, "max_tokens": 64, "augment": {}},
+}
+UNIT = {"image": "images", "text": "texts"}
+
+
+def modality(inp: dict) -> str:
+    """"text" when the chosen backbone reads texts, else "image"."""
+    return models.modality(inp.get("backbone", "mobilenetv2"))
+
+
+def sample_size(inp: dict) -> int:
+    """The size of one input: max_tokens for a text backbone, image_size for an image backbone."""
+    return int(inp["max_tokens"] if modality(inp) == "text" else inp["image_size"])
+
+
+def hierarchy_of(inp: dict) -> surgery.Hierarchy:
+    """The chosen backbone's hierarchy at the chosen input size, with a head for the chosen data."""
+    return hierarchy_for(inp["backbone"], sample_size(inp), num_classes(inp))
+
+
+def _use_defaults(kind: str, fields: tuple[str, ...]) -> None:
+    inp = inputs()
+    for name in fields:
+        value = MODALITY_DEFAULTS[kind][name]
+        set_input(name, dict(value) if isinstance(value, dict) else value)
+    inp["lr"], inp["classes"] = None, None
+    for key in [k for k in st.session_state if str(k).startswith("aug_") or k in ("data_pick", "text_data_pick")]:
+        del st.session_state[key]  # the Data page's pickers and toggles start again from the inputs dict
+
+
+def fit_data_to_backbone(previous: str) -> None:
+    """After the backbone changed from one of modality ``previous``: when the data no longer fits it
+    (an image set for a text backbone, or the other way round), switch to the default data set of
+    the new modality, and say so once (``modality_note``)."""
+    inp = inputs()
+    kind = modality(inp)
+    known = text_data.data_modality(str(inp.get("data")))
+    if known == kind or (known is None and kind == previous):
+        return
+    _use_defaults(kind, tuple(k for k in MODALITY_DEFAULTS[kind] if k != "backbone"))
+    st.session_state["modality_note"] = (f"{describe(inp['backbone'])['label']} reads {UNIT[kind]}, so the data "
+                                         f"switched to {data_label(inp)}.")
+
+
+def switch_modality(kind: str) -> None:
+    """Pick images or texts: the default backbone and data set of that kind (when not already that kind)."""
+    inp = inputs()
+    if kind not in MODALITY_DEFAULTS or modality(inp) == kind:
+        return
+    _use_defaults(kind, tuple(MODALITY_DEFAULTS[kind]))
+    inp["plan"], inp["weights_file"], inp["weights"] = None, None, "pretrained"
+    st.session_state["modality_note"] = (f"Switched to {UNIT[kind]}: the backbone is now "
+                                         f"{describe(inp['backbone'])['label']} and the data {data_label(inp)}.")
+
+
+def modality_note() -> None:
+    """Show, once, what a modality switch changed."""
+    note = st.session_state.pop("modality_note", None)
+    if note:
+        st.info(plain(note), icon=":material/swap_horiz:")
+
+
+def config_problem(inp: dict) -> str | None:
+    """Why the current choices cannot be launched (config.validate's one line), or None."""
+    try:
+        to_config(inp)
+    except (ValueError, KeyError) as exc:
+        return str(exc)
+    return None
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~:$&\"'=^@%;?/,])")
@@ -176,6 +258,14 @@ def plain(text) -> str:
     colour directive, HTML or formula can appear; control characters and newlines become spaces."""
     text = "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in str(text))
     return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def html_text(text) -> str:
+    """User text made safe to put inside HTML that goes through ``st.markdown(unsafe_allow_html=True)``:
+    every ASCII punctuation mark becomes a numeric character reference (so no tag, entity, markdown or
+    formula can appear) and control characters become spaces."""
+    return "".join(" " if unicodedata.category(ch).startswith("C") else
+                   f"&#{ord(ch)};" if ch.isascii() and not ch.isalnum() and ch != " " else ch for ch in str(text))
 
 
 # ------------------------------------------------------------------ strategies and plans

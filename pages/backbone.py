@@ -1,17 +1,22 @@
-"""Backbone page: pick a pretrained network, see its layers, decide which blocks learn."""
+"""Backbone page: pick a pretrained network (images or texts), see its layers, decide which blocks learn."""
 import pandas as pd
 import streamlit as st
 
 from pages import _ui
-from tl_core import backbones, codegen, strategies, surgery, visuals
+from tl_core import backbones, codegen, notebook, strategies, surgery, text_visuals, visuals
 from tl_core.strategies import STRATEGIES
 
 inp = _ui.start_page()
 st.title("1 · Backbone")
-st.markdown(
-    "A pretrained network already knows **edges and textures in its early blocks** and **object parts in "
-    "its late blocks**. Choose what to keep (**freeze** ❄) and what to adapt to your data (**train** ⚡)."
-)
+INTRO = {
+    "image": "A pretrained network already knows **edges and textures in its early blocks** and **object parts in "
+             "its late blocks**.",
+    "text": "A pretrained language model already knows **words, word pieces and syntax in its early layers** and "
+            "**the meaning of whole sentences in its late layers**.",
+}
+st.markdown(f"{INTRO[_ui.modality(inp)]} Choose what to keep (**freeze** ❄) and what to adapt to your data "
+            "(**train** ⚡).")
+_ui.modality_note()
 
 # ------------------------------------------------------------------ choose the backbone
 rows = {r["key"]: r for r in _ui.catalogue_rows()}
@@ -22,50 +27,35 @@ if inp["backbone"] not in rows:
 def _backbone_changed():
     inp["plan"], inp["weights_file"] = None, None
     st.session_state["plan_version"] = st.session_state.get("plan_version", 0) + 1
+    _ui.fit_data_to_backbone(st.session_state.get("backbone_modality", "image"))
 
 
-left, right = st.columns([3, 2], gap="large")
-with left:
-    key = st.selectbox(
-        "Backbone", list(rows), format_func=lambda k: f"{rows[k]['label']}  ·  {visuals.fmt_count(rows[k]['params'])} "
-        f"params  ·  {_ui.WEIGHT_BADGE[rows[k]['weights']][0]}",
-        help="Every backbone is a timm architecture. 'bundled · offline' weights ship with the lab; others need "
-             "a download (or your own file), or can only start from random weights.",
-        **_ui.bind("backbone", on_change=_backbone_changed),
-    )
-    info = rows[key]
-    status = backbones.weight_status(key, inp.get("weights_file"))
-    badge_cols = st.columns([1, 1, 1, 3])
-    with badge_cols[0]:
+def _option(k: str) -> str:
+    r = rows[k]
+    kind = "text · " if r.get("modality") == "text" else ""
+    return f"{r['label']}  ·  {kind}{visuals.fmt_count(r['params'])} params  ·  {_ui.WEIGHT_BADGE[r['weights']][0]}"
+
+
+def _badges(info: dict, status) -> None:
+    """Weights, modality, family and input size of the picked backbone."""
+    text = info.get("modality") == "text"
+    cols = st.columns([1, 1, 1, 1, 2])
+    with cols[0]:
         _ui.weights_badge(status.kind)
-    with badge_cols[1]:
+    with cols[1]:
+        st.badge("text" if text else "image", icon=":material/article:" if text else ":material/image:",
+                 color="blue" if text else "gray")
+    with cols[2]:
         st.badge(info["family"], color="gray")
-    with badge_cols[2]:
-        st.badge(f"{info['input_size']} px", color="gray")
-    st.caption(info["description"])
+    with cols[3]:
+        st.badge(f"≤ {info['input_size']} tokens" if text and info["input_size"] else "any length" if text
+                 else f"{info['input_size']} px", color="gray")
+    st.caption(info["description"] + (f" Tokenizer: {info['tokenizer']}. Weights: {info['package']} "
+                                      f"({info['licence']})." if text else ""))
 
-    can_pretrain = status.kind != "random" and (status.kind != "download" or _ui.online())
-    if st.session_state.pop("weights_uploaded", False):
-        _ui.set_input("weights", "pretrained")
-    if not can_pretrain and inp["weights"] == "pretrained":
-        _ui.set_input("weights", "random")
-    st.radio(
-        "Start from", ["pretrained", "random"], horizontal=True,
-        format_func={"pretrained": "pretrained weights (transfer)", "random": "random weights (from scratch)"}.get,
-        help="Random weights = the 'from scratch' baseline: same architecture, nothing learned yet.",
-        **_ui.bind("weights"),
-    )
-    # choosing pretrained weights that only a download can give is the consent to download them
-    _ui.set_input("allow_download", can_pretrain and status.kind == "download" and inp["weights"] == "pretrained")
-    if inp["allow_download"]:
-        st.info(f"The pretrained weights will be downloaded from {status.source} when the run starts.")
-    if not can_pretrain:
-        st.warning(
-            f"No pretrained weights for {info['label']} on this machine (they would come from "
-            f"{status.source or 'nowhere'}). Upload a weights file below, pick a backbone marked "
-            "'bundled · offline', or train from random weights."
-        )
 
+def _weights_upload(key: str, info: dict) -> None:
+    """Image backbones only: a weights file of the user's, checked against the architecture before use."""
     with st.expander("Use your own weights file (.safetensors or .pth state_dict)"):
         up = st.file_uploader("Weights for this architecture", type=["safetensors", "pth", "pt", "bin"],
                               key="weights_upload",
@@ -100,17 +90,59 @@ with left:
                 inp["weights_file"] = None
                 st.rerun()
 
+
+left, right = st.columns([3, 2], gap="large")
+with left:
+    st.session_state["backbone_modality"] = _ui.modality(inp)  # what the data fits, before a change
+    key = st.selectbox(
+        "Backbone", list(rows), format_func=_option,
+        help="Image backbones are timm architectures; text backbones (marked 'text') read tokens. 'bundled · "
+             "offline' weights ship with the lab; others need a download (or your own file), or can only start "
+             "from random weights. Switching between images and texts switches the data set too.",
+        **_ui.bind("backbone", on_change=_backbone_changed),
+    )
+    info = rows[key]
+    text = info.get("modality") == "text"
+    status = backbones.weight_status(key, inp.get("weights_file"))
+    _badges(info, status)
+
+    can_pretrain = status.kind != "random" and (status.kind != "download" or _ui.online())
+    if st.session_state.pop("weights_uploaded", False):
+        _ui.set_input("weights", "pretrained")
+    if not can_pretrain and inp["weights"] == "pretrained":
+        _ui.set_input("weights", "random")
+    st.radio(
+        "Start from", ["pretrained", "random"], horizontal=True,
+        format_func={"pretrained": "pretrained weights (transfer)", "random": "random weights (from scratch)"}.get,
+        help="Random weights = the 'from scratch' baseline: same architecture, nothing learned yet.",
+        **_ui.bind("weights"),
+    )
+    # choosing pretrained weights that only a download can give is the consent to download them
+    _ui.set_input("allow_download", can_pretrain and status.kind == "download" and inp["weights"] == "pretrained")
+    if inp["allow_download"]:
+        st.info(f"The pretrained weights will be downloaded from {status.source} when the run starts.")
+    if not can_pretrain:
+        st.warning(
+            f"No pretrained weights for {info['label']} on this machine (they would come from "
+            f"{status.source or 'nowhere'}). Upload a weights file below, pick a backbone marked "
+            "'bundled · offline', or train from random weights."
+        )
+
+    if not text:
+        _weights_upload(key, info)
+
 # ------------------------------------------------------------------ hierarchy + plan
 try:
     with st.spinner("Reading the backbone's layers…"):
-        hier = _ui.hierarchy_for(key, int(inp["image_size"]), _ui.num_classes(inp))
+        hier = _ui.hierarchy_for(key, _ui.sample_size(inp), _ui.num_classes(inp))
 except Exception as exc:
     st.error(f"Could not build {_ui.plain(info['label'])}: {_ui.plain(exc)}. Pick another backbone.")
     st.stop()
 plan = _ui.current_plan(inp, hier)
 counts = visuals.plan_counts(hier, plan)
 names = hier.block_names
-labels = {b["name"]: b["label"] for b in visuals.block_rows(hier)}
+ROWS = text_visuals.text_block_rows if text else visuals.block_rows  # text: embeddings, Transformer layers, head
+labels = {b["name"]: b["label"] for b in ROWS(hier)}
 
 
 def _set_plan(new_plan: dict) -> None:
@@ -154,7 +186,9 @@ with right:
 
 st.subheader("Layer hierarchy", help="Bar height = parameters (log scale): late blocks hold most of the "
                                      "weights, so freezing them saves the most compute. Blue = frozen, orange = trains.")
-st.caption(f"Input image ({inp['image_size']} px) → forward order → prediction. Under each block: its output "
+st.caption(f"Input text ({inp['max_tokens']} tokens) → forward order → prediction. Under each block: its output, "
+           "tokens × features. Click a bar to select that block." if text else
+           f"Input image ({inp['image_size']} px) → forward order → prediction. Under each block: its output "
            "channels × height × width. Click a bar to select that block.")
 if st.session_state.get("block_pick") not in names:
     st.session_state["block_pick"] = names[-2] if len(names) > 1 else names[0]
@@ -178,7 +212,8 @@ if len(phases) > 1:
         shown = phases[view][2]
         st.caption(f"Phase {view + 1} as the strategy sets it: {visuals.plan_counts(hier, shown)['frozen_blocks']} "
                    "blocks frozen. Edit phase 1 below; later phases follow from it.")
-st.plotly_chart(visuals.hierarchy_figure(hier, shown, selected=st.session_state["block_pick"]), key="hier_chart",
+hier_figure = text_visuals.text_hierarchy_figure if text else visuals.hierarchy_figure
+st.plotly_chart(hier_figure(hier, shown, selected=st.session_state["block_pick"]), key="hier_chart",
                 width="stretch", on_select=_chart_clicked, selection_mode="points")
 
 st.subheader("Strategy presets", help="Each preset sets the freeze plan of its first phase; two-phase and "
@@ -205,7 +240,7 @@ c4.button("Unfreeze everything", key="unfreeze_all", on_click=_unfreeze_all, wid
 st.subheader("Per-block settings")
 version = st.session_state.get("plan_version", 0)
 editor_key = f"plan_editor_{key}_{version}"
-base = visuals.block_rows(hier, plan)
+base = ROWS(hier, plan)
 if st.session_state.get("plan_editor_base_key") != editor_key:
     st.session_state["plan_editor_base_key"] = editor_key
     st.session_state["plan_editor_base"] = {b: dict(s) for b, s in plan.items()}
@@ -226,7 +261,8 @@ def _editor_changed() -> None:
     inp["plan"] = new
 
 
-lr = inp["lr"] if inp.get("lr") else strategies.default_lr(inp["strategy"], inp.get("optimizer", "adamw"))
+lr = inp["lr"] if inp.get("lr") else strategies.default_lr(inp["strategy"], inp.get("optimizer", "adamw"),
+                                                           _ui.modality(inp))
 ed_col, lr_col = st.columns([5, 4], gap="large")
 with ed_col:
     df = pd.DataFrame({
@@ -235,7 +271,7 @@ with ed_col:
         "LR ×": [r["lr_mult"] for r in base], "BatchNorm": [r["bn_mode"] if r["has_bn"] else "—" for r in base],
     })
     st.data_editor(
-        df, key=editor_key, on_change=_editor_changed, hide_index=True, width="stretch", height=min(740, 38 + 35 * len(df)),
+        df, key=editor_key, on_change=_editor_changed, hide_index=True, width="stretch", height=min(740, 42 + 35 * len(df)),
         disabled=["Block", "Params", "Output"],
         column_config={
             "Frozen": st.column_config.CheckboxColumn(help="Frozen blocks keep their pretrained weights."),
@@ -251,16 +287,47 @@ with ed_col:
     )
 with lr_col:
     st.number_input("Base learning rate", min_value=1e-6, max_value=1.0, value=float(lr), format="%.0e",
-                    step=1e-4, key=f"base_lr_{inp['strategy']}",
+                    step=1e-4, key=f"base_lr_{_ui.modality(inp)}_{inp['strategy']}",
                     help="Each block learns at base LR × its multiplier; frozen blocks do not learn at all.",
-                    on_change=lambda: inp.update(lr=float(st.session_state[f"base_lr_{inp['strategy']}"])))
-    st.plotly_chart(visuals.lr_figure(hier, plan, lr), key="lr_chart", width="stretch")
+                    on_change=lambda: inp.update(lr=float(st.session_state[f"base_lr_{_ui.modality(inp)}_"
+                                                                           f"{inp['strategy']}"])))
+    lr_chart = text_visuals.text_lr_figure if text else visuals.lr_figure
+    st.plotly_chart(lr_chart(hier, plan, lr), key="lr_chart", width="stretch")
 
 # ------------------------------------------------------------------ show the code
-with st.expander(":material/code: Show the code: these choices in plain PyTorch + timm"):
-    spec = backbones.get_spec(key)
-    bb = {**info, "pretrained_tag": spec.pretrained_tag, "torchvision_weights": spec.torchvision_weights,
-          "weights_file": spec.weights_file, "num_classes": spec.num_classes}
-    st.code(codegen.generate_code(inp, hier, bb, _ui.num_classes(inp), phases=phases, lr=lr), language="python")
+
+
+def _code_inputs() -> dict:
+    """The inputs dict for codegen: a user's text file or folder as the server path the code can read."""
+    from tl_core import data, text_data
+
+    if not text or inp["data"] in text_data.TEXT_BUILTIN:
+        return inp
+    try:
+        return {**inp, "data": str(data.resolve_data_path(inp["data"]))}
+    except data.DataError:
+        return inp
+
+
+def _show_code() -> None:
+    lib = "transformers" if key == "minilm_l6" else "numpy" if text else "timm"
+    with st.expander(f":material/code: Show the code: these choices in plain PyTorch + {lib}"):
+        spec = backbones.get_spec(key)
+        bb = {**info, "pretrained_tag": spec.pretrained_tag, "torchvision_weights": spec.torchvision_weights,
+              "weights_file": spec.weights_file, "num_classes": spec.num_classes}
+        code = codegen.generate_code(_code_inputs(), hier, bb, _ui.num_classes(inp), phases=phases, lr=lr)
+        if text:
+            st.download_button(":material/download: Download as a Python script", data=code, on_click="ignore",
+                               file_name=f"{key}-{inp['strategy']}.py", mime="text/x-python", key="code_download")
+        else:
+            st.download_button(":material/download: Download as a Jupyter notebook", on_click="ignore",
+                               data=lambda: notebook.notebook(inp, hier=hier), file_name=notebook.filename(inp),
+                               mime="application/x-ipynb+json", key="notebook_download",
+                               help="The whole run as a notebook: the same data, split, seed, freeze plan, "
+                                    "parameter groups and schedule, in plain PyTorch + timm.")
+        st.code(code, language="python")
+
+
+_show_code()
 
 st.page_link("pages/data.py", label="Next: choose the data →", icon=":material/image:")

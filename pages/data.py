@@ -1,15 +1,37 @@
-"""Data page: choose a dataset (built-in or your own zip), look at it, and see what the network sees."""
+"""Data page: choose a dataset (built-in or your own zip; for a text backbone a text set, a CSV or a
+folder of .txt files), look at it, and see what the network sees (pixels, or the backbone's own tokens)."""
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
 import torch
 
-from pages import _classroom, _ui
+from pages import _classroom, _text, _ui
 from tl_core import backbones, data, visuals
 
 inp = _ui.start_page()
 st.title("2 · Data")
+KINDS = {"image": ":material/image: Images", "text": ":material/article: Texts"}
+
+
+def _kind_changed() -> None:
+    kind = st.session_state.get("data_kind")
+    if kind:
+        _ui.switch_modality(kind)
+
+
+_ui.fit_data_to_backbone(_ui.modality(inp))  # data of the other kind (an old session): the default of this kind
+st.session_state["data_kind"] = _ui.modality(inp)  # the kind always follows the backbone
+st.segmented_control("Kind of data", list(KINDS), format_func=KINDS.get, key="data_kind", required=True,
+                     on_change=_kind_changed, help="Images need an image backbone, texts a text backbone: switching "
+                     "picks a matching backbone too (change it on the Backbone page).")
+_ui.modality_note()
+if _ui.modality(inp) == "text":
+    st.markdown("Transfer works best when the new texts resemble what the backbone was pretrained on. Pick a text "
+                "set, check it, and look at **the tokens the network receives**, made by the backbone's own tokenizer.")
+    _text.data_page(inp)
+    st.page_link("pages/train.py", label="Next: train →", icon=":material/model_training:")
+    st.stop()
 st.markdown(
     "Transfer works best when the new images resemble what the backbone was trained on (ImageNet photos). "
     "Pick a dataset, check it, and look at **the exact tensor the network receives**."

@@ -1,11 +1,12 @@
-"""Train page: launch a background run and watch it live (curves, weight drift, feature maps)."""
+"""Train page: launch a background run and watch it live (curves, weight drift, feature maps, or the
+attention maps of a text run)."""
 import time
 
 import streamlit as st
 import torch
 
-from pages import _classroom, _ui
-from tl_core import backbones, strategies, visuals
+from pages import _classroom, _text, _ui
+from tl_core import backbones, models, strategies, text_visuals, visuals
 
 inp = _ui.start_page()
 store = _ui.store()
@@ -49,7 +50,7 @@ def _devices() -> dict[str, str]:
 def _plan_counts():
     """(phases, counts) of the current choices; ([], None) with an error box when they cannot be used."""
     try:
-        hier = _ui.hierarchy_for(inp["backbone"], int(inp["image_size"]), _ui.num_classes(inp))
+        hier = _ui.hierarchy_of(inp)
         plan = _ui.current_plan(inp, hier)
         return _ui.strategy_phases(inp, hier), visuals.plan_counts(hier, plan)
     except Exception as exc:
@@ -59,10 +60,11 @@ def _plan_counts():
 
 def _choices_summary(phases, counts) -> None:
     bb = _ui.describe(inp["backbone"])
+    text = _ui.modality(inp) == "text"
     st.markdown(
         f"**Backbone** {bb['label']} · {'pretrained' if inp['weights'] == 'pretrained' else 'random'} weights  \n"
-        f"**Data** {_ui.plain(_ui.data_label(inp))} · {inp['per_class']} training images per class · "
-        f"{inp['image_size']} px  \n"
+        f"**Data** {_ui.plain(_ui.data_label(inp))} · {inp['per_class'] or 'all'} training {_ui.UNIT[_ui.modality(inp)]} "
+        f"per class · " + (f"{inp['max_tokens']} tokens" if text else f"{inp['image_size']} px") + "  \n"
         f"**Strategy** {_ui.strategy_label(inp['strategy'])}"
         + (f"  \n**Frozen** {counts['frozen_blocks']} of {counts['blocks']} blocks · "
            f"{visuals.fmt_count(counts['trainable'])} of {visuals.fmt_count(counts['total'])} parameters train"
@@ -80,12 +82,14 @@ def _hyper_parameters() -> None:
     st.text_input("Run name", placeholder="e.g. frozen MobileNet, 100/class", max_chars=80, **_ui.bind("name"),
                   help="Shown in the Compare page. Empty: backbone · strategy · data.")
     c1, c2, c3 = st.columns(3)
-    c1.number_input("Epochs", 1, 100, help="Passes over the training images (over all phases).", **_ui.bind("epochs"))
-    c2.select_slider("Batch size", [8, 16, 32, 64, 128], help="Images per weight update.", **_ui.bind("batch_size"))
+    c1.number_input("Epochs", 1, 100, help=f"Passes over the training {_ui.UNIT[_ui.modality(inp)]} (over all phases).",
+                    **_ui.bind("epochs"))
+    c2.select_slider("Batch size", [8, 16, 32, 64, 128], help=f"{_ui.UNIT[_ui.modality(inp)].capitalize()} per "
+                     "weight update.", **_ui.bind("batch_size"))
     c3.selectbox("Optimizer", ["adamw", "sgd"], help="AdamW adapts the step per weight; SGD with momentum is the "
                  "classic. SGD gets a 10x larger default LR.", **_ui.bind("optimizer"))
     c4, c5, c6 = st.columns(3)
-    default_lr = strategies.default_lr(inp["strategy"], inp["optimizer"])
+    default_lr = strategies.default_lr(inp["strategy"], inp["optimizer"], _ui.modality(inp))
     st.session_state.setdefault("in_lr", float(inp["lr"] or default_lr))
     c4.number_input("Learning rate", 1e-6, 1.0, format="%.0e", step=1e-4, key="in_lr",
                     on_change=lambda: inp.update(lr=float(st.session_state["in_lr"])),
@@ -126,12 +130,16 @@ def _launch() -> None:
 
 def new_run_form(expanded: bool) -> None:
     with st.expander("New run: your choices and the hyper-parameters", expanded=expanded, icon=":material/tune:"):
-        phases, counts = _plan_counts()
+        problem = _ui.config_problem(inp)  # e.g. a text backbone with an image data set: refused up front
+        phases, counts = _plan_counts() if problem is None else ([], None)
         left, right = st.columns([2, 3], gap="large")
         with left:
             _choices_summary(phases, counts)
         with right:
             _hyper_parameters()
+        if problem:
+            st.error(f"These choices cannot be launched: {_ui.plain(problem)}. What to do: change them on the "
+                     "Backbone or Data page.")
         st.button("Launch training", type="primary", key="launch", on_click=_launch, icon=":material/play_arrow:",
                   disabled=counts is None, help="Starts a background worker process: closing this tab does not stop it.")
         if st.session_state.get("launch_error"):
@@ -183,7 +191,7 @@ def _progress(info, epochs, steps, spe, total_epochs) -> None:
     rate = [m["images_per_s"] for m in epochs[-1:]] or [None]
     eta = (elapsed / done * (total - done)) if done else None
     text = (f"epoch {last['epoch'] if last else 0}/{total_epochs} · step {done}/{total} · "
-            f"ETA {_ui.fmt_seconds(eta)} · " + (f"{rate[0]:.0f} images/s · " if rate[0] else "")
+            f"ETA {_ui.fmt_seconds(eta)} · " + (f"{rate[0]:.0f} {meta.get('unit', 'images')}/s · " if rate[0] else "")
             + f"{meta.get('device', info.device)}")
     if str(meta.get("device", "")).startswith("cuda") and epochs:
         text += f" · GPU memory {epochs[-1].get('peak_mem_mb', 0):.0f} MB"
@@ -237,8 +245,10 @@ def _drift(info, epochs, phases) -> None:
     frozen = [b for b in drift if current and b not in current]
     short = {}
     try:
-        rows = visuals.block_rows(_ui.hierarchy_for(cfg["backbone"], int(cfg["image_size"]),
-                                                    len(meta.get("classes") or []) or 10))
+        text = models.modality(cfg["backbone"]) == "text"
+        hier = _ui.hierarchy_for(cfg["backbone"], int(cfg.get("max_tokens", 64) if text else cfg["image_size"]),
+                                 len(meta.get("classes") or []) or 10)
+        rows = (text_visuals.text_block_rows if text else visuals.block_rows)(hier)
         short = {r["name"]: r["short"] for r in rows}
     except Exception:
         pass
@@ -275,11 +285,15 @@ def _live_view(run_id: str) -> None:
     total_epochs = int(meta.get("total_epochs") or info.config.get("epochs") or 1)
     _status_message(info, epochs, steps, spe, total_epochs)
     _curves(info, epochs, steps, phases, spe, total_epochs)
-    d_col, f_col = st.columns([1, 1], gap="large")
-    with d_col:
+    if models.modality(info.config.get("backbone", "")) == "text":  # attention maps need the page's width
         _drift(info, epochs, phases)
-    with f_col:
-        _snapshots(run_id)
+        _text.attention_snapshots(store, run_id, info)
+    else:
+        d_col, f_col = st.columns([1, 1], gap="large")
+        with d_col:
+            _drift(info, epochs, phases)
+        with f_col:
+            _snapshots(run_id)
     if info.status == "completed":
         l1, l2 = st.columns(2)
         l1.page_link("pages/compare.py", label="Compare runs →", icon=":material/stacked_line_chart:")

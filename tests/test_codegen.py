@@ -124,3 +124,100 @@ def test_catalogue_code_compiles_with_the_right_weights_source(key):
         assert f"timm.create_model({spec.pretrained_tag!r}, pretrained=True" in src
     own = codegen.generate_code({"weights": "pretrained"}, hier, bb, 4)
     assert f"MEAN, STD = {list(round(m, 4) for m in bb['mean'])}".replace("(", "[") in own.replace("(", "[")
+
+
+# ------------------------------------------------------------------ text runs: plain PyTorch + transformers
+
+
+def _reviews_csv(path, n_per_class=20):
+    """The first ``n_per_class`` fine-food reviews of each class as a user CSV (review, score)."""
+    import csv
+
+    from tl_core import text_data
+
+    ds = text_data.load_text_dataset("fine_food")
+    with open(path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["review", "score"])
+        for c, name in enumerate(ds.class_names):
+            for i in (ds.labels == c).nonzero().flatten()[:n_per_class].tolist():
+                out.writerow([ds.texts[i], name])
+    return str(path)
+
+
+def _text_code(key, tmp_path, **changes):
+    """(generated source, lab model, hierarchy, phases, config) of a text config, as the Backbone page makes them:
+    40 fine-food reviews in a CSV (30 train, 10 validation), 16 tokens, 1 epoch, feature extraction."""
+    from tl_core import config, strategies
+
+    fields = dict(backbone=key, data=_reviews_csv(tmp_path / "reviews.csv"), per_class=None, val_fraction=0.25,
+                  max_tokens=16, epochs=1, strategy="feature_extraction")
+    cfg = config.TrainConfig(**{**fields, **changes}).validate()
+    model, _ = backbones.create_model(key, num_classes=2, weights=cfg.effective_weights)
+    hier = surgery.hierarchy(model, cfg.max_tokens)
+    phases = [(p.name, p.epochs, p.plan.to_dict()) for p in strategies.schedule(cfg, hier)]
+    src = codegen.generate_code(cfg.to_dict(), hier, backbones.describe(key), 2, phases=phases, lr=cfg.effective_lr)
+    return src, model, hier, phases, cfg
+
+
+def test_text_code_reproduces_the_freeze_plan_and_param_groups(tmp_path):
+    src, model, hier, phases, cfg = _text_code("minilm_l6", tmp_path, strategy="partial", weights="random",
+                                               lr_decay=2.6)
+    plan = surgery.FreezePlan.from_dict(phases[0][2])
+    expected = surgery.apply_plan(model, hier, plan)
+    ns = _run(src)
+    assert (ns["trainable"], ns["total"]) == (expected["trainable"], expected["total"])
+    got = [(g["name"], g["lr"], sum(p.numel() for p in g["params"])) for g in ns["optimizer"].param_groups]
+    want = [(g["name"], g["lr"], sum(p.numel() for p in g["params"]))
+            for g in surgery.param_groups(model, hier, plan, cfg.effective_lr, 0.0)]
+    assert got == want and len({g[1] for g in got}) > 1  # discriminative: one LR per layer group
+    assert "from transformers import" in src and "import timm" not in src
+    assert (len(ns["train_rows"]), len(ns["val_rows"])) == (30, 10)
+
+
+def test_text_code_trains_the_real_minilm_offline_frozen_encoder_unchanged(tmp_path):
+    from safetensors.torch import load_file
+
+    from tl_core import text_models
+
+    src, *_ = _text_code("minilm_l6", tmp_path)
+    ns = _run(src)
+    assert ns["trainable"] == 384 * 2 + 2  # feature extraction: the head only
+    head = ns["model"].head.weight.detach().clone()
+    ns["train"](ns["train_loader"], ns["val_loader"])  # 30 reviews, 16 tokens, 1 epoch: to completion
+    assert not torch.equal(head, ns["model"].head.weight)
+    pretrained = load_file(str(text_models.minilm_path() / "model.safetensors"))
+    name = "encoder.layer.5.output.dense.weight"
+    assert torch.equal(ns["model"].encoder.state_dict()[name], pretrained[name])  # frozen: still the pretrained
+
+
+@pytest.mark.parametrize("strategy", ["feature_extraction", "full"])
+def test_text_code_glove_freezes_or_fine_tunes_the_word_vectors(tmp_path, strategy):
+    src, model, hier, phases, _ = _text_code("glove_50d", tmp_path, strategy=strategy)
+    ns = _run(src)
+    assert ns["trainable"] == surgery.apply_plan(model, hier, surgery.FreezePlan.from_dict(phases[0][2]))["trainable"]
+    assert torch.equal(ns["model"].embeddings.weight, model.embeddings.weight)  # the same GloVe rows
+    before = ns["model"].embeddings.weight.detach().clone()
+    ns["train"](ns["train_loader"], ns["val_loader"])
+    assert torch.equal(before, ns["model"].embeddings.weight) == (strategy == "feature_extraction")
+
+
+def test_text_code_for_every_text_source_compiles(tmp_path):
+    model, _ = backbones.create_model("glove_50d", num_classes=2, weights="random")
+    hier = surgery.hierarchy(model, 16)
+    for key in ("minilm_l6", "glove_50d"):
+        for data in ("fine_food", "bbc_news", "my_texts", "my_texts.zip", str(tmp_path / "x.csv")):
+            for weights in ("pretrained", "random"):
+                src = codegen.generate_code({"backbone": key, "data": data, "weights": weights, "classes": ["a", "b"]},
+                                            hier, backbones.describe(key), 2)
+                compile(src, "<generated>", "exec")
+    fine_food = codegen.generate_code({"data": "fine_food", "per_class": 20}, hier, backbones.describe("glove_50d"), 2)
+    ns = _run(fine_food)  # the built-in reviews: the set's own 1,000 test reviews validate
+    assert (len(ns["train_rows"]), len(ns["val_rows"])) == (40, 1000)
+    for part, n in (("train", 6), ("val", 2)):  # a folder of .txt files per class, inside train/ and val/
+        for c in ("good", "bad"):
+            (tmp_path / "texts" / part / c).mkdir(parents=True)
+            for i in range(n):
+                (tmp_path / "texts" / part / c / f"{i}.txt").write_text(f"a {c} text number {i}")
+    ns = _run(codegen.generate_code({"data": str(tmp_path / "texts")}, hier, backbones.describe("glove_50d"), 2))
+    assert ns["CLASSES"] == ["bad", "good"] and (len(ns["train_rows"]), len(ns["val_rows"])) == (12, 4)

@@ -1,4 +1,5 @@
-"""Show the code: plain PyTorch + timm code equivalent to the lab's current choices.
+"""Show the code: plain PyTorch + timm code equivalent to the lab's current choices (for a text
+backbone, plain PyTorch + transformers: ``tl_core.codegen_text``).
 
 ``generate_code`` is a pure string function: given the choices (backbone, weights, per-block
 freeze plan with LR multipliers and BatchNorm modes, phases, optimiser, preprocessing) it
@@ -248,11 +249,16 @@ def train(train_loader, val_loader, device="cpu"):
 def code_sections(cfg: Mapping, hier, backbone: Mapping, num_classes: int, phases: Phases | None = None,
                   lr: float = 1e-3) -> list[Section]:
     """The script as ordered (title, code) sections, one per concept; arguments as generate_code.
-    Each section runs after the ones before it (one notebook cell each)."""
+    Each section runs after the ones before it (one notebook cell each). A text backbone
+    (``backbone["modality"] == "text"``) gets ``codegen_text.text_sections``: plain PyTorch + transformers."""
     members = _block_members(hier)
     if not phases:
         plan = cfg.get("plan") or {b: {"frozen": False} for b in members}
         phases = [("train", int(cfg.get("epochs", 3)), plan)]
+    if backbone.get("modality") == "text":
+        from .codegen_text import text_sections
+
+        return text_sections(cfg, hier, backbone, num_classes, phases, lr)
     return [
         ("Setup", _setup_code(cfg, backbone, num_classes, lr)),
         ("Model", _weights_code(backbone, cfg.get("weights", "pretrained"), cfg.get("weights_file"), num_classes)),
@@ -265,11 +271,13 @@ def code_sections(cfg: Mapping, hier, backbone: Mapping, num_classes: int, phase
 
 
 def join_sections(sections: Sequence[Section]) -> str:
-    """One script: sections separated by a blank line, two before a section that opens with a def."""
+    """One script: sections separated by a blank line, two before a section that opens with a def or
+    after one that ends inside a def (PEP 8)."""
     out = []
     for i, (_, code) in enumerate(sections):
         if i:
-            out.append("\n\n\n" if code.startswith("def ") else "\n\n")
+            after_def = sections[i - 1][1].rstrip().rsplit("\n", 1)[-1].startswith(" ")
+            out.append("\n\n\n" if code.startswith("def ") or after_def else "\n\n")
         out.append(code)
     return "".join(out) + "\n"
 
@@ -279,7 +287,8 @@ def generate_code(cfg: Mapping, hier, backbone: Mapping, num_classes: int, phase
     """Python source equivalent to the choices.
 
     cfg: the app's inputs dict (TrainConfig fields: weights, weights_file, plan, optimizer,
-    momentum, weight_decay, image_size, normalization, batch_size, epochs...).
+    momentum, weight_decay, image_size, normalization, batch_size, epochs...; for a text backbone also
+    data, max_tokens, per_class, val_fraction, classes, seed).
     hier: ``surgery.Hierarchy`` or its ``to_dict()``. backbone: ``backbones.describe(key)`` plus
     optional ``torchvision_weights``, ``pretrained_tag``, ``weights_file``, ``num_classes``.
     phases: (name, epochs, plan dict) per phase; default one phase with ``cfg["plan"]``."""

@@ -212,7 +212,7 @@ def _shared_cache(plan: CachePlan, model: nn.Module, images: torch.Tensor, trans
     return PrefixCache(plan.prefix, model, images, transform, to_device, on_full=lambda out: store.store(key, out))
 
 
-def _describe(plan: CachePlan, caches: dict[str, PrefixCache], shared: bool) -> str:
+def _describe(plan: CachePlan, caches: dict[str, PrefixCache], shared: bool, noun: str = "images") -> str:
     shape = tuple(next(iter(caches.values())).shape)
     count, total = sum(len(c) for c in caches.values()), sum(c.nbytes for c in caches.values())
     reused = [k for k, c in caches.items() if c.reused]
@@ -222,17 +222,18 @@ def _describe(plan: CachePlan, caches: dict[str, PrefixCache], shared: bool) -> 
         how = f"{' and '.join(reused)} features reused from an earlier run, the rest filled during the first epoch"
     else:
         how = "filled during the first epoch" + (", then kept for later runs" if shared else "")
-    return f"{plan.why} ({count} images x {shape} = {total / 2**20:.1f} MB, {how})"
+    return f"{plan.why} ({count} {noun} x {shape} = {total / 2**20:.1f} MB, {how})"
 
 
 def prefix_features(plan: CachePlan, model: nn.Module, images: dict[str, torch.Tensor], transform, to_device,
-                    limit: int = CACHE_LIMIT_BYTES,
-                    key: dict | None = None) -> tuple[dict[str, PrefixCache] | None, str]:
+                    limit: int = CACHE_LIMIT_BYTES, key: dict | None = None,
+                    noun: str = "images") -> tuple[dict[str, PrefixCache] | None, str]:
     """The frozen prefix's outputs for each image set in ``images`` (uint8 [N,C,H,W], run through
     ``transform`` then ``to_device``), filled as batches ask for them, and one line saying what was
     cached; (None, why not) when ``plan`` refuses or the features would take more than ``limit`` bytes.
     Given ``key`` (more key inputs, e.g. ``key_inputs(cfg)``), the features are shared between runs
-    through the ``feature_cache.FeatureStore`` under the runs folder (unless its size cap is 0)."""
+    through the ``feature_cache.FeatureStore`` under the runs folder (unless its size cap is 0).
+    ``noun``: what the samples are called in that line ("images", or "texts" for a text run)."""
     if not plan.ok:
         return None, plan.why
     store = feature_cache.FeatureStore() if key is not None else None
@@ -244,7 +245,7 @@ def prefix_features(plan: CachePlan, model: nn.Module, images: dict[str, torch.T
     if total > limit:
         return None, (f"not cached: the frozen part's outputs would take {total / 2**20:,.0f} MB, "
                       f"over the {limit / 2**20:,.0f} MB limit")
-    return caches, _describe(plan, caches, store is not None)
+    return caches, _describe(plan, caches, store is not None, noun)
 
 
 class Batches(torch.utils.data.Dataset):
@@ -284,7 +285,8 @@ def phase_loaders(model: nn.Module, cache: CachePlan, data: dict, dev, batch_siz
     images, labels = {k: ds.images[i] for k, i in idx.items()}, {k: ds.labels[i] for k, i in idx.items()}
     if key is not None:
         key = {**key, "amp": str(dev.amp_dtype), "channels_last": dev.channels_last}
-    feats, why = prefix_features(cache, model, images, data["eval_tf"], dev.move, key=key)
+    noun = "texts" if hasattr(ds, "texts") else "images"  # a text_data.TextSet holds its texts
+    feats, why = prefix_features(cache, model, images, data["eval_tf"], dev.move, key=key, noun=noun)
     if feats is not None:
         sets = {k: Batches(feats[k], labels[k].to(dev.device)) for k in idx}
         forward, pin, val_bs = cache.suffix, False, CACHED_VAL_BATCH

@@ -10,6 +10,7 @@ class ConsoleProgress:
 
     def __init__(self, file=None, disable: bool | None = None):
         self.file, self.disable, self.bar = file or sys.stderr, disable, None
+        self.unit = "images"  # what a sample is: the run info's "unit" (images, or texts for a text run)
 
     def _write(self, text: str) -> None:
         from tqdm import tqdm
@@ -21,8 +22,9 @@ class ConsoleProgress:
 
         if event == "before_fit":
             i = data["info"]
+            self.unit = i.get("unit", "images")
             self._write(f"{i['backbone']} ({i['weights_label']}) on {i['device']}: {i['num_train']} train / "
-                        f"{i['num_val']} val images, {i['num_classes']} classes, {i['total_epochs']} epochs")
+                        f"{i['num_val']} val {self.unit}, {i['num_classes']} classes, {i['total_epochs']} epochs")
             self.bar = tqdm(total=i["steps_per_epoch"] * i["total_epochs"], unit="step", file=self.file,
                             disable=self.disable, dynamic_ncols=True, leave=False)
         elif event == "before_phase":
@@ -36,7 +38,7 @@ class ConsoleProgress:
             m = data["metrics"]
             self._write(f"epoch {m['epoch']:>3}  train loss {m['train_loss']:.3f} acc {m['train_acc']:.3f}  "
                         f"val loss {m['val_loss']:.3f} acc {m['val_acc']:.3f}  {m['epoch_time']:.1f}s "
-                        f"{m['images_per_s']:.0f} img/s")
+                        f"{m['images_per_s']:.0f} {self.unit}/s")
         elif event == "after_fit":
             if self.bar is not None:
                 self.bar.close()
