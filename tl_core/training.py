@@ -217,10 +217,6 @@ class Trainer:
         probe = self.data["eval_tf"](ds.images[val[:1]]).to(self.device)
         return telemetry.Snapshots(model, self.hier, probe, layers, self.dev.autocast)
 
-    def _say(self, line: str) -> str:
-        """A message of the engine in this run's words: texts, not images, for a text run."""
-        return line.replace(" images x ", " texts x ") if self.text else line
-
     def _cache_plan(self, plan: surgery.FreezePlan) -> features.CachePlan:
         return features.plan_cache(self.model, self.hier, self.chain, plan, enabled=self.cfg.cache_features,
                                    augmented=self.data["augment"].any)
@@ -238,7 +234,7 @@ class Trainer:
         self.optimizer, self.scheduler = build_optimizer(cfg, self.model, self.hier, phase.plan,
                                                          self.step if gradual else 0, span)
         record = {"phase": pi + 1, "name": phase.name, "epochs": phase.epochs, "trainable": phase.plan.trainable,
-                  "lrs": {g["name"]: g["lr"] for g in self.optimizer.param_groups}, "cache": self._say(loaders["why"]),
+                  "lrs": {g["name"]: g["lr"] for g in self.optimizer.param_groups}, "cache": loaders["why"],
                   "cached": loaders["cached"], "trainable_params": surgery.count_params(self.model)["trainable"]}
         self.phase_log.append(record)
         self.emit("before_phase", **record)
