@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import bn, freeze_depth, normalization, quadrant, race, what_changed, yosinski
+from . import bn, freeze_depth, normalization, quadrant, race, text_race, what_changed, yosinski
 from .analysis import LabResult
 from .config import LabConfig, LabInfo
 
 MODULES: tuple[ModuleType, ...] = (race, freeze_depth, yosinski, quadrant, bn, normalization,  # the tab order
-                                   what_changed)
+                                   what_changed, text_race)
 _BY_ID: dict[str, ModuleType] = {m.INFO.id: m for m in MODULES}
 LABS: dict[str, LabInfo] = {m.INFO.id: m.INFO for m in MODULES}
 
