@@ -169,16 +169,19 @@ def settings(lab: str) -> labs.LabConfig:
     top[1].caption(f"Default: sized for about 5 minutes or less on an idle 2-core CPU — {info.timing}."
                    if cfg.preset == "default" else "GPU configuration: expect it to take much longer on a CPU.")
     c = st.columns(5)
+    text = lab == "text_race"
     if lab != "quadrant":
-        c[0].number_input("Images per class" + (" (task B)" if lab == "yosinski" else ""), min_value=0,
+        c[0].number_input(("Reviews" if text else "Images") + " per class" + (" (task B)" if lab == "yosinski" else ""),
+                          min_value=0,
                           max_value=100_000, step=5, key=f"{lab}_per_class", on_change=_edit,
                           args=(lab, "per_class", lambda v: v or None),
                           help="Training images per class (0 = all). Transfer effects show with few: 20–30.")
     else:
         c[0].text_input("Images per class (sizes)", key=f"{lab}_sizes", on_change=_edit, args=(lab, "sizes", _sizes),
                         help="Comma-separated, 'all' for every image, e.g. 5,20,100,all")
-    c[1].selectbox("Image size (px)", sorted({32, 48, 64, 96, 128, 160, 224, cfg.image_size}),
-                   key=f"{lab}_image_size", on_change=_edit, args=(lab, "image_size"))
+    if not text:  # the text lab's token length comes with its preset
+        c[1].selectbox("Image size (px)", sorted({32, 48, 64, 96, 128, 160, 224, cfg.image_size}),
+                       key=f"{lab}_image_size", on_change=_edit, args=(lab, "image_size"))
     c[2].number_input("Epochs" + (" (transfer runs)" if lab == "yosinski" else ""), min_value=1, max_value=100,
                       key=f"{lab}_epochs", on_change=_edit, args=(lab, "epochs"))
     c[3].number_input("Seed", min_value=0, max_value=10_000, key=f"{lab}_seed", on_change=_edit, args=(lab, "seed"),
@@ -187,7 +190,7 @@ def settings(lab: str) -> labs.LabConfig:
                       args=(lab, "seeds"), help="How many times the lab runs, with training seeds seed, seed+1, …: "
                       "same split, different initialisation and batch order. Two or more give a 95% interval.")
     only_seed(lab, cfg)
-    if lab in ("race", "quadrant"):
+    if lab in ("race", "quadrant", "text_race"):
         from tl_core.strategies import STRATEGIES
 
         st.multiselect("Strategies", list(STRATEGIES), key=f"{lab}_strategies", on_change=_edit,
