@@ -20,6 +20,12 @@ STEPS = {
 }
 
 
+def _input_label(row: dict) -> str:
+    if row.get("modality") == "text":
+        return f"≤ {row['input_size']} tokens" if row.get("input_size") else "any length"
+    return f"{row['input_size']} px"
+
+
 def home() -> None:
     import torch
 
@@ -55,7 +61,7 @@ def home() -> None:
             [{"Backbone": r["label"], "Params": visuals.fmt_count(r["params"]),
               "Weights": ("✔ " if r["weights"] in ("bundled", "cached", "user") else "⬇ " if r["weights"] ==
                           "download" else "✖ ") + _ui.WEIGHT_BADGE[r["weights"]][0],
-              "Input": f"{r['input_size']} px"} for r in rows],
+              "Input": _input_label(r)} for r in rows],
             hide_index=True, width="stretch",
         )
         usable = [r["label"] for r in rows if r["weights"] in ("bundled", "cached", "user")]
