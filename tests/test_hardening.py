@@ -379,3 +379,127 @@ def test_resolve_accepts_named_files_and_text_csv_uses_it(root, tmp_path):
     os.mkfifo(root / "pipe.csv")
     with pytest.raises(DataError, match="named pipe"):
         finishes(lambda: text_data.load_text_csv("pipe.csv", data_root=root), [root / "pipe.csv"])
+
+
+# --------------------------------------------------------------------------- 1, 6, 9, 10, 5: validation and the CLI
+
+from tl_core import estimate, limits  # noqa: E402
+from tl_core.config import TrainConfig  # noqa: E402
+from tl_core.labs import LabConfig  # noqa: E402
+
+
+def cli(*args, cwd, env=None):
+    """``python -m tl_core ARGS`` in a real process, with the run store in ``cwd``."""
+    full = {**os.environ, "TL_RUNS_DIR": str(Path(cwd) / "runs"), "PYTHONPATH": str(Path(__file__).parents[1]),
+            **(env or {})}
+    full.pop("TL_CLI_TRUSTED", None)
+    return subprocess.run([sys.executable, "-m", "tl_core", *args], capture_output=True, text=True, cwd=cwd,
+                          env=full, timeout=300)
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(epochs=101), "epochs must be a whole number from 1 to 100"),
+    (dict(batch_size=513), "batch_size must be a whole number from 1 to 512"),
+    (dict(per_class=5001), "per_class .* from 1 to 5000"),
+    (dict(backbone="resnet101", weights="random"), "not in the catalogue.*TL_LIMIT_ALLOW_ANY_TIMM"),
+])
+def test_train_config_limits(changes, message, monkeypatch):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**changes).validate()
+    monkeypatch.setenv("TL_LIMITS_FILE", "")
+    monkeypatch.setenv("TL_LIMIT_MAX_EPOCHS", "200")
+    monkeypatch.setenv("TL_LIMIT_MAX_BATCH_SIZE", "1024")
+    monkeypatch.setenv("TL_LIMIT_MAX_PER_CLASS", "6000")
+    monkeypatch.setenv("TL_LIMIT_ALLOW_ANY_TIMM", "true")
+    TrainConfig(**changes).validate()  # a teacher raised the limit
+
+
+@pytest.mark.parametrize("backbone", ["test_resnet", "test_efficientnet", "test_vit", "resnet10t"])
+def test_small_test_architectures_stay_accepted(backbone):
+    TrainConfig(backbone=backbone, weights="random", image_size=32).validate()
+
+
+def test_lab_links_above_the_widgets_are_refused_not_kept():
+    for query, message in [("lab=race&epochs=1000", "epochs must be a whole number from 1 to 100, not 1000"),
+                           ("lab=race&backbone=vit_giant_patch14_224", "not in the catalogue"),
+                           ("lab=quadrant&sizes=5,99999", "sizes .* from 1 to 5000, not 99999"),
+                           ("lab=race&seeds=3&seed=-1", "seed must be a whole number >= 0")]:
+        with pytest.raises(ValueError, match=message):
+            LabConfig.from_query(query).validate()
+
+
+def test_estimate_refuses_what_does_not_fit_with_the_number(monkeypatch):
+    with pytest.raises(ValueError, match=r"would need about [\d.]+ GB of memory, more than this machine's"):
+        LabConfig.from_query("lab=freeze_depth&image_size=1024").validate()  # the issue's 24 GB link
+    heavy = dict(data="mnist", per_class=None, strategy="full", epochs=100, image_size=96)
+    e = estimate.estimate(TrainConfig(**heavy))
+    assert e.seconds > 60 and e.memory_bytes > estimate.BASE_BYTES
+    monkeypatch.setenv("TL_LIMIT_MAX_RUN_MINUTES", "1")
+    with pytest.raises(ValueError, match=r"would take about [\d,]+ minutes on cpu, over the 1-minute limit"):
+        TrainConfig(**heavy).validate()
+    assert estimate.estimate(TrainConfig().validate()).seconds < 60  # the default run stays small
+
+
+@pytest.mark.parametrize("field", ["lr", "momentum", "weight_decay", "backbone_lr_mult", "lr_decay", "val_fraction"])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_numbers_are_refused(field, value):
+    with pytest.raises(ValueError, match=fr"^{field} must be .*\(a finite number\).*, not {value!r}$"):
+        TrainConfig(**{field: value}).validate()
+
+
+@pytest.mark.parametrize("field", ["lr", "val_fraction", "target_acc"])
+def test_non_finite_lab_numbers_are_refused(field):
+    with pytest.raises(ValueError, match=fr"^{field} must be .*\(a finite number\)"):
+        LabConfig.from_query(f"lab=race&{field}=nan").validate()
+
+
+def test_bad_numbers_from_the_cli_get_one_line(tmp_path):
+    for args, message in [(["train", "--backbone-lr-mult", "inf"], "backbone_lr_mult must be > 0 (a finite number), not inf"),
+                          (["train", "--lr-decay", "inf"], "lr_decay must be >= 1 (a finite number)"),
+                          (["train", "--seed", "-5"], "seed must be a whole number >= 0"),
+                          (["layers", "mobilenetv2", "--image-size", "0"], "--image-size must be a whole number"),
+                          (["layers", "mobilenetv2", "--image-size", "-3"], "--image-size must be a whole number"),
+                          (["layers", "mobilenetv2", "--image-size", "4096"], "from 16 to 1024, not 4096")]:
+        proc = cli(*args, cwd=tmp_path)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, (args, proc.stderr)
+
+
+def test_errors_are_found_before_a_run_exists(tmp_path):
+    for changes, message in [(dict(data="no_such_set"), "no_such_set not found"), (dict(data="/etc"), "outside the data root"),
+                             (dict(device="cuda:99"), "device cuda:99: this machine has"),
+                             (dict(weights_file=str(tmp_path / "none.pth")), "weights_file .* cannot read it")]:
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**changes).validate()
+    with pytest.raises(ValueError, match="outside the data root"):
+        LabConfig.from_query("lab=race&data=/etc").validate()
+    for args in (["--data", "no_such_set"], ["--device", "cuda:99"]):
+        proc = cli("train", *args, cwd=tmp_path)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    assert json.loads(cli("runs", "--json", cwd=tmp_path).stdout) == []  # no failed run left behind
+
+
+def test_any_path_is_for_the_command_line_only(tmp_path):
+    outside = make_folder(tmp_path / "elsewhere" / "pets", {"cat": 5, "dog": 5})
+    cfg = TrainConfig(data=str(outside), data_root=UNRESTRICTED)
+    with pytest.raises(ValueError, match="reading any path is for the command line only"):
+        cfg.validate()  # a page or a link
+    assert cfg.validate(trusted=True) is cfg
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = cli("check-data", str(outside), cwd=work)
+    assert proc.returncode == 0 and "10 images, 2 classes" in proc.stdout
+    proc = cli("train", "--data", str(outside), "--strategy", "feature-extraction",
+               "--weights-file", str(tmp_path / "missing.safetensors"), cwd=work)
+    assert proc.returncode == 2 and "weights_file" in proc.stderr and "missing.safetensors" in proc.stderr
+
+
+def test_cli_output_escapes_control_characters(tmp_path):
+    evil = "\x1b[2Jcat\nFAKE"
+    make_folder(tmp_path / "pets", {evil: 5, "dog": 5})
+    proc = cli("check-data", str(tmp_path / "pets"), cwd=tmp_path)
+    assert proc.returncode == 0 and "\x1b" not in proc.stdout and "\\x1b[2Jcat\\nFAKE" in proc.stdout
+    from tl_core.runs import RunStore
+
+    RunStore(tmp_path / "runs").create(TrainConfig(name="run\x1b[31m\nowned"))
+    proc = cli("runs", cwd=tmp_path)
+    assert proc.returncode == 0 and "\x1b" not in proc.stdout and "run\\x1b[31m\\nowned" in proc.stdout

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
+import os
 from dataclasses import dataclass, field
 
-from . import backbones, limits, models, strategies, surgery, text_data, text_models
+from . import backbones, estimate, limits, models, strategies, surgery, text_data, text_models
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
+# Set to "1" by the command line (its user owns the machine) and inherited by the workers it starts: only then
+# may a config read any path (``data_root=data.UNRESTRICTED``). A config from a page or a link never may.
+TRUSTED_ENV = "TL_CLI_TRUSTED"
 
 
 @dataclass
@@ -95,11 +98,19 @@ class TrainConfig:
         return self.max_tokens if self.modality == "text" else self.image_size
 
     # --- checks
-    def validate(self) -> "TrainConfig":
-        """Raise ValueError with one clear line for the first bad field. Returns self."""
+    def validate(self, trusted: bool | None = None) -> "TrainConfig":
+        """Raise ValueError with one clear line for the first bad field, then for a run that would not fit
+        this machine (``tl_core.estimate``). ``trusted``: the config comes from the command line, so it may
+        read any path (``data_root=data.UNRESTRICTED``); None: only in a process the CLI marked
+        (``TRUSTED_ENV``). Returns self."""
         lim = limits.current()
-        for check in (_check_model, _check_data, _check_length, _check_optimizer, _check_runtime, _check_blocks):
+        trusted = os.environ.get(TRUSTED_ENV) == "1" if trusted is None else trusted
+        limits.check_types(self)
+        for check in (_check_model, _check_length, _check_optimizer, _check_runtime):
             check(self, lim)
+        _check_data(self, lim, trusted)
+        _check_blocks(self, lim)
+        estimate.check(self, lim)
         return self
 
 
@@ -115,10 +126,24 @@ def _one_of(name: str, value, choices) -> None:
         _bad(f"{name} must be one of {', '.join(choices)}, not {value!r}")
 
 
+def check_backbone(name, lim: limits.Limits) -> None:
+    """The backbone policy of ``TrainConfig`` and ``LabConfig``: a catalogue key (labs' saved backbones
+    included), one of ``limits.SMALL_TIMM``, or any timm architecture when ``lim.allow_any_timm``."""
+    if not isinstance(name, str) or not name:
+        _bad(f"backbone must name a backbone of the catalogue, not {name!r}")
+    if name in backbones.catalogue() or name in limits.SMALL_TIMM:
+        return
+    if models.is_timm_arch(name):
+        if lim.allow_any_timm:
+            return
+        _bad(f"backbone {name!r} is not in the catalogue; choose one of: {', '.join(backbones.catalogue())} "
+             "(a teacher allows any timm architecture with TL_LIMIT_ALLOW_ANY_TIMM=1)")
+    _bad(f"unknown backbone {name!r}; choose one of: {', '.join(backbones.catalogue())}")
+
+
 def _check_model(c: TrainConfig, lim: limits.Limits) -> None:
+    check_backbone(c.backbone, lim)
     known = c.backbone in backbones.catalogue()
-    if not known and not models.is_timm_arch(c.backbone):
-        _bad(f"unknown backbone {c.backbone!r}; choose one of: {', '.join(backbones.catalogue())}")
     if not known and c.effective_weights != "random":
         _bad(f"{c.backbone!r} is not in the catalogue: only weights='random' can build it")
     if c.weights not in ("pretrained", "random"):
@@ -127,13 +152,24 @@ def _check_model(c: TrainConfig, lim: limits.Limits) -> None:
         _bad(f"unknown strategy {c.strategy!r}; choose one of: {', '.join(strategies.STRATEGIES)}")
     if c.weights_file and c.modality == "text":
         _bad(f"{c.backbone} is a text backbone: it reads its bundled weights, not a weights file (weights_file=None)")
+    if c.weights_file:
+        from . import data
+
+        try:
+            data.check_regular(c.weights_file)  # found before a run exists (never opened: a FIFO cannot block)
+        except data.DataError as exc:
+            _bad(f"weights_file {c.weights_file}: {exc}; give the path of a .safetensors or .pth file")
 
 
-def _check_data(c: TrainConfig, lim: limits.Limits) -> None:
+def _check_data(c: TrainConfig, lim: limits.Limits, trusted: bool = False) -> None:
     from . import data
 
     if not isinstance(c.data, str) or not c.data:
         _bad("data must name a built-in dataset or a folder/zip in the data root")
+    if c.data_root is not None and not isinstance(c.data_root, str):
+        _bad(f"data_root must be a folder path or None, not {c.data_root!r}")
+    if c.data_root == data.UNRESTRICTED and not trusted:
+        _bad("data_root: reading any path is for the command line only; choose a dataset inside the data root")
     kind = text_data.data_modality(c.data)
     if kind is not None and kind != c.modality:
         _bad(_modality_mismatch(c, kind))
@@ -141,9 +177,9 @@ def _check_data(c: TrainConfig, lim: limits.Limits) -> None:
                                   or not all(isinstance(x, str) for x in c.classes)):
         _bad(f"classes must list at least two distinct class names (or be None for all), not {c.classes!r}")
     if c.per_class is not None:
-        limits.check_int("per_class (or None for all)", c.per_class, 1)
-    if not 0 < c.val_fraction < 1:
-        _bad(f"val_fraction must be between 0 and 1, not {c.val_fraction}")
+        limits.check_int("per_class (or None for all)", c.per_class, 1, lim.max_per_class)
+    limits.check_float("val_fraction", c.val_fraction, 0, 1, lo_open=True, hi_open=True)
+    check_data_source(c.data, c.data_root, c.modality)
     limits.check_int("image_size", c.image_size, lim.min_image_size, lim.max_image_size, unit=" of pixels")
     limits.check_int("max_tokens", c.max_tokens, lim.min_tokens, lim.max_tokens, unit=" of tokens")
     unknown = set(c.augment or {}) - {f.name for f in dataclasses.fields(data.Augment)}
@@ -152,6 +188,20 @@ def _check_data(c: TrainConfig, lim: limits.Limits) -> None:
     if c.modality == "text" and data.Augment(**(c.augment or {})).any:
         _bad("augmentation is for images: a text run takes none (augment={})")
     _one_of("normalization", c.normalization, data.NORMALIZATIONS)
+
+
+def check_data_source(source: str, data_root=None, modality: str = "image") -> None:
+    """A built-in data set, or a folder / zip (/ ``.csv`` for text) inside the data root (anywhere with
+    ``data.UNRESTRICTED``): refused here, before a run exists, not 8 s into it."""
+    from . import data
+
+    if source in data.BUILTIN or source in text_data.TEXT_BUILTIN:
+        return
+    try:
+        data.resolve_data_path(source, data_root, files=(".csv",) if modality == "text" else ())
+    except data.DataError as exc:
+        names = ", ".join([*data.BUILTIN, *text_data.TEXT_BUILTIN])
+        _bad(f"data {source!r}: {str(exc).splitlines()[0]} (built-in data sets: {names})")
 
 
 def _modality_mismatch(c: TrainConfig, kind: str) -> str:
@@ -165,27 +215,23 @@ def _modality_mismatch(c: TrainConfig, kind: str) -> str:
 
 
 def _check_length(c: TrainConfig, lim: limits.Limits) -> None:
-    # Limits.max_epochs / max_batch_size are not applied yet: they would refuse configs accepted today.
-    limits.check_int("epochs", c.epochs, 1)
-    limits.check_int("head_epochs", c.head_epochs, 1)
+    limits.check_int("epochs", c.epochs, 1, lim.max_epochs)
+    limits.check_int("head_epochs", c.head_epochs, 1, lim.max_epochs)
     if c.strategy == "two_phase" and c.head_epochs >= c.epochs:
         _bad(f"two_phase needs epochs > head_epochs (phase 2 would get {c.epochs - c.head_epochs} epochs); "
              f"raise epochs or lower head_epochs")
-    limits.check_int("batch_size", c.batch_size, 1)
+    limits.check_int("batch_size", c.batch_size, 1, lim.max_batch_size)
 
 
 def _check_optimizer(c: TrainConfig, lim: limits.Limits) -> None:
-    if c.lr is not None and not (isinstance(c.lr, (int, float)) and 0 < c.lr < math.inf):
-        _bad(f"lr must be > 0, not {c.lr!r}")
+    if c.lr is not None:
+        limits.check_float("lr", c.lr, 0, lo_open=True)
     _one_of("optimizer", c.optimizer, OPTIMIZERS)
-    if not 0 <= c.momentum < 1:
-        _bad(f"momentum must be in [0, 1), not {c.momentum}")
-    if not c.weight_decay >= 0:
-        _bad(f"weight_decay must be >= 0, not {c.weight_decay}")
-    if not c.backbone_lr_mult > 0:
-        _bad(f"backbone_lr_mult must be > 0, not {c.backbone_lr_mult}")
-    if c.lr_decay is not None and not c.lr_decay >= 1:
-        _bad(f"lr_decay must be >= 1 (e.g. 2.6), or None for one LR, not {c.lr_decay}")
+    limits.check_float("momentum", c.momentum, 0, 1, hi_open=True)
+    limits.check_float("weight_decay", c.weight_decay, 0)
+    limits.check_float("backbone_lr_mult", c.backbone_lr_mult, 0, lo_open=True)
+    if c.lr_decay is not None:
+        limits.check_float("lr_decay", c.lr_decay, 1, hint=" (e.g. 2.6), or None for one LR")
     _one_of("bn_mode", c.bn_mode, surgery.BN_MODES)
     _one_of("schedule", c.schedule, SCHEDULES)
 
@@ -195,11 +241,28 @@ def _check_runtime(c: TrainConfig, lim: limits.Limits) -> None:
         limits.check_int("num_threads", c.num_threads, 1)
     for name in ("seed", "split_seed"):
         value = getattr(c, name)
-        if (value is not None or name == "seed") and (not isinstance(value, int) or isinstance(value, bool)):
-            _bad(f"{name} must be a whole number, not {value!r}")
-    dev = str(c.device)
+        if value is not None or name == "seed":
+            limits.check_int(name, value, 0, lim.max_seed)
+    check_device(c.device)
+
+
+def check_device(device) -> None:
+    """auto, cpu, cuda, cuda:N or mps, and present on this machine (``cuda:99`` is refused here)."""
+    import torch
+
+    dev = str(device)
     if dev not in ("auto", "cpu", "mps", "cuda") and not (dev.startswith("cuda:") and dev[5:].isdigit()):
         _bad(f"device must be auto, cpu, cuda, cuda:N or mps, not {dev!r}")
+    if dev.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(dev[5:]) if ":" in dev else 0
+        if index >= count:
+            have = f"GPUs cuda:0..cuda:{count - 1}" if count else "no CUDA GPU"
+            _bad(f"device {dev}: this machine has {have}; use device auto (or cpu)")
+    if dev == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            _bad("device mps: Apple's MPS is not available on this machine; use device auto (or cpu)")
 
 
 def _check_blocks(c: TrainConfig, lim: limits.Limits) -> None:

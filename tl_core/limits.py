@@ -2,12 +2,19 @@
 
 ``TrainConfig.validate`` and ``LabConfig.validate`` both read ``current()``. A teacher raises a limit with an
 environment variable (``TL_LIMIT_<NAME>``, e.g. ``TL_LIMIT_MAX_IMAGE_SIZE=512``) or a JSON file named by
-``TL_LIMITS_FILE`` holding ``{"max_image_size": 512, ...}``.
+``TL_LIMITS_FILE`` holding ``{"max_image_size": 512, ...}``. Booleans read ``1/true/yes/on`` as true.
+
+The defaults keep one classroom server safe from a shared link: a run may ask for at most 1024 px, 100
+epochs, 5,000 images per class, batches of 512, a lab for 100 runs; the backbone must be in the catalogue
+(or one of ``SMALL_TIMM`` below) unless ``allow_any_timm``; and ``tl_core.estimate`` refuses a run whose
+estimated memory exceeds the machine's RAM (or its GPU's memory) or whose estimated time exceeds
+``max_run_minutes``.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 
@@ -18,8 +25,12 @@ class Limits:
     max_image_size: int = 1024
     min_tokens: int = 8  # token length of a text run (TrainConfig.max_tokens)
     max_tokens: int = 512  # MiniLM's position embeddings end at 512
-    max_epochs: int = 1000
-    max_batch_size: int = 4096
+    max_epochs: int = 100  # the Labs page's Epochs widget stops at 100 too
+    max_batch_size: int = 512
+    max_per_class: int = 5000  # training images per class (per_class, a lab's sizes)
+    max_seed: int = 1_000_000  # seeds are >= 0 and below this
+    max_run_minutes: int = 180  # tl_core.estimate: the longest estimated run accepted (one class period and more)
+    allow_any_timm: bool = False  # True: any timm architecture (random init) as a backbone, not just the catalogue
     upload_quota_mb: int = 2000  # unpacked size of one owner's uploaded datasets (tl_core.data.uploads)
     feature_cache_mb: int = 2048  # frozen-prefix features shared between runs (runs/feature_cache); 0: off
     max_seeds: int = 100  # seeds of one lab (LabConfig.seeds)
@@ -41,7 +52,23 @@ class Limits:
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ValueError(f"unknown limit(s) {', '.join(unknown)}; known: {', '.join(known)}")
-        return cls(**{k: type(getattr(cls, k))(v) for k, v in values.items()})
+        return cls(**{k: _parse(type(getattr(cls, k)), k, v) for k, v in values.items()})
+
+
+def _parse(kind: type, name: str, value):
+    if kind is bool and isinstance(value, str):
+        if value.strip().lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+            raise ValueError(f"limit {name} must be true or false, not {value!r}")
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"limit {name} must be a whole number, not {value!r}") from None
+
+
+# Small timm architectures accepted as backbones (random init) although outside the catalogue: the test
+# models of the tests and labs, and resnet10t (the Yosinski lab's GPU preset).
+SMALL_TIMM = ("test_resnet", "test_efficientnet", "test_vit", "resnet10t")
 
 
 def current() -> Limits:
@@ -53,5 +80,51 @@ def check_int(name: str, value, lo: int, hi: int | None = None, unit: str = "") 
     """Raise ValueError with one line unless ``value`` is a whole number in [lo, hi]."""
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= lo and (hi is None or value <= hi)
     if not ok:
-        span = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
+        above = isinstance(value, int) and not isinstance(value, bool) and value >= lo
+        span = f"from {lo} to {hi}" if above else f">= {lo}" + (f" (at most {hi})" if hi is not None else "")
         raise ValueError(f"{name} must be a whole number{unit} {span}, not {value!r}")
+
+
+def check_float(name: str, value, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+                hi_open: bool = False, hint: str = "") -> None:
+    """Raise ValueError with one line unless ``value`` is a finite real number in the given range
+    (``lo_open``/``hi_open``: the bound itself is excluded). NaN and infinities are always refused."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (lo is None or (value > lo if lo_open else value >= lo))
+    ok = ok and (hi is None or (value < hi if hi_open else value <= hi))
+    if not ok:
+        span = " ".join(x for x in (
+            "" if lo is None else f"{'>' if lo_open else '>='} {lo:g}",
+            "" if hi is None else f"{'and ' if lo is not None else ''}{'<' if hi_open else '<='} {hi:g}") if x)
+        what = f"{span} (a finite number)" if span else "a finite number"
+        raise ValueError(f"{name} must be {what}{hint}, not {value!r}")
+
+
+_SIMPLE = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict}
+
+
+def check_types(obj) -> None:
+    """Raise ValueError (one line) for the first field of dataclass ``obj`` whose value is not of its
+    declared type (``int | None``, ``list[str]``, ``list[int | None]`` ...): JSON and query strings can carry
+    anything, and the range checks assume the types (they refuse booleans for numbers themselves)."""
+    for f in dataclasses.fields(obj):
+        value, kind = getattr(obj, f.name), str(f.type)
+        if not _fits(value, kind):
+            raise ValueError(f"{f.name} must be of type {kind}, not {value!r}"[:300])
+
+
+def _fits(value, kind: str) -> bool:
+    options = [k.strip() for k in kind.split("|")] if not kind.startswith("list[") else [kind]
+    if kind.startswith("list[") and "] | None" in kind:
+        options = [kind[: kind.index("]") + 1], "None"]
+    for k in options:
+        if k == "None" and value is None:
+            return True
+        if k.startswith("list["):
+            inner = k[5:-1]
+            if isinstance(value, list) and all(_fits(v, inner) for v in value):
+                return True
+        elif k in _SIMPLE:
+            if isinstance(value, _SIMPLE[k]):
+                return True
+    return False

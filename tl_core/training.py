@@ -145,7 +145,7 @@ class Trainer:
     ``.history`` (after_epoch metrics) and ``.should_stop``."""
 
     def __init__(self, cfg: TrainConfig, callbacks=()):
-        self.cfg = cfg.validate()
+        self.cfg = cfg.validate(trusted=True)  # admitted at launch (pages refuse outside paths there)
         self.callbacks = list(callbacks)
         self.should_stop: str | None = None
         self.model: nn.Module | None = None

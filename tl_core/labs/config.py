@@ -162,21 +162,54 @@ class LabConfig:
         _check_lab(self.lab)
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {', '.join(PRESETS)}, not {self.preset!r}")
+        limits.check_types(self)
         for s in self.strategies:
             if s not in strategies.STRATEGIES:
                 raise ValueError(f"unknown strategy {s!r}; choose from: {', '.join(strategies.STRATEGIES)}")
         self._check_bounds()
-        if self.target_acc is not None and not 0 < self.target_acc <= 1:
-            raise ValueError(f"target_acc must be in (0, 1], not {self.target_acc}")
+        if self.target_acc is not None:
+            limits.check_float("target_acc", self.target_acc, 0, 1, lo_open=True)
+        self._check_sources()
         check = getattr(module(self.lab), "check", None)
         if check is not None:
             check(self)
         return self
 
+    def _check_sources(self) -> None:
+        """Backbone, data, domains and device through TrainConfig's own checks, then the estimate of the
+        lab's heaviest run (the backbone trained, the largest size) before any plan or forward pass."""
+        from .. import config, estimate, models
+
+        lim = limits.current()
+        config.check_backbone(self.backbone, lim)
+        kind = models.modality(self.backbone)
+        for source in dict.fromkeys([self.data, *(self.domains if self.lab == "quadrant" else [])]):
+            config.check_data_source(source, None, kind)
+        config.check_device(self.device)
+        sizes = [s for s in self.sizes if s is not None] if self.lab == "quadrant" else []
+        per_class = None if self.lab == "quadrant" and None in self.sizes else max([*sizes, self.per_class or 0]) or None
+        heavy = config.TrainConfig(backbone=self.backbone, weights="random", data=self.data, per_class=per_class,
+                                   image_size=self.image_size, epochs=max(self.epochs, self.source_epochs),
+                                   batch_size=self.batch_size, val_fraction=self.val_fraction, strategy="full",
+                                   device=self.device)
+        estimate.check(heavy, lim)
+
     def _check_bounds(self) -> None:
         lim = limits.current()
-        if self.per_class is not None:
-            limits.check_int("per_class", self.per_class, 1)
+        if self.lr is not None:
+            limits.check_float("lr", self.lr, 0, lo_open=True)
+        limits.check_float("val_fraction", self.val_fraction, 0, 1, lo_open=True, hi_open=True)
+        limits.check_int("seed", self.seed, 0, lim.max_seed)
+        for name in ("per_class", "source_per_class"):
+            if getattr(self, name) is not None:
+                limits.check_int(name, getattr(self, name), 1, lim.max_per_class)
+        for size in self.sizes:
+            if size is not None:
+                limits.check_int("sizes (images per class)", size, 1, lim.max_per_class)
+        for depth in self.depths or []:
+            limits.check_int("depths", depth, 0, 1000)
+        if self.freeze_blocks is not None:
+            limits.check_int("freeze_blocks", self.freeze_blocks, 0, 1000)
         limits.check_int("epochs", self.epochs, 1, lim.max_epochs)
         limits.check_int("source_epochs", self.source_epochs, 1, lim.max_epochs)
         limits.check_int("image_size", self.image_size, lim.min_image_size, lim.max_image_size, " of pixels")
