@@ -37,9 +37,16 @@ def cfg(**kw):
 
 
 @pytest.fixture
-def store(tmp_path):
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("TL_WORKER_IDLE_S", "60")  # a warm worker left behind by a failed test exits soon
     s = RunStore(tmp_path / "runs")
     yield s
+    for run in s.list_runs():  # cancel what waits, so that nothing restarts the warm pool
+        if run.status == "queued":
+            s.request_stop(run.id, teacher=True)
+    from tl_core import executor
+
+    executor.stop_pool(s)
     for run in s.list_runs():  # never leave a worker behind
         if run.active and run.pid and run.pid != os.getpid():
             try:

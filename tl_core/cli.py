@@ -7,11 +7,24 @@ import json
 import sys
 
 
+def _clean(value) -> str:
+    """``value`` as text for a terminal: control characters (ANSI escapes, newlines, tabs...) written as
+    escapes (``\\x1b``, ``\\n``), so a class, file or run name cannot move the cursor or fake a line."""
+    import unicodedata
+
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or unicodedata.category(ch)[0] not in "CZ" or ch == " "
+                   else ascii(ch)[1:-1] for ch in text)
+
+
 def _print_table(rows: list[dict], columns: list[str]) -> None:
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) if rows else len(c) for c in columns}
+    rows = [{c: _clean(r.get(c, "")) for c in columns} for r in rows]
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) if rows else len(c) for c in columns}
     print("  ".join(c.upper().ljust(widths[c]) for c in columns))
     for r in rows:
-        print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
+        print("  ".join(r[c].ljust(widths[c]) for c in columns))
 
 
 def _emit(args, rows: list[dict] | dict, columns: list[str] | None = None) -> None:
@@ -19,7 +32,7 @@ def _emit(args, rows: list[dict] | dict, columns: list[str] | None = None) -> No
         print(json.dumps(rows, default=str))
     elif isinstance(rows, dict):
         for k, v in rows.items():
-            print(f"{k}: {v}")
+            print(f"{k}: {_clean(v)}")
     else:
         _print_table(rows, columns or list(rows[0]))
 
@@ -37,8 +50,11 @@ def cmd_backbones(args) -> int:
 
 
 def cmd_layers(args) -> int:
-    from . import backbones, surgery
+    from . import backbones, config, limits, surgery
 
+    lim = limits.current()  # the same bounds as a run: 0 or 4096 px is refused in one line
+    config.check_backbone(args.backbone, lim)
+    limits.check_int("--image-size", args.image_size, lim.min_image_size, lim.max_image_size, " of pixels")
     model, _ = backbones.create_model(args.backbone, weights="random")
     hier = surgery.hierarchy(model, image_size=args.image_size)
     if args.json:
@@ -70,7 +86,7 @@ def cmd_check_data(args) -> int:
     from . import data
 
     try:
-        report = data.check_data(args.path, data_root=args.data_root)
+        report = data.check_data(args.path, data_root=args.data_root or data.UNRESTRICTED)  # the user's own files
     except data.DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -79,18 +95,18 @@ def cmd_check_data(args) -> int:
     else:
         layout = "train/ + val/" if report.has_split else "one folder per class"
         n = len(report.classes)
-        print(f"{report.source}: {report.num_images} images, {n} class{'es' if n != 1 else ''} ({layout})")
+        print(f"{_clean(report.source)}: {report.num_images} images, {n} class{'es' if n != 1 else ''} ({layout})")
         for c in report.classes:
             val = f"  ({report.val_counts[c]} in val/)" if report.has_split else ""
-            print(f"  {c:<24} {report.counts[c]:>6}{val}")
+            print(f"  {_clean(c):<24} {report.counts[c]:>6}{val}")
         if report.skipped:
             print(f"skipped {len(report.skipped)} file(s):")
             for name, why in report.skipped:
-                print(f"  {name}: {why}")
+                print(f"  {_clean(name)}: {_clean(why)}")
         for e in report.errors:
-            print(f"problem: {e}")
+            print(f"problem: {_clean(e)}")
     if not report.ok:
-        print(f"error: {report.source} is not usable: {report.errors[0]}"
+        print(f"error: {_clean(report.source)} is not usable: {_clean(report.errors[0])}"
               + (f" (+{len(report.errors) - 1} more problems)" if len(report.errors) > 1 else ""), file=sys.stderr)
         return 1
     return 0
@@ -98,7 +114,7 @@ def cmd_check_data(args) -> int:
 
 # --- training runs (tl_core.training / tl_core.runs) -----------------------------------------
 _AUGMENT_NAMES = {"flip": "flip", "crop": "random_resized_crop", "jitter": "color_jitter"}
-_CFG_ARGS = ("name", "backbone", "weights", "data", "data_root", "per_class", "image_size", "strategy",
+_CFG_ARGS = ("name", "backbone", "weights", "weights_file", "data", "data_root", "per_class", "image_size", "strategy",
              "freeze_blocks", "head_epochs", "epochs", "batch_size", "lr", "backbone_lr_mult", "lr_decay",
              "bn_mode", "seed", "device", "allow_download")
 _FINAL_STATUSES = ("completed", "stopped")
@@ -116,8 +132,16 @@ def _train_config(args):
         fields["augment"] = {_AUGMENT_NAMES[n]: True for n in names}
     if fields.get("weights", "pretrained") not in ("pretrained", "random"):
         raise ValueError(f"--weights must be pretrained or random, not {fields['weights']!r}")
+    if "strategy" in fields:  # feature-extraction, Two-Phase: the names with underscores
+        fields["strategy"] = fields["strategy"].strip().lower().replace("-", "_")
+    import os
+
+    from . import config, data
+
+    fields.setdefault("data_root", data.UNRESTRICTED)  # the CLI's user owns the machine: any path
+    os.environ[config.TRUSTED_ENV] = "1"  # this process, and the workers it starts, may read it
     cfg = TrainConfig(**fields)
-    cfg.validate()
+    cfg.validate(trusted=True)
     return cfg
 
 
@@ -129,9 +153,10 @@ def _epoch_line(m: dict) -> str:
             f"val loss {f('val_loss', '.4f')} acc {f('val_acc', '.3f')}  {f('images_per_s', '.0f')} img/s")
 
 
-def _follow(store, run_id: str, log) -> bool:
+def _follow(store, run_id: str, log, foreground: bool = False) -> bool:
     """Follow a run until it ends: progress bar (terminal only), one line per epoch on ``log``.
-    Ctrl-C requests a stop; a second Ctrl-C detaches (the run goes on). Returns False if detached."""
+    Ctrl-C requests a stop; a second Ctrl-C detaches (the run goes on) or, for a run in this process
+    (``foreground``), ends it at once as stopped. Returns False if it detached or gave up."""
     import time
 
     from tqdm import tqdm
@@ -162,15 +187,19 @@ def _follow(store, run_id: str, log) -> bool:
                     (bar.write if bar is not None and tty else print)(_epoch_line(row), file=log)
                 if not run.active:
                     return True
-                time.sleep(0.25)
+                time.sleep(0.1 if foreground else 0.25)
             except KeyboardInterrupt:
+                if stopping and foreground:
+                    store.finish(run_id, "stopped", "stopped by Ctrl-C (twice: before its current batch ended)")
+                    print(f"run {run_id} stopped", file=sys.stderr)
+                    return False
                 if stopping:
                     print(f"detached; run {run_id} is still stopping (python -m tl_core runs)", file=sys.stderr)
                     return False
                 stopping = True
-                status = store.request_stop(run_id)
-                print(f"stop requested ({status}); the run ends after the current batch. "
-                      "Ctrl-C again to detach.", file=sys.stderr)
+                status = store.request_stop(run_id, teacher=True)
+                print(f"stop requested ({status}); the run ends after the current batch. Ctrl-C again to "
+                      + ("end it at once." if foreground else "detach."), file=sys.stderr)
     finally:
         if bar is not None:
             bar.close()
@@ -185,15 +214,57 @@ def _run_summary(run) -> dict:
     return out
 
 
+def _store(args):
+    """The run store of ``--runs-dir``; a damaged one is rebuilt, and that is said in one line on stderr."""
+    from .runs import RunStore
+
+    store = RunStore(args.runs_dir)
+    if store.recovered:
+        print(f"note: {store.recovered}", file=sys.stderr)
+    return store
+
+
+def _train_here(store, cfg) -> str:
+    """Register the run (no owner) and train it in a thread of this process once it holds its device
+    slot; returns the run id at once. The main thread follows it (``_follow``) and takes Ctrl-C."""
+    import os
+    import threading
+
+    from . import worker
+
+    run_id = store.create(cfg)
+    store.attach_worker(run_id, os.getpid())
+    beat = worker.Heartbeat(store, run_id)
+    beat.start()
+
+    def train():
+        try:
+            worker.run(store, run_id, say=lambda line: None)  # the CLI shows the progress itself
+        except BaseException as exc:  # outside the fit (the fit records its own ending)
+            store.finish(run_id, "failed", f"{type(exc).__name__}: {exc}")
+        finally:
+            beat.done.set()
+
+    threading.Thread(target=train, name=f"run-{run_id}", daemon=True).start()
+    return run_id
+
+
 def cmd_train(args) -> int:
-    from .runs import RunStore, launch
+    from .executor import check_config, launch
 
     cfg = _train_config(args)  # bad arguments end here, before a run exists
-    run_id = launch(cfg, args.runs_dir)
-    store = RunStore(args.runs_dir)
-    print(f"run {run_id} launched (log: {store.log_path(run_id)})", file=sys.stderr)
+    check_config(cfg)
+    store = _store(args)
+    if args.background:
+        run_id = launch(cfg, store.runs_dir)
+        print(json.dumps({"run_id": run_id, "status": store.get(run_id).status}) if args.json else run_id)
+        print(f"run {run_id} queued for the warm workers (follow: python -m tl_core runs; "
+              f"stop: python -m tl_core stop {run_id})", file=sys.stderr)
+        return 0
+    run_id = _train_here(store, cfg)
+    print(f"run {run_id} training in this process (stop: Ctrl-C, or python -m tl_core stop {run_id})", file=sys.stderr)
     log = sys.stderr if args.json else sys.stdout
-    if not _follow(store, run_id, log):
+    if not _follow(store, run_id, log, foreground=True):
         return 130
     summary = _run_summary(store.get(run_id))
     if args.json:
@@ -208,28 +279,25 @@ def cmd_runs(args) -> int:
     import dataclasses
     import time
 
-    from .runs import RunStore
-
-    runs = RunStore(args.runs_dir).list_runs()
+    store = _store(args)
+    runs = store.list_runs()
     if args.json:
         print(json.dumps([dataclasses.asdict(r) for r in runs], default=str))
         return 0
     rows = [{
         "id": r.id, "name": r.name, "status": r.status + (f" #{r.queue_position}" if r.queue_position else ""),
-        "device": r.device, "best_val_acc": (r.summary or {}).get("best_val_acc", ""),
+        "owner": r.owner or "", "device": r.device, "best_val_acc": (r.summary or {}).get("best_val_acc", ""),
         "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created)), "reason": r.reason or "",
     } for r in runs]
     if rows:
         _print_table(rows, list(rows[0]))
     else:
-        print(f"no runs in {RunStore(args.runs_dir).runs_dir}")
+        print(f"no runs in {store.runs_dir}")
     return 0
 
 
 def cmd_stop(args) -> int:
-    from .runs import RunStore
-
-    status = RunStore(args.runs_dir).request_stop(args.run_id)
+    status = _store(args).request_stop(args.run_id, teacher=True)  # the CLI's user owns the machine
     note = " (stop requested: it ends after the current batch)" if status == "running" else ""
     print(f"{args.run_id}: {status}{note}")
     return 0
@@ -256,19 +324,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_datasets)
 
     s = sub.add_parser("check-data", help="validate a user dataset (ImageFolder folder or .zip)")
-    s.add_argument("path", help="folder or .zip inside the data root")
-    s.add_argument("--data-root", default=None, help="allowed data folder (default: $TL_DATA_ROOT, else ./data)")
+    s.add_argument("path", help="folder or .zip (any path: the command line reads the user's own files)")
+    s.add_argument("--data-root", default=None, help="only accept paths inside this folder (default: any path)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_check_data)
     # <<< data commands
 
     # >>> training commands (tl_core.training / tl_core.runs)
-    s = sub.add_parser("train", help="train in a worker process and follow it (Ctrl-C stops the run)")
+    s = sub.add_parser("train", help="train in this process and follow it (Ctrl-C stops the run); "
+                                     "--background: queue it for the warm workers")
     s.add_argument("--backbone")
-    s.add_argument("--data", help="built-in dataset name, or a folder/zip inside the data root")
-    s.add_argument("--data-root", default=None)
-    s.add_argument("--strategy")
+    s.add_argument("--data", help="built-in dataset name, or a folder/zip (any path)")
+    s.add_argument("--data-root", default=None, help="only accept --data inside this folder (default: any path)")
+    s.add_argument("--strategy", help="e.g. feature_extraction (or feature-extraction), partial, full, two_phase")
     s.add_argument("--weights", help="pretrained (default) or random")
+    s.add_argument("--weights-file", help="pretrained weights of the backbone (.safetensors, or .pth read "
+                                          "with weights_only)")
     s.add_argument("--freeze-blocks", type=int)
     s.add_argument("--epochs", type=int)
     s.add_argument("--head-epochs", type=int)
@@ -287,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-download", action="store_true",
                    help="download pretrained weights that are not on this machine (needs a network)")
     s.add_argument("--runs-dir", default=None, help="run store folder (default: $TL_RUNS_DIR, else ./runs)")
+    s.add_argument("--background", action="store_true",
+                   help="queue the run for the warm workers, print its id and return at once")
     s.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
     s.set_defaults(func=cmd_train)
 

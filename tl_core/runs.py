@@ -1,19 +1,27 @@
 """The run store: one SQLite file and one folder per run, shared by every process that reads or
 writes runs.
 
-A run flows one way: page/CLI → ``launch(cfg)`` → a worker (``tl_core.executor``: today one
-``python -m tl_core.worker RUN_ID`` process per run) → ``RunStore`` → any number of readers (pages,
-other tabs, the CLI).
+A run flows one way: page/CLI → ``launch(cfg, owner=...)`` → a worker (``tl_core.executor``: by default
+a warm ``python -m tl_core.worker --serve`` process that claims queued runs) → ``RunStore`` → any
+number of readers (pages, other tabs, the CLI).
 
-The store is one SQLite file in WAL mode (``runs.sqlite``: run rows and metric rows) plus one
-folder per run for artefacts (``worker.log``, ``snapshots/epoch_NNN.npz``, ``model.safetensors``,
-``model.json``, ``summary.json``). Nothing is ever pickled. Every SQL statement lives here; what the
-rows mean for execution (device slots, queue order, when a worker counts as dead) is decided in
-``tl_core.executor``.
+The store is one SQLite file in WAL mode (``runs.sqlite``: run rows, metric rows and the warm
+workers) plus one folder per run for artefacts (``run.json``: the run's row, rewritten when it is
+created and when it ends; ``metrics.jsonl``: its epoch and phase rows; ``worker.log``,
+``snapshots/epoch_NNN.npz``, ``model.safetensors``, ``model.json``, ``summary.json``). Nothing is ever
+pickled. Every SQL statement lives here; what the rows mean for execution (device slots, queue
+order, when a worker counts as dead) is decided in ``tl_core.executor``.
+
+Runs carry an ``owner`` (a student's name in classroom mode, None otherwise): only the owner or the
+teacher may stop an owned run (``request_stop``).
 
 Liveness: a worker updates its heartbeat every ``HEARTBEAT_S``. Any reader that sees an active
 run whose worker is gone, or whose heartbeat is older than ``STALE_S``, marks it failed, so a
-run never stays "running" forever.
+run never stays "running" forever; queued runs waiting for a warm pool that died get a new pool.
+
+A damaged ``runs.sqlite`` (``sqlite3.DatabaseError`` when it is opened or read) is moved aside and a
+fresh store is rebuilt from the run folders (``tl_core.store_repair``); ``RunStore.recovered`` then
+says so in one line.
 """
 from __future__ import annotations
 
@@ -30,16 +38,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import executor
+from . import executor, store_repair
 from .executor import (  # noqa: F401  (re-exported: the queue policy and launching used to live here)
-    DIED, NEVER_STARTED_S, STALE_S, Executor, ProcessExecutor, device_limit, launch, resolve_device,
+    DIED, NEVER_STARTED_S, STALE_S, Executor, LocalExecutor, ProcessExecutor, device_limit, get_executor, launch,
+    resolve_device,
 )
 from .executor import pid_alive as _pid_alive  # noqa: F401
 
 STATUSES = ("queued", "running", "completed", "stopped", "failed", "diverged")
 ACTIVE = ("queued", "running")
 HEARTBEAT_S = 2.0
-STEP_EVERY_S = 0.5  # step rows are throttled to at most one per this interval
 DB_NAME = "runs.sqlite"
 STOP_FILE = "STOP"
 
@@ -68,7 +76,23 @@ CREATE TABLE IF NOT EXISTS metrics (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS metrics_run ON metrics (run_id, kind, seq);
+CREATE TABLE IF NOT EXISTS workers (             -- the warm pool (tl_core.executor.ensure_pool)
+    pid INTEGER PRIMARY KEY,
+    device TEXT NOT NULL,
+    started REAL NOT NULL,
+    heartbeat REAL,
+    run_id TEXT,                                 -- the run it trains now
+    runs INTEGER NOT NULL DEFAULT 0,             -- how many runs it has claimed
+    ended REAL,
+    reason TEXT
+);
 """
+# columns added after the first release: ALTER TABLE adds them to an older store
+_RUN_COLUMNS = {"owner": "TEXT", "executor": "TEXT"}  # executor: "pool" | "process" | NULL (a lab, the CLI)
+RECORD = "run.json"  # the run's row, for rebuilding a damaged store
+METRICS_LOG = "metrics.jsonl"  # its epoch and phase rows, for the same
+_RECORD_KEYS = ("id", "name", "status", "reason", "config", "device", "created", "started", "finished", "owner",
+                "executor")
 
 
 def default_runs_dir() -> Path:
@@ -98,6 +122,19 @@ def _loads(text: str | None):
     return None if text is None else json.loads(text)
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
 @dataclass
 class RunInfo:
     id: str
@@ -115,6 +152,8 @@ class RunInfo:
     pid: int | None = None
     heartbeat: float | None = None
     stop_requested: bool = False
+    owner: str | None = None  # a student's name in classroom mode; None in single-user mode
+    executor: str | None = None  # "pool" (a warm worker), "process", or None (a lab or the CLI runs it)
 
     @property
     def active(self) -> bool:
@@ -129,38 +168,86 @@ class RunInfo:
 
 class RunStore:
     """SQLite (WAL) run store + one folder per run. Safe to share between threads of one process;
-    any number of processes may open the same ``runs_dir``."""
+    any number of processes may open the same ``runs_dir``. ``recovered`` is a one-line message when
+    opening found the database damaged and rebuilt it from the run folders (else None)."""
 
     def __init__(self, runs_dir: str | os.PathLike | None = None):
         self.runs_dir = Path(runs_dir or default_runs_dir()).resolve()
         self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.runs_dir / DB_NAME
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(
-            self.runs_dir / DB_NAME, timeout=30, isolation_level=None, check_same_thread=False
-        )
-        self._db.row_factory = sqlite3.Row
+        self._db: sqlite3.Connection | None = None
+        self.recovered: str | None = None
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            if not store_repair.is_damage(exc):
+                raise
+            self.recovered = store_repair.repair(self, exc)
+
+    def _open(self) -> None:
+        """Connect, check the file (``PRAGMA quick_check``: milliseconds), create or migrate the schema."""
         with self._lock:
-            self._db.execute("PRAGMA busy_timeout = 30000")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            self._db.executescript(_SCHEMA)
+            self._db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None, check_same_thread=False)
+            self._db.row_factory = sqlite3.Row
+            try:
+                self._db.execute("PRAGMA busy_timeout = 30000")
+                self._db.execute("PRAGMA journal_mode = WAL")
+                self._db.execute("PRAGMA synchronous = NORMAL")
+                check = self._db.execute("PRAGMA quick_check").fetchone()[0]
+                if check != "ok":
+                    raise sqlite3.DatabaseError(f"database disk image is malformed ({check})")
+                self._db.executescript(_SCHEMA)
+                have = {r["name"] for r in self._db.execute("PRAGMA table_info(runs)")}
+                for column, kind in _RUN_COLUMNS.items():
+                    if column not in have:
+                        self._db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
+            except BaseException:
+                self._db.close()
+                raise
+            self._inode = _inode(self.db_path)
+
+    def _reopen_if_replaced(self) -> None:
+        """Another process rebuilt a damaged store (the file was moved aside): follow it to the new file."""
+        if _inode(self.db_path) != self._inode:
+            with self._lock:
+                self._db.close()
+                self._open()
 
     # --- low level ------------------------------------------------------------------------------
     def _q(self, sql: str, params=()) -> list[sqlite3.Row]:
+        return self._repairing(lambda: self._db.execute(sql, params).fetchall())
+
+    def _repairing(self, fn):
+        """``fn()``; if it finds the file damaged, rebuild the store (``store_repair``) and try once more."""
         with self._lock:
-            return self._db.execute(sql, params).fetchall()
+            try:
+                return fn()
+            except sqlite3.DatabaseError as exc:
+                if not store_repair.is_damage(exc):
+                    raise
+                self.recovered = store_repair.repair(self, exc) or self.recovered
+                return fn()
 
     def _tx(self, fn):
         """Run ``fn(db)`` in one write transaction (BEGIN IMMEDIATE: serialises writers)."""
-        with self._lock:
+
+        def once():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(self._db)
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
             return result
+
+        return self._repairing(once)
+
+    def exclusive(self, fn):
+        """``fn()`` while holding the store's write lock (store calls inside it join the transaction)."""
+        return self._tx(lambda db: fn())
 
     def close(self) -> None:
         with self._lock:
@@ -175,8 +262,9 @@ class RunStore:
         return self.run_dir(run_id) / "worker.log"
 
     # --- runs -----------------------------------------------------------------------------------
-    def create(self, cfg, device: str | None = None) -> str:
-        """Register a queued run for ``cfg`` (a TrainConfig or its dict); returns the run id."""
+    def create(self, cfg, device: str | None = None, owner: str | None = None) -> str:
+        """Register a queued run of ``owner`` (None: single-user mode) for ``cfg`` (a TrainConfig or its
+        dict); returns the run id."""
         config = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
         run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
         name = config.get("name") or " · ".join(
@@ -185,10 +273,26 @@ class RunStore:
         device = device or executor.resolve_device(config.get("device"))
         self.run_dir(run_id).mkdir(parents=True)
         self._q(
-            "INSERT INTO runs (id, name, status, reason, config, device, created) VALUES (?,?,?,?,?,?,?)",
-            (run_id, name, "queued", "waiting for the worker to start", _dumps(config), device, time.time()),
+            "INSERT INTO runs (id, name, status, reason, config, device, created, owner) VALUES (?,?,?,?,?,?,?,?)",
+            (run_id, name, "queued", "waiting for a worker", _dumps(config), device, time.time(), owner),
         )
+        self._write_record(run_id)
         return run_id
+
+    def _write_record(self, run_id: str) -> None:
+        """``run.json``: the run's row (written atomically), so a damaged store can be rebuilt."""
+        rows = self._q(f"SELECT {', '.join(_RECORD_KEYS)} FROM runs WHERE id=?", (run_id,))
+        if rows:
+            record = {k: rows[0][k] for k in _RECORD_KEYS}
+            record["config"] = _loads(record["config"])
+            _write_atomic(self.run_dir(run_id) / RECORD, _dumps(record))
+
+    def assign(self, run_id: str, executor_name: str) -> str:
+        """Mark who executes a queued run (``"pool"``: any warm worker may claim it). Returns its device."""
+        rows = self._q("UPDATE runs SET executor=? WHERE id=? RETURNING device", (executor_name, run_id))
+        if not rows:
+            raise KeyError(f"no run {run_id!r} in {self.runs_dir}")
+        return rows[0]["device"]
 
     def get(self, run_id: str) -> RunInfo:
         self.reap()
@@ -197,29 +301,44 @@ class RunStore:
             raise KeyError(f"no run {run_id!r} in {self.runs_dir}")
         return self._info(rows[0])
 
-    def list_runs(self) -> list[RunInfo]:
-        """All runs, newest first."""
+    def list_runs(self, owner: str | None = None) -> list[RunInfo]:
+        """All runs (or only those of ``owner``), newest first."""
         self.reap()
-        return [self._info(r) for r in self._q("SELECT * FROM runs ORDER BY n DESC")]
+        rows = (self._q("SELECT * FROM runs ORDER BY n DESC") if owner is None
+                else self._q("SELECT * FROM runs WHERE owner=? ORDER BY n DESC", (owner,)))
+        queues: dict[str, list] = {}
+        return [self._info(r, queues) for r in rows]
 
-    def _info(self, row: sqlite3.Row) -> RunInfo:
-        position = None
+    def _info(self, row: sqlite3.Row, queues: dict | None = None) -> RunInfo:
+        position, reason = None, row["reason"]
         if row["status"] == "queued":
-            with self._lock:
-                position = executor.POLICY.position(row["id"], self._queued(self._db, row["device"]))
+            queues = {} if queues is None else queues
+            if row["device"] not in queues:
+                with self._lock:
+                    queues[row["device"]] = self._queued(self._db, row["device"])
+            position = executor.POLICY.position(row["id"], queues[row["device"]])
+            if position is not None:
+                reason = f"waiting for a free {row['device']} slot (position {position} in the queue)"
         return RunInfo(
-            id=row["id"], name=row["name"], status=row["status"], reason=row["reason"],
+            id=row["id"], name=row["name"], status=row["status"], reason=reason,
             config=_loads(row["config"]), created=row["created"], started=row["started"],
             finished=row["finished"], device=row["device"], summary=_loads(row["summary"]),
             queue_position=position, info=_loads(row["info"]), pid=row["pid"],
             heartbeat=row["heartbeat"], stop_requested=bool(row["stop_requested"]),
+            owner=row["owner"], executor=row["executor"],
         )
 
     def reap(self) -> list[str]:
-        """Mark active runs whose worker is gone (``executor.why_dead``) as failed. Returns their ids."""
+        """Mark active runs whose worker is gone (``executor.why_dead``) as failed; restart the warm
+        pool of a device whose queued runs wait for it (``executor.ensure_pool``). Returns the failed ids."""
+        self._reopen_if_replaced()
         now = time.time()
-        failed = []
-        for row in self._q("SELECT id, status, pid, heartbeat, created FROM runs WHERE status IN ('queued','running')"):
+        failed, waiting = [], set()
+        for row in self._q("SELECT id, status, pid, heartbeat, created, device, executor FROM runs "
+                           "WHERE status IN ('queued','running')"):
+            if row["status"] == "queued" and row["executor"] == executor.POOL and row["pid"] is None:
+                waiting.add(row["device"])
+                continue
             reason = executor.why_dead(row["pid"], row["heartbeat"], row["created"], now)
             if reason:
                 failed += [r[0] for r in self._q(
@@ -227,18 +346,43 @@ class RunStore:
                     "RETURNING id",
                     (reason, now, row["id"], row["status"], row["pid"]),
                 )]
+        for device in sorted(waiting):
+            failed += self._revive_pool(device, now)
+        for run_id in failed:
+            self._write_record(run_id)
         return failed
 
-    def request_stop(self, run_id: str) -> str:
+    def _revive_pool(self, device: str, now: float) -> list[str]:
+        """Queued runs wait for the warm workers of ``device``: start them if none lives; if none can,
+        fail the runs that waited longer than ``NEVER_STARTED_S``."""
+        try:
+            executor.ensure_pool(self, device)
+        except OSError:
+            traceback.print_exc()
+        if executor.live_workers(self, device, now):
+            return []
+        reason = (f"no warm worker could start for {device} (see {executor.pool_log(self.runs_dir, device)}); "
+                  "launch it again, or set TL_EXECUTOR=process")
+        return [r[0] for r in self._q(
+            "UPDATE runs SET status='failed', reason=?, finished=? WHERE status='queued' AND executor=? AND device=? "
+            "AND pid IS NULL AND created<? RETURNING id",
+            (reason, now, executor.POOL, device, now - executor.NEVER_STARTED_S),
+        )]
+
+    def request_stop(self, run_id: str, by: str | None = None, teacher: bool = False) -> str:
         """Stop a run: a queued run is cancelled at once, a running one stops within a batch.
-        Returns the run's status after the request."""
+        A run with an owner may be stopped only by that owner (``by``) or the ``teacher``
+        (PermissionError otherwise); a run without one by anyone. Returns the run's status after the request."""
         info = self.get(run_id)
+        if info.owner is not None and by != info.owner and not teacher:
+            raise PermissionError(f"this run belongs to {info.owner}; only they or the teacher can stop it")
         if info.status == "queued":
             self._q(
                 "UPDATE runs SET status='stopped', reason='cancelled before it started', finished=?, "
                 "stop_requested=1 WHERE id=? AND status='queued'",
                 (time.time(), run_id),
             )
+            self._write_record(run_id)
         elif info.status == "running":
             (self.run_dir(run_id) / STOP_FILE).touch()
             self._q("UPDATE runs SET stop_requested=1 WHERE id=?", (run_id,))
@@ -260,13 +404,28 @@ class RunStore:
         self._q("UPDATE runs SET pid=COALESCE(pid, ?) WHERE id=?", (pid, run_id))
 
     @staticmethod
-    def _queued(db, device: str) -> list[str]:
-        """Ids of the runs queued on ``device``, oldest first."""
-        return [r[0] for r in db.execute("SELECT id FROM runs WHERE status='queued' AND device=? ORDER BY n", (device,))]
+    def _queued(db, device: str) -> list[tuple[str, str | None]]:
+        """(id, owner) of the runs queued on ``device``, oldest first (``executor.POLICY`` orders them)."""
+        return [(r[0], r[1]) for r in db.execute(
+            "SELECT id, owner FROM runs WHERE status='queued' AND device=? ORDER BY n", (device,))]
+
+    @staticmethod
+    def _running(db, device: str) -> int:
+        return db.execute("SELECT COUNT(*) FROM runs WHERE status='running' AND device=?", (device,)).fetchone()[0]
+
+    def pool_demand(self, device: str) -> int:
+        """Runs of the warm pool on ``device`` that are queued or training."""
+        return self._q("SELECT COUNT(*) FROM runs WHERE executor=? AND device=? AND status IN ('queued','running')",
+                       (executor.POOL, device))[0][0]
+
+    def running_count(self, device: str) -> int:
+        """How many runs train on ``device`` now."""
+        with self._lock:
+            return self._repairing(lambda: self._running(self._db, device))
 
     def try_start(self, run_id: str) -> bool:
-        """Claim a device slot when the queue policy (``executor.POLICY``: today FIFO per device,
-        ``device_limit`` at once) lets ``run_id`` start. Queued → running atomically."""
+        """Claim a device slot when the queue policy (``executor.POLICY``: round robin across owners per
+        device, ``device_limit`` at once) lets ``run_id`` start. Queued → running atomically."""
         self.reap()
 
         def claim(db) -> bool:
@@ -274,10 +433,7 @@ class RunStore:
             if row is None or row["status"] != "queued":
                 return False
             device = row["device"]
-            running = db.execute(
-                "SELECT COUNT(*) FROM runs WHERE status='running' AND device=?", (device,)
-            ).fetchone()[0]
-            if not executor.POLICY.may_start(run_id, device, self._queued(db, device), running):
+            if not executor.POLICY.may_start(run_id, device, self._queued(db, device), self._running(db, device)):
                 return False
             db.execute(
                 "UPDATE runs SET status='running', reason='starting: loading libraries, data and model', started=?, heartbeat=? "
@@ -288,12 +444,35 @@ class RunStore:
 
         return self._tx(claim)
 
+    def claim_next(self, device: str, pid: int) -> str | None:
+        """For warm worker ``pid``: atomically take the first queued pool run of ``device`` that the queue
+        policy lets start now (queued → running, the run now belongs to ``pid``). None if there is none."""
+        self._reopen_if_replaced()
+        if not self._q("SELECT 1 FROM runs WHERE status='queued' AND device=? AND executor=? LIMIT 1",
+                       (device, executor.POOL)):
+            return None  # the idle poll: a read, no write lock
+
+        def claim(db) -> str | None:
+            rows = db.execute("SELECT id, owner, executor FROM runs WHERE status='queued' AND device=? ORDER BY n",
+                              (device,)).fetchall()
+            pool = {r["id"] for r in rows if r["executor"] == executor.POOL}
+            free = executor.POLICY.slots(device) - self._running(db, device)
+            for run_id in executor.POLICY.order([(r["id"], r["owner"]) for r in rows])[:max(free, 0)]:
+                if run_id in pool:
+                    now = time.time()
+                    db.execute("UPDATE runs SET status='running', reason='starting: loading data and model', "
+                               "started=?, heartbeat=?, pid=? WHERE id=?", (now, now, pid, run_id))
+                    db.execute("UPDATE workers SET run_id=?, runs=runs+1, heartbeat=? WHERE pid=?", (run_id, now, pid))
+                    return run_id
+            return None
+
+        return self._tx(claim)
+
     def set_queue_reason(self, run_id: str) -> None:
         info = self.get(run_id)
-        if info.status == "queued":
-            reason = f"waiting for a free {info.device} slot (position {info.queue_position} in the queue)"
-            if reason != info.reason:
-                self._q("UPDATE runs SET reason=? WHERE id=? AND status='queued'", (reason, run_id))
+        if info.status == "queued" and info.reason:
+            self._q("UPDATE runs SET reason=? WHERE id=? AND status='queued' AND reason IS NOT ?",
+                    (info.reason, run_id, info.reason))
 
     def set_info(self, run_id: str, info: dict) -> None:
         self._q("UPDATE runs SET info=?, reason=NULL WHERE id=?", (_dumps(info), run_id))
@@ -308,14 +487,67 @@ class RunStore:
             "WHERE id=? AND status IN ('queued','running')",
             (status, reason, time.time(), None if summary is None else _dumps(summary), run_id),
         )
+        self._write_record(run_id)
+
+    # --- the warm pool's workers ----------------------------------------------------------------
+    def register_worker(self, pid: int, device: str) -> None:
+        """A warm worker of ``device`` exists (its launcher and then the worker itself say so)."""
+        now = time.time()
+        self._q(
+            "INSERT INTO workers (pid, device, started, heartbeat) VALUES (?,?,?,?) ON CONFLICT(pid) DO UPDATE SET "
+            "device=excluded.device, heartbeat=excluded.heartbeat, "
+            "started=CASE WHEN ended IS NULL THEN started ELSE excluded.started END, "
+            "runs=CASE WHEN ended IS NULL THEN runs ELSE 0 END, ended=NULL, reason=NULL, run_id=NULL",
+            (pid, device, now, now),
+        )
+
+    def worker_beat(self, pid: int, run_id: str | None = None) -> bool:
+        """A warm worker's heartbeat, and that of the run it trains. False if the worker has no row."""
+        now = time.time()
+        if run_id is not None:
+            self._q("UPDATE runs SET heartbeat=? WHERE id=? AND pid=?", (now, run_id, pid))
+        return bool(self._q("UPDATE workers SET heartbeat=?, run_id=? WHERE pid=? AND ended IS NULL RETURNING pid",
+                            (now, run_id, pid)))
+
+    def workers(self, device: str | None = None) -> list[dict]:
+        """The warm workers not known to have ended (of ``device``, or all)."""
+        rows = (self._q("SELECT * FROM workers WHERE ended IS NULL ORDER BY started") if device is None else
+                self._q("SELECT * FROM workers WHERE ended IS NULL AND device=? ORDER BY started", (device,)))
+        return [dict(r) for r in rows]
+
+    def end_worker(self, pid: int, reason: str) -> None:
+        """Worker ``pid`` ended (``reason`` starts with "exited" when it ended by itself); old rows are dropped."""
+        now = time.time()
+        self._q("UPDATE workers SET ended=?, reason=?, run_id=NULL WHERE pid=? AND ended IS NULL", (now, reason, pid))
+        self._q("DELETE FROM workers WHERE ended < ?", (now - 86400,))
+
+    def failed_starts(self, device: str, since: float) -> int:
+        """Workers of ``device`` started after ``since`` that ended without running anything, not by
+        themselves (a worker that cannot start: do not start another at once)."""
+        return self._q(
+            "SELECT COUNT(*) FROM workers WHERE device=? AND started>? AND ended IS NOT NULL AND runs=0 "
+            "AND reason NOT LIKE 'exited%' AND reason != 'stopped'", (device, since))[0][0]
 
     # --- metrics and snapshots ------------------------------------------------------------------
     def append_metric(self, run_id: str, kind: str, data: dict) -> int:
-        with self._lock:
-            cur = self._db.execute(
-                "INSERT INTO metrics (run_id, kind, data) VALUES (?,?,?)", (run_id, kind, _dumps(data))
-            )
-            return cur.lastrowid
+        """Add a metric row; epoch and phase rows also go to the run folder's ``metrics.jsonl``."""
+        text = _dumps(data)
+        seq = self._q("INSERT INTO metrics (run_id, kind, data) VALUES (?,?,?) RETURNING seq", (run_id, kind, text))[0][0]
+        if kind in ("epoch", "phase"):
+            with open(self.run_dir(run_id) / METRICS_LOG, "a") as f:
+                f.write(json.dumps({"kind": kind, "data": json.loads(text)}) + "\n")
+        return seq
+
+    def restore(self, record: dict, summary: dict | None, metrics: list[tuple[str, dict]]) -> None:
+        """Insert a run rebuilt from its folder (``tl_core.store_repair``), with its metric rows."""
+        row = {k: record.get(k) for k in _RECORD_KEYS}
+        row["config"] = _dumps(row["config"] or {})
+        row["summary"] = None if summary is None else _dumps(summary)
+        keys = list(row)
+        self._q(f"INSERT OR IGNORE INTO runs ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})",
+                [row[k] for k in keys])
+        for kind, data in metrics:
+            self._q("INSERT INTO metrics (run_id, kind, data) VALUES (?,?,?)", (row["id"], kind, _dumps(data)))
 
     def metrics(self, run_id: str, kind: str = "epoch", after_seq: int = 0) -> list[dict]:
         """Metric rows of ``kind`` ("epoch", "step" or "phase") with seq > ``after_seq``, oldest first.
@@ -357,60 +589,4 @@ class RunStore:
         return d if (d / "model.safetensors").exists() else None
 
 
-# --- the callback the worker hands to training.fit ---------------------------------------------
-class StoreCallback:
-    """Writes every training event into the store; turns a stop request into ``trainer.should_stop``."""
-
-    def __init__(self, store: RunStore, run_id: str, step_every_s: float = STEP_EVERY_S):
-        self.store, self.run_id, self.step_every_s = store, run_id, step_every_s
-        self._last_step_t = 0.0
-        self._losses: list[float] = []
-        self.t0 = time.time()
-        self.summary: dict | None = None  # the trainer's summary, once after_fit has run
-
-    def on(self, event: str, trainer, **data) -> None:
-        handler = getattr(self, "_" + event, None)
-        if handler is not None:
-            handler(trainer, **data)
-        if event != "after_batch" and self.store.stop_requested(self.run_id) and not trainer.should_stop:
-            trainer.should_stop = "stopped by request"  # the trainer acts on it at its next check
-
-    def _before_fit(self, trainer, info=None, **_):
-        self.store.set_info(self.run_id, info or {})
-
-    def _before_phase(self, trainer, **data):
-        self.store.append_metric(self.run_id, "phase", {**data, "t": time.time() - self.t0})
-
-    def _after_batch(self, trainer, step=None, epoch=None, batch=None, loss=None, lr=None, images=None, **_):
-        if loss is not None:
-            self._losses.append(float(loss))
-        stop = self.store.stop_requested(self.run_id) and not getattr(trainer, "should_stop", None)
-        now = time.time()
-        if stop or now - self._last_step_t >= self.step_every_s:  # throttled; the row that sees a stop is not
-            mean = sum(self._losses) / len(self._losses) if self._losses else None
-            self.store.append_metric(self.run_id, "step", {
-                "step": step, "epoch": epoch, "batch": batch, "loss": mean, "lr": lr,
-                "images": images, "batches": len(self._losses), "t": now - self.t0, "stop": stop,
-            })
-            self._last_step_t, self._losses = now, []
-        if stop:
-            trainer.should_stop = "stopped by request"
-
-    def _after_epoch(self, trainer, metrics=None, **_):
-        self.store.append_metric(self.run_id, "epoch", {**(metrics or {}), "t": time.time() - self.t0})
-
-    def _snapshot(self, trainer, epoch=0, maps=None, **_):
-        if maps:
-            self.store.save_snapshot(self.run_id, epoch, maps)
-
-    def _after_fit(self, trainer, summary=None, **_):
-        """Save the model (not for a diverged or failed run: its weights are useless)."""
-        self.summary = summary
-        if (summary or {}).get("status") in ("completed", "stopped") and getattr(trainer, "model", None) is not None:
-            from .training import save_model
-
-            try:
-                save_model(trainer.model, trainer.cfg, trainer.class_names, self.store.run_dir(self.run_id))
-            except Exception:  # the metrics are still worth keeping; the log has the cause
-                traceback.print_exc()
-
+from .store_callback import STEP_EVERY_S, StoreCallback  # noqa: E402,F401  (re-exported: they used to live here)

@@ -1,24 +1,42 @@
-"""``python -m tl_core.worker RUN_ID --runs-dir DIR``: one training run in its own process.
+"""Worker processes: where runs train.
 
-Started by ``executor.ProcessExecutor`` (``runs.launch``). It waits for a device slot (queued → running,
-as ``executor.POLICY`` allows: FIFO per device), trains with
-``training.fit(cfg, [StoreCallback])`` and records the final status with a readable reason.
-Its stdout/stderr go to ``DIR/RUN_ID/worker.log``.
+- ``python -m tl_core.worker --serve --device cpu --runs-dir DIR``: a **warm worker** of the pool
+  (``executor.LocalExecutor``, the default). It starts once, imports torch and timm, keeps the
+  weights it has read (a small LRU) and the decoded data sets (``tl_core.data``'s own cache) in
+  memory, and loops: claim the next queued run of its device (``RunStore.claim_next``: atomic, in
+  the queue policy's fair order), train it in-process, repeat. It looks at the queue every
+  ``executor.WORKER_POLL_S`` and exits after ``$TL_WORKER_IDLE_S`` idle (900 s), after
+  ``executor.ORPHAN_IDLE_S`` idle once the process that started it has ended (a CLI command, a test
+  session; a page server lives on), or when its runs folder goes away. A run that raises ends as failed and the worker goes on; memory is freed between runs.
+  Each run's output goes to ``DIR/RUN_ID/worker.log``, the worker's own to ``DIR/workers/DEVICE.log``.
+- ``python -m tl_core.worker RUN_ID --runs-dir DIR``: one run in its own process
+  (``executor.ProcessExecutor``, ``TL_EXECUTOR=process``). It waits for a device slot
+  (``RunStore.try_start``) and trains.
+
+Both train with ``training.fit(cfg, [StoreCallback])`` and record the final status with a readable reason.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import gc
 import os
 import signal
 import sys
 import threading
 import time
 import traceback
+from collections import OrderedDict
+from pathlib import Path
 
-from .executor import device_limit
+from .executor import ORPHAN_IDLE_S, WORKER_POLL_S, device_limit, worker_idle_s
 from .runs import HEARTBEAT_S, RunStore, StoreCallback
 
-QUEUE_POLL_S = 0.5
+QUEUE_POLL_S = 0.2
+THREAD_CHECK_S = 1.0  # how often a CPU run looks at how many runs share the cores
+WEIGHTS_LRU = 4  # weight files a warm worker keeps in memory ...
+WEIGHTS_LRU_BYTES = 512 * 2**20  # ... taking at most this much (by file size; the newest always stays)
 
 DIVERGED_ADVICE = (
     "Try a learning rate about 10x smaller, a lower backbone LR multiplier, or fewer unfrozen blocks."
@@ -30,19 +48,31 @@ class Terminated(BaseException):
     """Raised in the main thread when the worker receives SIGTERM/SIGINT/SIGHUP."""
 
 
+_TERMINATED: list[str] = []  # the signal's name, once one came
+
+
 def _on_signal(signum, frame):
-    raise Terminated(signal.Signals(signum).name)
+    _TERMINATED.append(signal.Signals(signum).name)
+    raise Terminated(_TERMINATED[-1])
 
 
 class Heartbeat(threading.Thread):
-    def __init__(self, store: RunStore, run_id: str):
+    """Beats for one run (``run_id``) or, with ``pid``, for a warm worker and the run it trains now."""
+
+    def __init__(self, store: RunStore, run_id: str | None = None, pid: int | None = None, device: str = "cpu"):
         super().__init__(name="heartbeat", daemon=True)
-        self.store, self.run_id, self.done = store, run_id, threading.Event()
+        self.store, self.run_id, self.pid, self.device, self.done = store, run_id, pid, device, threading.Event()
+
+    def beat(self) -> None:
+        if self.pid is None:
+            self.store.heartbeat(self.run_id)
+        elif not self.store.worker_beat(self.pid, self.run_id):  # a rebuilt store lost our row
+            self.store.register_worker(self.pid, self.device)
 
     def run(self):
         while not self.done.wait(HEARTBEAT_S):
             try:
-                self.store.heartbeat(self.run_id)
+                self.beat()
             except Exception:  # a busy database: try again next beat
                 traceback.print_exc()
 
@@ -57,15 +87,40 @@ def wait_for_slot(store: RunStore, run_id: str) -> bool:
     return True
 
 
-def _share_cores(cfg, device: str) -> int | None:
-    """CPU runs split the cores: each of the ``device_limit`` concurrent runs gets cores // limit
-    threads (the trainer applies ``cfg.num_threads``)."""
-    if device != "cpu":
+class ThreadShare:
+    """CPU runs share the cores: each of the runs training on the CPU now gets cores // their number
+    torch threads, looked at again every ``THREAD_CHECK_S`` (between batches). A run alone takes
+    every core; two warm workers' runs take one core each instead of fighting over both."""
+
+    def __init__(self, store: RunStore, device: str = "cpu"):
+        self.store, self.device, self.due, self.threads = store, device, 0.0, None
+
+    def share(self) -> int:
+        from .devices import cores
+
+        others = min(max(1, self.store.running_count(self.device)), device_limit(self.device))
+        return max(1, cores() // others)
+
+    def on(self, event: str, trainer, **_) -> None:
+        now = time.monotonic()
+        if event not in ("before_fit", "before_epoch", "after_batch") or now < self.due:
+            return
+        self.due = now + THREAD_CHECK_S
+        threads = self.share()
+        if threads != self.threads:
+            from .devices import use_threads
+
+            use_threads(self.device, threads)
+            self.threads = threads
+
+
+def _thread_share(store: RunStore, cfg, device: str) -> ThreadShare | None:
+    """A ``ThreadShare`` for a CPU run whose config leaves the thread count open (it sets the first count)."""
+    if device != "cpu" or cfg.num_threads is not None:
         return None
-    if cfg.num_threads is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        cfg.num_threads = max(1, cores // device_limit("cpu"))
-    return cfg.num_threads
+    share = ThreadShare(store, device)
+    cfg.num_threads = share.share()
+    return share
 
 
 def _outcome(exc: BaseException) -> tuple[str, str]:
@@ -87,24 +142,36 @@ def _outcome(exc: BaseException) -> tuple[str, str]:
     return "failed", f"{name}: {text.splitlines()[0] if text else 'no message'}"
 
 
-def run(store: RunStore, run_id: str) -> str:
-    """Train ``run_id`` to the end and record its final status; returns that status."""
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def run(store: RunStore, run_id: str, say=_say) -> str:
+    """Wait for a device slot, train ``run_id`` to the end and record its final status; returns that status."""
     info = store.get(run_id)
-    print(f"[worker] run {run_id} ({info.name}) on {info.device}, pid {os.getpid()}", flush=True)
+    say(f"[worker] run {run_id} ({info.name}) on {info.device}, pid {os.getpid()}")
     if not wait_for_slot(store, run_id):
-        print(f"[worker] not started: {store.get(run_id).status}", flush=True)
+        say(f"[worker] not started: {store.get(run_id).status}")
         return store.get(run_id).status
-    from . import training  # torch + timm: seconds; the run already shows as running meanwhile
+    return train(store, run_id, say)
+
+
+def train(store: RunStore, run_id: str, say=_say) -> str:
+    """Train ``run_id`` (already running: this process holds its slot) and record its final status."""
+    from . import training  # torch + timm: seconds in a new process; the run already shows as running meanwhile
+
+    info = store.get(run_id)
     status, reason, summary = "failed", None, None
     callback = StoreCallback(store, run_id)
     try:
         cfg = training.TrainConfig.from_dict(info.config)
-        threads = _share_cores(cfg, info.device)
+        share = _thread_share(store, cfg, info.device)
         if store.stop_requested(run_id):  # asked to stop while the libraries were loading
             status, reason = "stopped", "stopped by request before training started"
             return status
-        print(f"[worker] started; torch threads: {threads or 'default'}", flush=True)
-        summary = training.fit(cfg, [callback])
+        say(f"[worker] run {run_id} started; torch threads: {cfg.num_threads or 'default'}"
+            + (" (shared with the other runs on the CPU)" if share else ""))
+        summary = training.fit(cfg, [callback, *([share] if share else [])])
         status = summary.get("status") or "completed"
         reason = summary.get("reason") or ("stopped by request" if status == "stopped" else None)
         if status == "diverged" and "learning rate" not in (reason or ""):
@@ -115,17 +182,156 @@ def run(store: RunStore, run_id: str) -> str:
         summary = callback.summary  # after_fit still ran inside fit
     finally:
         store.finish(run_id, status, reason, summary)
-        print(f"[worker] {status}: {reason or ''}", flush=True)
+        say(f"[worker] {status}: {reason or ''}")
     return status
+
+
+# --- the warm worker -----------------------------------------------------------------------------
+def keep_weights(maxsize: int = WEIGHTS_LRU) -> None:
+    """Keep the last ``maxsize`` weight files read (``backbones.read_state_dict``; at most
+    ``WEIGHTS_LRU_BYTES`` of them) in memory, keyed by
+    path, modification time and size (a lab's backbone rebuilt under the same name is a new entry).
+    The tensors are only ever copied into models (``load_state_dict``), never changed in place."""
+    from . import backbones
+
+    read = backbones.read_state_dict
+    if getattr(read, "warm", False):
+        return
+    cache: OrderedDict = OrderedDict()
+
+    @functools.wraps(read)
+    def cached(path, check_finite: bool = True):
+        try:
+            st = Path(path).stat()
+            key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size, check_finite)
+        except OSError:
+            return read(path, check_finite)
+        if key not in cache:
+            cache[key] = read(path, check_finite)
+            while len(cache) > 1 and (len(cache) > maxsize or sum(k[2] for k in cache) > WEIGHTS_LRU_BYTES):
+                cache.popitem(last=False)
+        cache.move_to_end(key)
+        return dict(cache[key])
+
+    cached.warm = True
+    backbones.read_state_dict = cached
+
+
+def _prewarm() -> None:
+    """Import torch and timm, and load what the Train page's default run needs (its data set, decoded,
+    and its backbone's weights), so that the first run of the day starts like every later one."""
+    from . import backbones, data, training
+
+    default = training.TrainConfig()
+    try:
+        data.load_dataset(default.data, default.data_root)
+        status = backbones.weight_status(default.backbone)
+        if status.source:
+            backbones.read_state_dict(status.source)
+    except Exception:  # only a head start: the run itself will say what is wrong
+        traceback.print_exc()
+
+
+def _free_memory() -> None:
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def _output_to(path: Path):
+    """Send this process's stdout and stderr (file descriptors 1 and 2) to ``path`` for a while."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, old in zip((1, 2), saved):
+            os.dup2(old, fd)
+            os.close(old)
+
+
+def _train_claimed(store: RunStore, run_id: str) -> None:
+    """One claimed run, its output in its own log; nothing it raises ends the worker (but a signal)."""
+    try:
+        with _output_to(store.log_path(run_id)):
+            _say(f"[worker] run {run_id} claimed by warm worker {os.getpid()}")
+            train(store, run_id)
+    except Exception as exc:  # outside the fit: the run fails, the worker goes on
+        traceback.print_exc()
+        store.finish(run_id, "failed", f"worker error: {type(exc).__name__}: {exc}")
+    finally:
+        _free_memory()
+
+
+def serve(runs_dir=None, device: str = "cpu", idle_s: float | None = None, poll_s: float = WORKER_POLL_S) -> str:
+    """The warm worker's loop (see the module docstring). Returns why it ended."""
+    store = RunStore(runs_dir)
+    pid, parent, idle_s = os.getpid(), os.getppid(), worker_idle_s() if idle_s is None else idle_s
+    store.register_worker(pid, device)
+    beat = Heartbeat(store, pid=pid, device=device)
+    beat.start()
+    reason = "exited"
+    try:
+        _say(f"[pool] warm worker {pid} for {device} on {store.runs_dir}: loading libraries")
+        os.environ.setdefault("TL_RUNS_DIR", str(store.runs_dir))  # what lives "under the runs folder" (features)
+        keep_weights()
+        _prewarm()
+        _say(f"[pool] warm worker {pid} ready")
+        last = reaped = time.monotonic()
+        while not _TERMINATED:
+            run_id = store.claim_next(device, pid)
+            if run_id is None:
+                if time.monotonic() - reaped > HEARTBEAT_S:  # a slot held by a dead worker frees up
+                    store.reap()
+                    reaped = time.monotonic()
+                idle = time.monotonic() - last
+                if idle > idle_s or (idle > ORPHAN_IDLE_S and os.getppid() != parent):
+                    reason = f"exited: idle for {idle:.0f} s" + ("" if os.getppid() == parent else
+                                                                   " after the process that started it ended")
+                    break
+                if not store.db_path.exists():
+                    reason = "exited: its runs folder was removed"
+                    break
+                time.sleep(poll_s)
+                continue
+            beat.run_id = run_id
+            _train_claimed(store, run_id)
+            beat.run_id = None
+            last = time.monotonic()
+        else:
+            reason = f"exited: {_TERMINATED[0]}"
+    except Terminated as exc:
+        reason = f"exited: {exc}"
+    finally:
+        beat.done.set()
+        with contextlib.suppress(Exception):
+            store.end_worker(pid, reason)
+        _say(f"[pool] warm worker {pid} {reason}")
+    return reason
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tl_core.worker")
-    p.add_argument("run_id")
+    p.add_argument("run_id", nargs="?", help="train this one run (without --serve)")
+    p.add_argument("--serve", action="store_true", help="be a warm worker: take queued runs until idle")
+    p.add_argument("--device", default="cpu", help="with --serve: the device whose queue it serves")
     p.add_argument("--runs-dir", default=None)
     args = p.parse_args(argv)
+    if bool(args.serve) == bool(args.run_id):
+        p.error("give either RUN_ID or --serve")
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _on_signal)
+    if args.serve:
+        serve(args.runs_dir, args.device)
+        return 0
     store = RunStore(args.runs_dir)
     store.attach_worker(args.run_id, os.getpid())
     beat = Heartbeat(store, args.run_id)

@@ -1,0 +1,275 @@
+"""Classroom load: N simulated students press Launch within a few seconds; how long until each sees a
+first metric, until all have finished, and how much memory the workers take.
+
+Each student is a thread that calls ``runs.launch(cfg, runs_dir, owner=name)`` (the Train page's own
+code path), arriving uniformly over ``--arrival`` seconds (10 by default). Two workloads: ``default``
+(everyone the Train page's default run: MobileNetV2, animal shapes, 100 per class, 96 px, feature
+extraction, 3 epochs) and ``mixed`` (one third each feature extraction, partial, two-phase). Before the
+students arrive the executor is warmed with one tiny run (the server has been up for a while), and
+``single`` measures one student on that idle server. ``--browser N`` also measures the Streamlit
+server's CPU while N headless Chromium sessions follow live runs on the Train page.
+
+    .venv/bin/python benchmarks/bench_classroom.py                       # 10 and 30 students, both workloads
+    .venv/bin/python benchmarks/bench_classroom.py --students 10 --workload default
+    .venv/bin/python benchmarks/bench_classroom.py --executor ray
+    .venv/bin/python benchmarks/bench_classroom.py --workers 1 2 --students 4 --arrival 0 --seeds distinct
+    .venv/bin/python benchmarks/bench_classroom.py --quick               # 3 students, default workload
+
+``--workers 1 2`` repeats every scenario with ``TL_WORKERS`` warm workers on the CPU (each with
+cores / workers torch threads). Prints one table, and ``--json PATH`` writes every measurement.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import psutil  # noqa: E402
+
+from tl_core import executor, runs  # noqa: E402
+from tl_core.config import TrainConfig  # noqa: E402
+
+MIXED = ({"strategy": "feature_extraction"}, {"strategy": "partial"}, {"strategy": "two_phase"})
+WARMUP = dict(backbone="mobilenetv2", data="digits8", per_class=6, image_size=32, epochs=1, name="warm-up")
+POLL_S = 0.1
+
+
+def student_config(i: int, workload: str, seeds: str) -> TrainConfig:
+    extra = MIXED[i % 3] if workload == "mixed" else {}
+    return TrainConfig(name=f"student {i + 1}", seed=i if seeds == "distinct" else 0, **extra)
+
+
+class MemorySampler(threading.Thread):
+    """Peak resident memory of this process, its descendants and the store's warm workers."""
+
+    def __init__(self, store):
+        super().__init__(daemon=True)
+        self.store, self.peak_mb, self.done = store, 0.0, threading.Event()
+
+    def sample(self) -> float:
+        me = psutil.Process()
+        procs = {me, *me.children(recursive=True)}
+        for w in self.store.workers():
+            try:
+                procs.add(psutil.Process(w["pid"]))
+            except psutil.Error:
+                pass
+        total = 0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total / 2**20
+
+    def run(self):
+        while not self.done.wait(0.25):
+            self.peak_mb = max(self.peak_mb, self.sample())
+
+
+def wait_finished(store, run_ids, timeout: float = 3600) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if all(not store.get(r).active for r in run_ids):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"runs still active after {timeout} s")
+
+
+def warm_up(runs_dir: Path) -> float:
+    """One tiny run through the executor, so that its workers are up (as on a server that has been running)."""
+    t0 = time.perf_counter()
+    run_id = runs.launch(TrainConfig(**WARMUP), runs_dir, owner="teacher")
+    wait_finished(runs.RunStore(runs_dir), [run_id])
+    return time.perf_counter() - t0
+
+
+def students(n: int, workload: str, arrival: float, runs_dir: Path, seeds: str) -> dict:
+    """N students arriving uniformly over ``arrival`` s. Per student: seconds from Launch to the first
+    metric row and to the end; overall: until all have finished, peak memory."""
+    store = runs.RunStore(runs_dir)
+    sampler = MemorySampler(store)
+    sampler.start()
+    launched: dict[int, tuple[str, float]] = {}
+    errors: list[str] = []
+    start = time.perf_counter() + 0.2
+
+    def student(i: int) -> None:
+        time.sleep(max(0.0, start + (i * arrival / max(n - 1, 1)) - time.perf_counter()))
+        t = time.perf_counter()
+        try:
+            launched[i] = (runs.launch(student_config(i, workload, seeds), runs_dir, owner=f"student{i + 1}"), t)
+        except Exception as exc:  # noqa: BLE001  (a refused launch is a result too)
+            errors.append(f"student {i + 1}: {exc}")
+
+    threads = [threading.Thread(target=student, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    first, done = {}, {}
+    while any(t.is_alive() for t in threads) or len(done) < len(launched):
+        now = time.perf_counter()
+        active = {r.id: r.active for r in store.list_runs()}  # one read (and one reap) per poll
+        for i, (run_id, t) in list(launched.items()):
+            if i not in first and store.metrics(run_id, "step"):
+                first[i] = now - t
+            if i not in done and not active.get(run_id, True):
+                done[i] = now - t
+                first.setdefault(i, float("nan"))
+        time.sleep(POLL_S)
+    sampler.done.set()
+    statuses = [store.get(r).status for r, _ in launched.values()]
+    firsts = [v for v in first.values() if v == v]
+    end = max((launched[i][1] + done[i] for i in done), default=start)
+    return {
+        "students": n, "workload": workload, "arrival_s": arrival,
+        "first_metric_median_s": statistics.median(firsts) if firsts else None,
+        "first_metric_worst_s": max(firsts) if firsts else None,
+        "all_finished_s": end - min((t for _, t in launched.values()), default=start),
+        "peak_memory_mb": max(sampler.peak_mb, sampler.sample()),
+        "completed": statuses.count("completed"), "not_completed": len(statuses) - statuses.count("completed"),
+        "refused": errors,
+        "per_student": [{"student": i + 1, "first_metric_s": first.get(i), "finished_s": done.get(i)}
+                        for i in sorted(launched)],
+    }
+
+
+def server_cpu(n: int, runs_dir: Path, seconds: float = 30.0) -> dict:
+    """Mean and peak CPU (% of one core) of ``streamlit run app.py`` while ``n`` headless Chromium
+    sessions follow live runs on the Train page (each its own student's run)."""
+    import socket
+    import subprocess
+    import urllib.request
+
+    from playwright.sync_api import sync_playwright
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "TL_RUNS_DIR": str(runs_dir), "TL_OFFLINE": "1"}
+    log = open(runs_dir / "streamlit.log", "wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.3)
+        ids = [runs.launch(student_config(i, "default", "same"), runs_dir, owner=f"student{i + 1}") for i in range(n)]
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"])
+            for i, run_id in enumerate(ids):
+                page = browser.new_context().new_page()
+                page.goto(f"{url}/train?run={run_id}&student=student{i + 1}")
+            proc = psutil.Process(server.pid)
+            proc.cpu_percent()
+            samples = []
+            for _ in range(int(seconds)):
+                time.sleep(1.0)
+                samples.append(proc.cpu_percent())
+            browser.close()
+        store = runs.RunStore(runs_dir)
+        for run_id in ids:
+            store.request_stop(run_id, teacher=True)
+        return {"sessions": n, "server_cpu_mean_pct": statistics.mean(samples), "server_cpu_peak_pct": max(samples),
+                "live_runs_at_end": sum(store.get(r).active for r in ids)}
+    finally:
+        server.terminate()
+        server.wait(10)
+        log.close()
+
+
+def shut_down(runs_dir: Path) -> None:
+    store = runs.RunStore(runs_dir)
+    for r in store.list_runs():
+        if r.status == "queued":
+            store.request_stop(r.id, teacher=True)
+    executor.stop_pool(store)
+
+
+def scenario(name: str, fn, args, workers: int) -> dict:
+    """``fn(runs_dir)`` in a fresh runs folder (cold feature cache) with warm workers; always cleans up."""
+    os.environ["TL_WORKERS"] = str(workers)
+    with tempfile.TemporaryDirectory(prefix="tl_bench_class_") as tmp:
+        runs_dir = Path(tmp) / "runs"
+        os.environ["TL_RUNS_DIR"] = str(runs_dir)  # the feature cache lives there too: cold for every scenario
+        try:
+            warm = warm_up(runs_dir)
+            out = fn(runs_dir)
+        finally:
+            shut_down(runs_dir)
+    print(f"  {name}: done (warm-up {warm:.1f} s)", file=sys.stderr, flush=True)
+    return {"scenario": name, "executor": args.executor, "workers": workers, **out}
+
+
+def table(results: list[dict]) -> str:
+    head = ("| scenario | executor | workers | students | first metric median s | worst s | all finished s | "
+            "peak memory MB | completed |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
+
+    def f(v):
+        return "-" if v is None else f"{v:.1f}"
+
+    rows = [f"| {r['scenario']} | {r['executor']} | {r['workers']} | {r.get('students', '-')} | "
+            f"{f(r.get('first_metric_median_s'))} | {f(r.get('first_metric_worst_s'))} | "
+            f"{f(r.get('all_finished_s'))} | {f(r.get('peak_memory_mb'))} | "
+            f"{r.get('completed', '-')}/{r.get('students', '-')} |" for r in results if "students" in r]
+    cpu = [f"- Streamlit server CPU with {r['sessions']} sessions following live runs: mean "
+           f"{r['server_cpu_mean_pct']:.0f}% of one core, peak {r['server_cpu_peak_pct']:.0f}%"
+           for r in results if "sessions" in r]
+    return "\n".join([head, *rows, *cpu])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--students", type=int, nargs="+", default=[10, 30])
+    ap.add_argument("--workload", choices=("default", "mixed", "both"), default="both")
+    ap.add_argument("--arrival", type=float, default=10.0, help="students arrive uniformly over this many seconds")
+    ap.add_argument("--executor", choices=("local", "ray", "process"), default="local")
+    ap.add_argument("--workers", type=int, nargs="+", default=[executor.DEFAULT_CPU_WORKERS],
+                    help="warm CPU workers (TL_WORKERS); several values: one pass each")
+    ap.add_argument("--seeds", choices=("same", "distinct"), default="same",
+                    help="same: every student the default seed (a class); distinct: one seed each")
+    ap.add_argument("--browser", type=int, default=0, metavar="N", help="also measure the server with N sessions")
+    ap.add_argument("--no-single", action="store_true", help="skip the one-student-on-an-idle-server pass")
+    ap.add_argument("--quick", action="store_true", help="3 students, default workload, 3 s arrival")
+    ap.add_argument("--json", type=Path, default=None, help="write every measurement to this file")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.students, args.workload, args.arrival = [3], "default", 3.0
+    os.environ["TL_EXECUTOR"] = args.executor
+    os.environ.setdefault("TL_OFFLINE", "1")
+    workloads = ("default", "mixed") if args.workload == "both" else (args.workload,)
+    results = []
+    print(f"classroom benchmark: {psutil.cpu_count()} cores, executor {args.executor}, load average "
+          f"{os.getloadavg()[0]:.1f} at the start", file=sys.stderr)
+    for workers in args.workers:
+        if not args.no_single:
+            results.append(scenario("single", lambda d: students(1, "default", 0.0, d, "same"), args, workers))
+        for workload in workloads:
+            for n in args.students:
+                results.append(scenario(workload, lambda d, n=n, w=workload: students(n, w, args.arrival, d, args.seeds),
+                                        args, workers))
+        if args.browser:
+            results.append(scenario("browser", lambda d: server_cpu(args.browser, d), args, workers))
+    print(table(results))
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}", file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
