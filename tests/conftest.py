@@ -18,6 +18,7 @@ def _isolated_dirs(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TL_BACKBONES_DIR", str(base / "backbones"))
     monkeypatch.setenv("TORCH_HOME", str(base / "torch"))
     monkeypatch.setenv("HF_HUB_CACHE", str(base / "hf"))
+    monkeypatch.setenv("TL_WORKER_IDLE_S", "20")  # warm workers a test starts do not outlive it for long
     yield
 
 
