@@ -150,7 +150,8 @@ def _text_code(key, tmp_path, **changes):
     40 fine-food reviews in a CSV (30 train, 10 validation), 16 tokens, 1 epoch, feature extraction."""
     from tl_core import config, strategies
 
-    fields = dict(backbone=key, data=_reviews_csv(tmp_path / "reviews.csv"), per_class=None, val_fraction=0.25,
+    fields = dict(backbone=key, data=_reviews_csv(tmp_path / "reviews.csv"), data_root=str(tmp_path), per_class=None,
+                  val_fraction=0.25,
                   max_tokens=16, epochs=1, strategy="feature_extraction")
     cfg = config.TrainConfig(**{**fields, **changes}).validate()
     model, _ = backbones.create_model(key, num_classes=2, weights=cfg.effective_weights)
