@@ -44,8 +44,11 @@ def cmd_backbones(args) -> int:
     rows = [backbones.describe(k) for k in backbones.catalogue()]
     for r in rows:
         r["params"] = f"{r['params'] / 1e6:.1f}M" if not args.json else r["params"]
-        r["mean/std"] = f"{r['mean']}/{r['std']}"
-    _emit(args, rows, ["key", "family", "params", "input_size", "interpolation", "mean/std", "weights_label"])
+        text = r.get("modality") == "text"  # tokens and a tokenizer, not pixels and a mean/std
+        r["input"] = (f"{r['input_size'] or 'any'} tok" if text else f"{r['input_size']} px")
+        r["preprocessing"] = (str(r.get("tokenizer")).split(":")[0].split(";")[0] if text
+                              else f"{r['interpolation']}, {r['mean']}/{r['std']}")
+    _emit(args, rows, ["key", "family", "params", "input", "preprocessing", "weights_label"])
     return 0
 
 
@@ -70,14 +73,15 @@ def cmd_layers(args) -> int:
 
 # --- datasets --------------------------------------------------------------------------------
 def cmd_datasets(args) -> int:
-    from . import data
+    from . import data, text_data
 
-    rows = data.list_datasets()
+    rows = data.list_datasets() + [{**i.to_dict(), "native_size": None, "similarity": "text"}
+                                   for i in text_data.list_text_datasets()]
     if not args.json:
         for r in rows:
             names = r["class_names"]
             r["classes"] = f"{len(names)} ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
-            r["native"] = f"{r['native_size']}x{r['native_size']}"
+            r["native"] = f"{r['native_size']}x{r['native_size']}" if r["native_size"] else "texts"
     _emit(args, rows, ["key", "name", "size", "classes", "native", "similarity"])
     return 0
 
@@ -114,7 +118,8 @@ def cmd_check_data(args) -> int:
 
 # --- training runs (tl_core.training / tl_core.runs) -----------------------------------------
 _AUGMENT_NAMES = {"flip": "flip", "crop": "random_resized_crop", "jitter": "color_jitter"}
-_CFG_ARGS = ("name", "backbone", "weights", "weights_file", "data", "data_root", "per_class", "image_size", "strategy",
+_CFG_ARGS = ("name", "backbone", "weights", "weights_file", "data", "data_root", "per_class", "image_size", "max_tokens",
+             "strategy",
              "freeze_blocks", "head_epochs", "epochs", "batch_size", "lr", "backbone_lr_mult", "lr_decay",
              "bn_mode", "seed", "device", "allow_download")
 _FINAL_STATUSES = ("completed", "stopped")
@@ -349,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr-decay", type=float)
     s.add_argument("--bn-mode", help="frozen or train")
     s.add_argument("--image-size", type=int)
+    s.add_argument("--max-tokens", type=int, help="text backbones: texts are cut or padded to this many tokens")
     s.add_argument("--per-class", type=int)
     s.add_argument("--augment", nargs="?", const="flip,crop,jitter",
                    help="comma list of flip,crop,jitter (the flag alone: all three)")
