@@ -123,27 +123,14 @@ def tl_run(epochs: int, image_size: int, val_fraction: float, **kw) -> dict:
 
 
 def first_metric_latency(image_size: int) -> dict:
-    """Seconds from ``runs.launch`` (a new worker process) until the store holds the run's first
-    per-step loss row, and its first epoch row, for the default feature-extraction run."""
-    from tl_core import runs
+    """Seconds from ``runs.launch`` until the store holds the default feature-extraction run's first
+    per-step loss row, and its first epoch row."""
+    from _latency import first_metric
 
     with tempfile.TemporaryDirectory(prefix="tl_bench_runs_") as tmp:
         cfg = training.TrainConfig(backbone="mobilenetv2", data="animal_shapes", per_class=100,
                                    image_size=image_size, epochs=3, seed=0)
-        t0 = time.perf_counter()
-        run_id = runs.launch(cfg, tmp)
-        store, out = runs.RunStore(tmp), {}
-        while "epoch_s" not in out and time.perf_counter() - t0 < 300:
-            if "step_s" not in out and store.metrics(run_id, "step"):
-                out["step_s"] = time.perf_counter() - t0
-            if store.metrics(run_id, "epoch"):
-                out["epoch_s"] = time.perf_counter() - t0
-            time.sleep(0.02)
-        store.request_stop(run_id)
-        while store.get(run_id).active:
-            time.sleep(0.1)
-        store.close()
-    return out
+        return first_metric(cfg, tmp)
 
 
 def main(argv=None) -> int:

@@ -167,25 +167,10 @@ def plain_process(mode: str, epochs: int, tokens: int, split_file: Path, threads
 def first_metric(runs_dir: str, wait_epoch: bool = True, timeout: float = 600) -> dict:
     """Seconds from ``runs.launch(default_text_config())`` to its first step row and (``wait_epoch``) its
     first epoch row in the store; the run is then stopped."""
-    from tl_core import runs
+    from _latency import first_metric as latency
     from tl_core.config import default_text_config
 
-    t0 = time.perf_counter()
-    run_id = runs.launch(default_text_config(), runs_dir)
-    store, out = runs.RunStore(runs_dir), {}
-    try:
-        while ("epoch_s" if wait_epoch else "step_s") not in out and time.perf_counter() - t0 < timeout:
-            if "step_s" not in out and store.metrics(run_id, "step"):
-                out["step_s"] = time.perf_counter() - t0
-            if store.metrics(run_id, "epoch"):
-                out["epoch_s"] = time.perf_counter() - t0
-            time.sleep(0.02)
-        store.request_stop(run_id)
-        while store.get(run_id).active and time.perf_counter() - t0 < timeout + 60:
-            time.sleep(0.1)
-    finally:
-        store.close()
-    return out
+    return latency(default_text_config(), runs_dir, wait_epoch, timeout)
 
 
 def launch_latency(runs_dir: str, wait_epoch: bool) -> dict:

@@ -27,6 +27,8 @@ import math
 import os
 from dataclasses import dataclass
 
+from .executor import resolve_device  # the device a run will use: cpu, cuda:N or mps
+
 GB = 1024 ** 3
 REF_SIZE = 64
 BASE_BYTES = int(0.6 * GB)
@@ -77,19 +79,6 @@ def gpu_bytes(index: int) -> int:
     import torch
 
     return int(torch.cuda.get_device_properties(index).total_memory)
-
-
-def resolve_device(device: str) -> str:
-    """``cpu``, ``cuda:N`` or ``mps``: what ``auto`` and ``cuda`` mean on this machine."""
-    import torch
-
-    device = (device or "auto").strip().lower()
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda:0"
-        mps = getattr(torch.backends, "mps", None)
-        return "mps" if mps is not None and mps.is_available() else "cpu"
-    return "cuda:0" if device == "cuda" else device
 
 
 # --------------------------------------------------------------------------- the model

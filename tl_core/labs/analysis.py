@@ -100,6 +100,15 @@ def by_seed(recs: list[dict]) -> tuple[dict[int, dict[str, dict]], list[str]]:
     return dict(sorted(out.items())), missing
 
 
+
+def runs_by_key(groups: dict[int, dict[str, dict]]) -> dict[str, list[dict]]:
+    """``by_seed``'s groups turned around: each run key with its records, one per seed."""
+    runs: dict[str, list[dict]] = {}
+    for g in groups.values():
+        for key, r in g.items():
+            runs.setdefault(key, []).append(r)
+    return runs
+
 def over_seeds(groups: dict[int, dict], fn) -> dict:
     """{key: [value of each seed that has it]} from ``fn(seed's group) -> {key: value}``."""
     out: dict = {}

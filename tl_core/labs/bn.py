@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .analysis import (TOL, LabResult, _accs, _best, _empty, _finish_text, _legend_below, _pct, _pts, _wall_s,
-                       add_band, base_label, by_seed, mean_of, paired_best, put_mean, seeds_note)
+                       add_band, base_label, by_seed, mean_of, paired_best, put_mean, runs_by_key, seeds_note)
 from .config import COMMON_FIELDS, LabConfig, LabInfo
 from .plan import LabRun, run_config
 
@@ -121,10 +121,7 @@ def analyse_bn(cfg: LabConfig, recs: list[dict]) -> LabResult:
     groups, missing = by_seed(recs)
     if not groups:
         return _empty("No finished runs yet.")
-    runs: dict[str, list[dict]] = {}
-    for g in groups.values():
-        for key, r in g.items():
-            runs.setdefault(key, []).append(r)
+    runs = runs_by_key(groups)
     fig, rows = _figure_and_rows(cfg, runs)
     f, t = runs.get("bn:frozen"), runs.get("bn:train")
     checks = _checks(groups)

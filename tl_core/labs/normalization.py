@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .analysis import (TOL, LabResult, _accs, _accuracy_axes, _best, _empty, _finish_text, _pct, _wall_s,
-                       add_band, base_label, by_seed, mean_of, paired_best, put_mean, seeds_note)
+                       add_band, base_label, by_seed, mean_of, paired_best, put_mean, runs_by_key, seeds_note)
 from .config import COMMON_FIELDS, LabConfig, LabInfo
 from .plan import LabRun, run_config
 
@@ -62,10 +62,7 @@ def analyse_normalization(cfg: LabConfig, recs: list[dict]) -> LabResult:
     groups, missing = by_seed(recs)
     if not groups:
         return _empty("No finished runs yet.")
-    runs: dict[str, list[dict]] = {}
-    for g in groups.values():
-        for key, r in g.items():
-            runs.setdefault(key, []).append(r)
+    runs = runs_by_key(groups)
     multi = len(groups) > 1
     fig = go.Figure()
     rows = []
