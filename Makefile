@@ -39,8 +39,11 @@ test: install install-ray browser
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not browser and not slow"
 
-bench: install browser
+bench: install install-ray browser
 	$(BIN)/python benchmarks/bench_feature_extraction.py
+	$(BIN)/python benchmarks/bench_feature_extraction.py --whole-process
+	$(BIN)/python benchmarks/bench_classroom.py --students 10 30 --workload both --browser 30
+	$(BIN)/python benchmarks/bench_text.py
 	$(BIN)/python benchmarks/bench_labs.py
 
 # The README's screenshots: the browser test takes them (artifacts/screenshots/); this copies them to docs/img/.

@@ -10,6 +10,10 @@ no augmentation, the same number of epochs.
 
     python benchmarks/bench_feature_extraction.py            # 20 epochs feature extraction, 3 fine-tuning
     python benchmarks/bench_feature_extraction.py --quick    # 5 and 1
+    python benchmarks/bench_feature_extraction.py --whole-process   # each side timed as a whole process
+
+``--whole-process`` times ``python -m tl_core train ...`` from start to exit (imports, data, the run in the
+store, the saved model) against the plain loop in a process of its own, on the CLI's split (20% validation).
 
 Prints a markdown table: wall time, validation accuracy, training throughput and peak memory.
 """
@@ -133,6 +137,41 @@ def first_metric_latency(image_size: int) -> dict:
         return first_metric(cfg, tmp)
 
 
+def _process(cmd: list[str]) -> tuple[float, dict]:
+    """Wall seconds of a whole process, and the JSON of its last stdout line."""
+    import json
+    import subprocess
+
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                         env={**os.environ, "TL_OFFLINE": "1", "OPENBLAS_NUM_THREADS": "1"})
+    return time.perf_counter() - t0, json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def whole_process(epochs: int, image_size: int) -> int:
+    """Feature extraction from the CLI against the plain loop, each timed as a whole process."""
+    ds = data.load_dataset("animal_shapes")
+    train_idx, val_idx = data.split(ds, 0.2, seed=0, per_class=100)  # the CLI's split
+    with tempfile.TemporaryDirectory(prefix="tl_bench_") as tmp:
+        root = Path(tmp)
+        write_pngs(ds, train_idx, root / "train")
+        write_pngs(ds, val_idx, root / "val")
+        tl_wall, tl = _process([sys.executable, "-m", "tl_core", "train", "--backbone", "mobilenetv2", "--data",
+                                "animal_shapes", "--strategy", "feature_extraction", "--epochs", str(epochs),
+                                "--per-class", "100", "--image-size", str(image_size), "--runs-dir",
+                                str(root / "runs"), "--json"])
+        plain_wall, plain = _process([sys.executable, __file__, "--plain-only", str(root), "--epochs", str(epochs),
+                                      "--image-size", str(image_size)])
+    print("\n| whole process | wall s | val acc (final / best) |")
+    print("|---|---:|---:|")
+    print(f"| `python -m tl_core train` feature extraction, {epochs} ep | {tl_wall:.1f} | "
+          f"{tl['final_val_acc']:.3f} / {tl['best_val_acc']:.3f} |")
+    print(f"| plain loop, frozen backbone, {epochs} ep | {plain_wall:.1f} | "
+          f"{plain['val_acc']:.3f} / {plain['best_val_acc']:.3f} |")
+    print(f"\nwhole-process speed-up: {plain_wall / tl_wall:.1f}x")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--epochs", type=int, default=20, help="feature-extraction epochs (default 20)")
@@ -141,7 +180,17 @@ def main(argv=None) -> int:
     ap.add_argument("--image-size", type=int, default=96)
     ap.add_argument("--val-fraction", type=float, default=0.05, help="validation share of each class (default 0.05)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    ap.add_argument("--whole-process", action="store_true", help="time each side as a whole process")
+    ap.add_argument("--plain-only", metavar="ROOT", help=argparse.SUPPRESS)  # the plain loop's own process
     args = ap.parse_args(argv)
+    if args.plain_only:
+        import json
+
+        r = plain_loop(Path(args.plain_only), args.epochs, args.image_size, finetune=False)
+        print(json.dumps({k: r[k] for k in ("val_acc", "best_val_acc")}))
+        return 0
+    if args.whole_process:
+        return whole_process(args.epochs, args.image_size)
     if args.quick:
         args.epochs, args.finetune_epochs = 5, 1
     threads = args.threads or training._cores()
