@@ -78,4 +78,6 @@ def home() -> None:
 
 _ui.setup_page()
 _ui.inputs()  # the session's inputs dict exists from the first page on
+if _ui.store().recovered:  # a damaged runs.sqlite was moved aside and rebuilt: say so, in one line
+    st.warning(_ui.plain(_ui.store().recovered), icon=":material/build:")
 _router.route(home, gate=_classroom.gate)

@@ -311,3 +311,23 @@ def test_the_cli_works_on_a_damaged_store_in_a_real_process(store):
     assert fresh.get(earlier).status == "completed"
     assert finished(fresh, p.stdout.strip()).status == "completed"
     executor.stop_pool(fresh)
+
+
+def test_the_app_works_on_a_damaged_store_and_says_so_in_one_line(app_env, tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    runs_dir = tmp_path / "runs"
+    monkeypatch.setenv("TL_RUNS_DIR", str(runs_dir))
+    store = RunStore(runs_dir)
+    run_id = store.create({"device": "cpu", "name": "before the damage"})
+    for step in range(300):
+        store.append_metric(run_id, "step", {"step": step, "pad": "x" * 200})
+    store.finish(run_id, "completed")
+    store.close()
+    damage(runs_dir)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    assert not at.exception
+    (warning,) = [w.value for w in at.warning if "damaged" in w.value]
+    assert "1 run(s) recovered" in warning.replace("\\", "") and "\n" not in warning
+    at.switch_page("pages/train.py").run()
+    assert not at.exception
