@@ -170,10 +170,12 @@ def server_cpu(n: int, runs_dir: Path, seconds: float = 30.0) -> dict:
                 time.sleep(0.3)
         ids = [runs.launch(student_config(i, "default", "same"), runs_dir, owner=f"student{i + 1}") for i in range(n)]
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"])
-            for i, run_id in enumerate(ids):
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run"])
+            for i, run_id in enumerate(ids):  # open every session; don't wait for each page to finish loading
                 page = browser.new_context().new_page()
-                page.goto(f"{url}/train?run={run_id}&student=student{i + 1}")
+                page.goto(f"{url}/train?run={run_id}&student=student{i + 1}", wait_until="commit", timeout=120_000)
             proc = psutil.Process(server.pid)
             proc.cpu_percent()
             samples = []
