@@ -529,7 +529,9 @@ def test_wrong_normalisation_hurts_lite0_on_imagenet_photos():
 def test_cli_datasets(capsys):
     assert cli.main(["datasets", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["key"] for r in rows] == list(data.BUILTIN)
+    from tl_core import text_data
+    assert [r["key"] for r in rows] == list(data.BUILTIN) + list(text_data.TEXT_BUILTIN)
+    assert {r["key"]: r["similarity"] for r in rows}["bbc_news"] == "text"
     assert cli.main(["datasets"]) == 0
     assert "animal_shapes" in capsys.readouterr().out
 
