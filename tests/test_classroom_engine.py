@@ -125,26 +125,26 @@ def pool_pids(store):
 
 
 @pytest.mark.slow
-def test_a_warm_worker_runs_queued_runs_one_after_another_and_survives_a_failing_one(store, monkeypatch):
+def test_a_warm_worker_holds_the_queued_runs_they_take_turns_and_a_failing_one_is_survived(store, monkeypatch):
     monkeypatch.setenv("TL_MAX_CPU_RUNS", "1")
-    first = runs.launch(cfg(name="first"), store.runs_dir, owner="ann")
+    long = runs.launch(cfg(name="long", **LONG), store.runs_dir, owner="ann")
     ex = executor.LocalExecutor(store)
     broken = store.create({**cfg().to_dict(), "data": "no_such_dataset"}, owner="bob")  # passes no validation
     ex.submit(broken)
-    second = runs.launch(cfg(name="second"), store.runs_dir, owner="ann")
+    short = runs.launch(cfg(name="short"), store.runs_dir, owner="cy")
     (worker,) = pool_pids(store)
-    assert queue_order(store)[-1] == second or store.get(second).status != "queued"  # bob's one run before ann's 2nd
-    for run_id in (first, second):
-        run = finished(store, run_id)
-        assert run.status == "completed", run.reason
-        assert run.pid == worker and run.executor == "pool" and run.owner == "ann"
+    run = finished(store, short)
+    assert run.status == "completed", run.reason
+    assert run.pid == worker and run.executor == "pool" and run.owner == "cy"
+    held = store.get(long)  # one worker, one slot: the long run is held, taking turns with the short one
+    assert held.status == "running" and held.pid == worker and held.started < run.started
     failed = store.get(broken)
     assert failed.status == "failed" and "no_such_dataset" in failed.reason and failed.pid == worker
-    assert store.get(second).started >= store.get(first).finished - 0.5  # one after the other
+    assert store.request_stop(long, by="ann") == "running" and finished(store, long).status == "stopped"
     assert pool_pids(store) == [worker] and executor.pid_alive(worker)[0]  # still there, waiting for more
     (row,) = store.workers("cpu")
     assert row["runs"] == 3
-    assert "claimed by warm worker" in store.log_path(second).read_text()
+    assert "claimed by warm worker" in store.log_path(short).read_text()
 
 
 def test_cpu_runs_share_the_cores(store, monkeypatch):

@@ -266,6 +266,9 @@ def cmd_train(args) -> int:
         print(f"run {run_id} queued for the warm workers (follow: python -m tl_core runs; "
               f"stop: python -m tl_core stop {run_id})", file=sys.stderr)
         return 0
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops the run, even if our parent ignored it
     run_id = _train_here(store, cfg)
     print(f"run {run_id} training in this process (stop: Ctrl-C, or python -m tl_core stop {run_id})", file=sys.stderr)
     log = sys.stderr if args.json else sys.stdout

@@ -16,6 +16,8 @@ the image. Three steps, each usable alone:
 """
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -119,28 +121,44 @@ def plan_cache(model: nn.Module, hier: surgery.Hierarchy, chain, plan: surgery.F
     return split
 
 
+class Fill:
+    """Prefix outputs and which of them are computed: one per key, shared by every run of this process
+    with that key (``LIVE``), so runs training at the same time (a warm worker's ``turns``) compute each
+    image once between them, whichever run asks first."""
+
+    def __init__(self, n: int, out: torch.Tensor | None = None):
+        self.out, self.done, self.lock = out, torch.full((n,), out is not None, dtype=torch.bool), threading.Lock()
+
+
+LIVE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # key -> Fill, while a run holds it
+
+
 class PrefixCache:
     """The outputs of a frozen prefix for a fixed set of images, computed once per image the first
     time a batch asks for it (so the first epoch trains from its first batch on) and kept for every
     later epoch. Indexed like a tensor: ``cache[idx]`` gives the prefix outputs of images ``idx``.
-    Given ``out`` (features stored by an earlier run) it is full from the start and runs nothing;
-    ``on_full(out)`` is called once, when the last image has been filled."""
+    Given ``out`` (features stored by an earlier run) it is full from the start and runs nothing; given
+    ``fill`` (another live run's ``Fill`` of the same key) it shares it. ``on_full(out)`` is called once,
+    when this cache fills the last image."""
 
     device = torch.device("cpu")  # where Batches puts the indices
     CHUNK = 128
 
     def __init__(self, prefix, model: nn.Module, images: torch.Tensor, transform, to_device,
-                 out: torch.Tensor | None = None, on_full: Callable | None = None):
+                 out: torch.Tensor | None = None, on_full: Callable | None = None, fill: Fill | None = None):
         self.prefix, self.model, self.images, self.transform, self.to_device = prefix, model, images, transform, to_device
-        self.on_full, self.reused = on_full, out is not None
-        if out is None:  # one image: the output shape, for the memory check
+        self.on_full, self.reused = on_full, out is not None or fill is not None
+        self.fill = fill or Fill(len(images), out)
+        if self.fill.out is None:  # one image: the output shape, for the memory check
             first = self._run(torch.zeros(1, dtype=torch.long))
             self.shape, item = first.shape[1:], first[0].numel() * first.element_size()
         else:
-            self.shape, item = out.shape[1:], out[0].numel() * out.element_size()
+            self.shape, item = self.fill.out.shape[1:], self.fill.out[0].numel() * self.fill.out.element_size()
         self.nbytes = item * len(images)
-        self.out = out  # else allocated on first use (after the memory check)
-        self.done = torch.full((len(images),), out is not None, dtype=torch.bool)
+
+    @property
+    def out(self) -> torch.Tensor | None:
+        return self.fill.out
 
     @torch.no_grad()
     def _run(self, idx: torch.Tensor) -> torch.Tensor:
@@ -155,17 +173,20 @@ class PrefixCache:
         return len(self.images)
 
     def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
-        todo = idx[~self.done[idx]]
-        for part in todo.split(self.CHUNK) if len(todo) else ():  # a large validation batch is filled a chunk at a time
-            out = self._run(part)
-            if self.out is None:
-                self.out = torch.empty((len(self.images), *self.shape), dtype=out.dtype, device=out.device)
-            self.out[part.to(out.device)] = out
-            self.done[part] = True
-        if len(todo) and self.on_full is not None and bool(self.done.all()):
-            self.on_full(self.out)
+        fill = self.fill
+        with fill.lock:
+            todo = idx[~fill.done[idx]]
+            for part in todo.split(self.CHUNK) if len(todo) else ():  # a large validation batch: a chunk at a time
+                out = self._run(part)
+                if fill.out is None:
+                    fill.out = torch.empty((len(self.images), *self.shape), dtype=out.dtype, device=out.device)
+                fill.out[part.to(out.device)] = out
+                fill.done[part] = True
+            full = len(todo) and bool(fill.done.all())
+        if full and self.on_full is not None:
+            self.on_full(fill.out)
             self.on_full = None
-        return self.out[idx.to(self.out.device)]
+        return fill.out[idx.to(fill.out.device)]
 
 
 def key_inputs(cfg) -> dict:
@@ -205,11 +226,18 @@ def _shared_cache(plan: CachePlan, model: nn.Module, images: torch.Tensor, trans
     """One image set's PrefixCache: loaded from ``store`` when there, else filled and then stored."""
     if store is None or key is None:
         return PrefixCache(plan.prefix, model, images, transform, to_device)
+    live = LIVE.get(key)
+    if live is not None and len(live.done) == len(images):  # a run training now fills them: share
+        return PrefixCache(plan.prefix, model, images, transform, to_device, fill=live,
+                           on_full=lambda out: store.store(key, out))
     stored = store.load(key)
     if stored is not None and len(stored) == len(images):
         out = stored.to(next(model.parameters(), stored).device)  # where the prefix would have put them
-        return PrefixCache(plan.prefix, model, images, transform, to_device, out=out)
-    return PrefixCache(plan.prefix, model, images, transform, to_device, on_full=lambda out: store.store(key, out))
+        cache = PrefixCache(plan.prefix, model, images, transform, to_device, out=out)
+    else:
+        cache = PrefixCache(plan.prefix, model, images, transform, to_device, on_full=lambda out: store.store(key, out))
+    LIVE[key] = cache.fill
+    return cache
 
 
 def _describe(plan: CachePlan, caches: dict[str, PrefixCache], shared: bool, noun: str = "images") -> str:

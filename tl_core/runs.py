@@ -26,7 +26,6 @@ says so in one line.
 from __future__ import annotations
 
 import json
-import math
 import os
 import secrets
 import sqlite3
@@ -44,6 +43,8 @@ from .executor import (  # noqa: F401  (re-exported: the queue policy and launch
     resolve_device,
 )
 from .executor import pid_alive as _pid_alive  # noqa: F401
+from .store_json import dumps as _dumps, jsonable as _jsonable, loads as _loads  # noqa: F401  (used to live here)
+from .store_json import write_atomic as _write_atomic
 
 STATUSES = ("queued", "running", "completed", "stopped", "failed", "diverged")
 ACTIVE = ("queued", "running")
@@ -97,35 +98,6 @@ _RECORD_KEYS = ("id", "name", "status", "reason", "config", "device", "created",
 
 def default_runs_dir() -> Path:
     return Path(os.environ.get("TL_RUNS_DIR") or "runs")
-
-
-def _jsonable(value):
-    """JSON-safe copy: numpy/torch scalars → numbers, NaN/inf → None, tuples → lists."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-        return _jsonable(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
-
-
-def _dumps(value) -> str:
-    return json.dumps(_jsonable(value), allow_nan=False)
-
-
-def _loads(text: str | None):
-    return None if text is None else json.loads(text)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _inode(path: Path) -> int | None:
@@ -444,9 +416,11 @@ class RunStore:
 
         return self._tx(claim)
 
-    def claim_next(self, device: str, pid: int) -> str | None:
+    def claim_next(self, device: str, pid: int, held: int = 0) -> str | None:
         """For warm worker ``pid``: atomically take the first queued pool run of ``device`` that the queue
-        policy lets start now (queued → running, the run now belongs to ``pid``). None if there is none."""
+        policy lets start now (queued → running, the run now belongs to ``pid``). None if there is none.
+        A worker takes one device slot however many runs it ``held`` (they take turns: ``turns``); while it
+        holds some, it takes more only when every slot is busy."""
         self._reopen_if_replaced()
         if not self._q("SELECT 1 FROM runs WHERE status='queued' AND device=? AND executor=? LIMIT 1",
                        (device, executor.POOL)):
@@ -456,7 +430,10 @@ class RunStore:
             rows = db.execute("SELECT id, owner, executor FROM runs WHERE status='queued' AND device=? ORDER BY n",
                               (device,)).fetchall()
             pool = {r["id"] for r in rows if r["executor"] == executor.POOL}
-            free = executor.POLICY.slots(device) - self._running(db, device)
+            others = db.execute("SELECT pid FROM runs WHERE status='running' AND device=? AND pid IS NOT ?",
+                                (device, pid)).fetchall()
+            busy, slots = len({r[0] or -i for i, r in enumerate(others)}), executor.POLICY.slots(device)
+            free = int(busy + 1 >= slots) if held else slots - busy  # a worker with runs lets idle ones go first
             for run_id in executor.POLICY.order([(r["id"], r["owner"]) for r in rows])[:max(free, 0)]:
                 if run_id in pool:
                     now = time.time()
@@ -467,6 +444,18 @@ class RunStore:
             return None
 
         return self._tx(claim)
+
+    def claim(self, run_id: str, reason: str) -> bool:
+        """Queued → running whatever this machine's device slots (an executor whose runs train elsewhere,
+        e.g. on a Ray cluster, has its own limits), with ``reason`` as the run's line. False if the run
+        is no longer queued (cancelled meanwhile)."""
+        now = time.time()
+        return bool(self._q("UPDATE runs SET status='running', reason=?, started=?, heartbeat=? "
+                            "WHERE id=? AND status='queued' RETURNING id", (reason, now, now, run_id)))
+
+    def set_reason(self, run_id: str, reason: str | None, status: str = "running") -> bool:
+        """The run's line (where or how it runs) while it still has ``status``; False if it has another."""
+        return bool(self._q("UPDATE runs SET reason=? WHERE id=? AND status=? RETURNING id", (reason, run_id, status)))
 
     def set_queue_reason(self, run_id: str) -> None:
         info = self.get(run_id)
@@ -502,10 +491,10 @@ class RunStore:
         )
 
     def worker_beat(self, pid: int, run_id: str | None = None) -> bool:
-        """A warm worker's heartbeat, and that of the run it trains. False if the worker has no row."""
+        """A warm worker's heartbeat, and that of the runs it holds. False if the worker has no row."""
         now = time.time()
         if run_id is not None:
-            self._q("UPDATE runs SET heartbeat=? WHERE id=? AND pid=?", (now, run_id, pid))
+            self._q("UPDATE runs SET heartbeat=? WHERE pid=? AND status='running'", (now, pid))
         return bool(self._q("UPDATE workers SET heartbeat=?, run_id=? WHERE pid=? AND ended IS NULL RETURNING pid",
                             (now, run_id, pid)))
 

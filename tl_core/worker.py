@@ -32,11 +32,15 @@ from pathlib import Path
 
 from .executor import ORPHAN_IDLE_S, WORKER_POLL_S, device_limit, worker_idle_s
 from .runs import HEARTBEAT_S, RunStore, StoreCallback
+from .turns import TurnCallback, Turns
 
 QUEUE_POLL_S = 0.2
 THREAD_CHECK_S = 1.0  # how often a CPU run looks at how many runs share the cores
 WEIGHTS_LRU = 4  # weight files a warm worker keeps in memory ...
 WEIGHTS_LRU_BYTES = 512 * 2**20  # ... taking at most this much (by file size; the newest always stays)
+
+INTERLEAVE_CPU = 32  # runs a CPU warm worker holds at once, taking turns ($TL_INTERLEAVE) ...
+HOLD_RAM_FRACTION = 0.4  # ... while the worker takes less than this share of the machine's RAM
 
 DIVERGED_ADVICE = (
     "Try a learning rate about 10x smaller, a lower backbone LR multiplier, or fewer unfrozen blocks."
@@ -156,7 +160,7 @@ def run(store: RunStore, run_id: str, say=_say) -> str:
     return train(store, run_id, say)
 
 
-def train(store: RunStore, run_id: str, say=_say) -> str:
+def train(store: RunStore, run_id: str, say=_say, callbacks=()) -> str:
     """Train ``run_id`` (already running: this process holds its slot) and record its final status."""
     from . import training  # torch + timm: seconds in a new process; the run already shows as running meanwhile
 
@@ -171,13 +175,13 @@ def train(store: RunStore, run_id: str, say=_say) -> str:
             return status
         say(f"[worker] run {run_id} started; torch threads: {cfg.num_threads or 'default'}"
             + (" (shared with the other runs on the CPU)" if share else ""))
-        summary = training.fit(cfg, [callback, *([share] if share else [])])
+        summary = training.fit(cfg, [callback, *([share] if share else []), *callbacks])
         status = summary.get("status") or "completed"
         reason = summary.get("reason") or ("stopped by request" if status == "stopped" else None)
         if status == "diverged" and "learning rate" not in (reason or ""):
             reason = f"{reason or 'Training diverged: the loss became NaN or infinite'}. {DIVERGED_ADVICE}"
     except BaseException as exc:  # record every ending, including SIGTERM
-        traceback.print_exc()
+        say(traceback.format_exc().rstrip())
         status, reason = _outcome(exc)
         summary = callback.summary  # after_fit still ran inside fit
     finally:
@@ -239,36 +243,52 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-@contextlib.contextmanager
-def _output_to(path: Path):
-    """Send this process's stdout and stderr (file descriptors 1 and 2) to ``path`` for a while."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(path, "ab") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        for fd, old in zip((1, 2), saved):
-            os.dup2(old, fd)
-            os.close(old)
+def interleave(device: str) -> int:
+    """How many runs a warm worker of ``device`` holds at once, taking turns (``turns``): ``$TL_INTERLEAVE``,
+    else ``INTERLEAVE_CPU`` on the CPU and 1 on a GPU (whose memory is the scarce part)."""
+    from .executor import _env_int
+
+    return max(1, _env_int("TL_INTERLEAVE") or (INTERLEAVE_CPU if device == "cpu" else 1))
 
 
-def _train_claimed(store: RunStore, run_id: str) -> None:
-    """One claimed run, its output in its own log; nothing it raises ends the worker (but a signal)."""
+def _rss_bytes() -> int:
     try:
-        with _output_to(store.log_path(run_id)):
-            _say(f"[worker] run {run_id} claimed by warm worker {os.getpid()}")
-            train(store, run_id)
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _may_hold(turns: Turns, device: str) -> bool:
+    """Whether to take another run now: under the ``interleave`` cap, every run held past its first batch
+    (its model and optimiser exist: what it needs is known) and this process under ``HOLD_RAM_FRACTION``."""
+    from .estimate import ram_bytes
+
+    held = len(turns)
+    return held == 0 or (held < interleave(device) and not turns.newcomers()
+                         and _rss_bytes() < HOLD_RAM_FRACTION * ram_bytes())
+
+
+def _train_held(store: RunStore, run_id: str, turns: Turns) -> None:
+    """One claimed run, in its own thread, training in its turns; its lines go to its own log. Nothing it
+    raises ends the worker."""
+    log = store.log_path(run_id)
+
+    def say(line: str) -> None:
+        with open(log, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+
+    try:
+        turns.take(run_id)
+        say(f"[worker] run {run_id} claimed by warm worker {os.getpid()} ({len(turns)} held)")
+        train(store, run_id, say, [TurnCallback(turns, run_id)])
     except Exception as exc:  # outside the fit: the run fails, the worker goes on
-        traceback.print_exc()
+        say(traceback.format_exc().rstrip())
         store.finish(run_id, "failed", f"worker error: {type(exc).__name__}: {exc}")
     finally:
-        _free_memory()
+        turns.leave(run_id)
+        if not len(turns):
+            _free_memory()
 
 
 def serve(runs_dir=None, device: str = "cpu", idle_s: float | None = None, poll_s: float = WORKER_POLL_S) -> str:
@@ -278,7 +298,7 @@ def serve(runs_dir=None, device: str = "cpu", idle_s: float | None = None, poll_
     store.register_worker(pid, device)
     beat = Heartbeat(store, pid=pid, device=device)
     beat.start()
-    reason = "exited"
+    reason, turns, threads = "exited", Turns(), {}
     try:
         _say(f"[pool] warm worker {pid} for {device} on {store.runs_dir}: loading libraries")
         os.environ.setdefault("TL_RUNS_DIR", str(store.runs_dir))  # what lives "under the runs folder" (features)
@@ -287,8 +307,14 @@ def serve(runs_dir=None, device: str = "cpu", idle_s: float | None = None, poll_
         _say(f"[pool] warm worker {pid} ready")
         last = reaped = time.monotonic()
         while not _TERMINATED:
-            run_id = store.claim_next(device, pid)
+            threads = {r: t for r, t in threads.items() if t.is_alive()}
+            run_id = store.claim_next(device, pid, len(threads)) if _may_hold(turns, device) else None
             if run_id is None:
+                if threads:  # training: look for newcomers
+                    beat.run_id, last = next(iter(threads)), time.monotonic()
+                    time.sleep(poll_s)
+                    continue
+                beat.run_id = None
                 if time.monotonic() - reaped > HEARTBEAT_S:  # a slot held by a dead worker frees up
                     store.reap()
                     reaped = time.monotonic()
@@ -303,14 +329,17 @@ def serve(runs_dir=None, device: str = "cpu", idle_s: float | None = None, poll_
                 time.sleep(poll_s)
                 continue
             beat.run_id = run_id
-            _train_claimed(store, run_id)
-            beat.run_id = None
-            last = time.monotonic()
+            turns.join(run_id)
+            threads[run_id] = threading.Thread(target=_train_held, args=(store, run_id, turns), daemon=True,
+                                               name=f"run-{run_id}")
+            threads[run_id].start()
         else:
             reason = f"exited: {_TERMINATED[0]}"
     except Terminated as exc:
         reason = f"exited: {exc}"
     finally:
+        for run_id in turns.held():  # their threads die with the process
+            store.finish(run_id, "failed", f"worker process was terminated ({reason.removeprefix('exited: ')})")
         beat.done.set()
         with contextlib.suppress(Exception):
             store.end_worker(pid, reason)

@@ -1,0 +1,80 @@
+"""Turns: the runs a warm worker holds take turns, newcomers' first batch first, then epoch by epoch."""
+import threading
+
+import pytest
+
+from tl_core.turns import NEW, Turns
+
+
+def script(turns: Turns, name: str, log: list, epochs: int = 2, batches: int = 2) -> None:
+    """What a run's thread does with its turns, as TurnCallback drives them (no model: the order is the point)."""
+    turns.take(name)
+    try:
+        for epoch in range(1, epochs + 1):
+            if epoch > 1:
+                turns.advance(name, epoch)  # before_epoch
+            for _ in range(batches):
+                log.append(f"{name}{epoch}")  # the batch, computed while holding the turn
+                assert turns.holder == name
+                turns.advance(name, epoch)  # after_batch
+    finally:
+        turns.leave(name)
+
+
+def run_all(turns: Turns, names, **kw) -> list:
+    log: list = []
+    threads = [threading.Thread(target=script, args=(turns, n, log), kwargs=kw) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+        assert not t.is_alive()
+    return log
+
+
+def test_newcomers_show_a_first_batch_then_everyone_advances_an_epoch_at_a_time():
+    turns = Turns()
+    for name in "abc":
+        turns.join(name)
+    assert turns.newcomers() == 3 and turns.held() == ["a", "b", "c"]
+    log = run_all(turns, "abc")
+    assert log == ["a1", "b1", "c1",  # every run's first point before anyone's second batch
+                   "a1", "b1", "c1",  # everyone's epoch 1 ...
+                   "a2", "a2", "b2", "b2", "c2", "c2"]  # ... before anyone's epoch 2
+    assert len(turns) == 0 and turns.holder is None
+
+
+def test_a_short_run_is_not_held_behind_a_long_one():
+    turns = Turns()
+    turns.join("long")
+    turns.join("short")
+    log: list = []
+    threads = [threading.Thread(target=script, args=(turns, "long", log), kwargs={"epochs": 4}),
+               threading.Thread(target=script, args=(turns, "short", log), kwargs={"epochs": 1})]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert log.index("short1") < log.index("long2")
+    assert max(i for i, x in enumerate(log) if x.startswith("short")) < log.index("long2")
+
+
+def test_a_run_alone_never_waits_and_a_run_that_leaves_early_frees_the_turn():
+    turns = Turns()
+    turns.join("solo")
+    assert run_all(turns, ["solo"], epochs=3, batches=1) == ["solo1", "solo2", "solo3"]
+    turns.join("gone")
+    turns.join("next")
+    turns.leave("gone")  # failed before its thread took a turn
+    assert run_all(turns, ["next"], epochs=1, batches=1) == ["next1"]
+
+
+@pytest.mark.parametrize("stage", [NEW, 1])
+def test_a_holder_keeps_the_turn_while_it_ranks_first(stage):
+    turns = Turns()
+    turns.join("a")
+    turns.take("a")
+    turns.advance("a", stage)
+    assert turns.holder == "a"
+    turns.leave("a")
+    assert turns.holder is None
