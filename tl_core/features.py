@@ -27,7 +27,8 @@ from torch import nn
 from . import feature_cache, surgery
 
 CACHE_LIMIT_BYTES = int(1.5e9)  # cached prefix outputs (train + val) must fit in this
-CACHED_VAL_BATCH = 1024  # validation batch over cached features (only the small suffix runs)
+CACHED_VAL_BATCH = 256  # validation batch over cached features: only the small suffix runs, but a first
+# validation fills the prefix outputs, and a run hands its turn over between batches (``turns``)
 
 
 @dataclass

@@ -97,7 +97,7 @@ class RemoteCallback:
             self.summary = data.get("summary")
             self.model = self._model_bytes(trainer)
         self.buffer.append((event, _plain(data)))
-        self.send(now=event != "after_batch")
+        self.send(now=event not in ("after_batch", "after_val_batch"))
         if self.stop and not getattr(trainer, "should_stop", None):
             trainer.should_stop = "stopped by request"
 

@@ -38,7 +38,8 @@ from .progress import ConsoleProgress  # noqa: F401 (re-exported)
 from .telemetry import SNAPSHOT_CHANNELS, SNAPSHOT_SIZE, default_snapshot_layers, snapshot_maps  # noqa: F401
 from .telemetry import to_map as _to_map  # noqa: F401 (re-exported)
 
-EVENTS = ("before_fit", "before_phase", "before_epoch", "after_batch", "after_epoch", "snapshot", "after_fit")
+EVENTS = ("before_fit", "before_phase", "before_epoch", "after_batch", "after_val_batch", "after_epoch", "snapshot",
+          "after_fit")
 METRICS = ("epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_time", "train_time",
            "images_per_s", "lr", "drift", "grad_norm", "bn_stat_drift", "peak_mem_mb", "cached")  # after_epoch
 
@@ -290,13 +291,15 @@ class Trainer:
         model.eval()
         preds, ys, loss_sum = [], [], 0.0
         try:
-            for batch in loaders["val"]:
+            for b, batch in enumerate(loaders["val"]):
                 x, y = dev.batch(*batch)
                 with dev.autocast():
                     logits = forward(x).float()
                 loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
                 preds.append(logits.argmax(1).cpu())
                 ys.append(y.cpu())
+                self.emit("after_val_batch", epoch=self.epoch, batch=b + 1)
+                self._check_stop()
         finally:
             model.train(was)
         p, y = torch.cat(preds), torch.cat(ys)

@@ -87,12 +87,12 @@ class Turns:
 
 
 class TurnCallback:
-    """A training callback: after each batch and before each later epoch, the run's epoch goes to ``turns``
-    (which may switch runs)."""
+    """A training callback: after each training or validation batch and before each later epoch, the run's
+    epoch goes to ``turns`` (which may switch runs)."""
 
     def __init__(self, turns: Turns, run_id: str):
         self.turns, self.run_id = turns, run_id
 
     def on(self, event: str, trainer, **_) -> None:
-        if event == "after_batch" or (event == "before_epoch" and trainer.epoch > 1):
+        if event in ("after_batch", "after_val_batch") or (event == "before_epoch" and trainer.epoch > 1):
             self.turns.advance(self.run_id, trainer.epoch)
