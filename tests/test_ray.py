@@ -2,9 +2,11 @@
 ``ray start --address=...``, one CPU each): runs land on both nodes and stream into the host's store,
 a remote run stops within a few batches, and a node whose raylet is killed fails its run while the
 head node's run completes. Each node has its own folder (``TL_NODE_DIR``): nothing is shared with
-the host's run store but what travels through Ray."""
+the host's run store but what travels through Ray. One browser test (Playwright, test_browser's
+``server``) launches the Train page's run under ``TL_EXECUTOR=ray``, follows it live and stops it."""
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,6 +22,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is not installed: `make install-ray` (requirements-ray.txt)")
 
 import test_runs  # noqa: E402  (its helpers: a tiny config, waiting for a condition or a run's end)
+from test_browser import _open, _points, _settle, server  # noqa: E402,F401  (the app in a real browser)
 from test_runs import finished, wait_until  # noqa: E402
 from tl_core import ray_executor  # noqa: E402
 from tl_core.runs import RunStore  # noqa: E402
@@ -113,7 +116,7 @@ def cluster():
             ids = {name: next(n["NodeID"] for n in ray.nodes() if n["Alive"] and name in n["Resources"])
                    for name in nodes}
             print(f"\n[ray] two-node cluster up in {time.monotonic() - t0:.1f} s")
-            yield {"ids": ids, "dirs": nodes}
+            yield {"ids": ids, "dirs": nodes, "address": f"127.0.0.1:{port}"}
         finally:
             ray_executor.shutdown()
             end_groups(groups)
@@ -208,6 +211,61 @@ def test_a_remote_run_launched_with_TL_EXECUTOR_ray_stops_within_a_few_batches(h
     assert last - at <= 15, f"{last - at} batches after the request"  # the request crosses one tick and one push
     assert last < run.info["steps_per_epoch"] * LONG["epochs"]
     assert store.model_dir(run_id) is not None  # a stopped run keeps its model, as locally
+
+
+@pytest.fixture
+def ray_server(cluster, monkeypatch, request):
+    """``streamlit run app.py`` (test_browser's ``server``) with ``TL_EXECUTOR=ray`` and the cluster's address."""
+    monkeypatch.setenv("TL_EXECUTOR", "ray")
+    monkeypatch.setenv("RAY_ADDRESS", cluster["address"])
+    return request.getfixturevalue("server")
+
+
+@pytest.mark.browser
+def test_a_run_launched_from_the_train_page_trains_on_ray_is_followed_live_and_stops(cluster, ray_server):
+    """The Done-when of the Ray issue, in a real browser: Launch on the Train page (the default run, more
+    epochs) under TL_EXECUTOR=ray, the live curve gains points, the run's row names its Ray node, Stop
+    ends it as stopped, and the host's store says the same."""
+    from playwright.sync_api import expect, sync_playwright
+
+    url, tmp = ray_server
+    t0 = time.monotonic()
+    with sync_playwright() as p:
+        browser, page, errors = _open(p, f"{url}/train")
+        epochs = page.get_by_role("spinbutton", name="Epochs", exact=True)
+        epochs.fill("20")  # still training when Stop is pressed
+        epochs.press("Enter")
+        _settle(page)
+        page.get_by_role("button", name="Launch training").click()
+        page.wait_for_url(re.compile("run="), timeout=60_000)
+        _settle(page)
+        run_id = page.url.split("run=")[1].split("&")[0]
+        curves = page.locator("[data-testid='stPlotlyChart']").first
+        first = wait_until(lambda: _points(curves) or page.wait_for_timeout(500), timeout=120)
+        t_first = time.monotonic() - t0
+        wait_until(lambda: _points(curves) > first or page.wait_for_timeout(500), timeout=60)  # live: it gains points
+        page.reload()  # the runs table is drawn with the page (the live part refreshes by itself)
+        _settle(page)
+        page.get_by_text(re.compile(r"All runs \(1\)")).click()
+        store = RunStore(tmp / "runs")
+        node = store.get(run_id).info["node"]
+        assert node["node_id"] in cluster["ids"].values()
+        expect(page.locator("[data-testid='stDataFrame']")).to_contain_text(
+            f"training on Ray node {node['node_ip']} ({node['node_id'][:8]})", timeout=10_000)
+        page.get_by_test_id("stMainBlockContainer").get_by_role("button", name="Stop", exact=True).click()
+        t_stop = time.monotonic()
+        expect(page.get_by_text("Stopped: stopped by request")).to_be_visible(timeout=60_000)
+        t_stopped = time.monotonic() - t_stop
+        assert not page.locator("[data-testid='stException']").count(), "an exception box is on the page"
+        assert not errors, errors
+        browser.close()
+    run = store.get(run_id)
+    assert run.status == "stopped" and run.reason == "stopped by request" and run.executor == "ray"
+    steps = store.metrics(run_id, "step")
+    assert steps and steps[-1]["step"] < run.info["steps_per_epoch"] * 20
+    assert store.model_dir(run_id) is not None  # the node's model came back to the host's run folder
+    print(f"\n[ray] browser: first live point {t_first:.1f} s after opening Train; page says stopped "
+          f"{t_stopped:.1f} s after Stop; {time.monotonic() - t0:.1f} s in all")
 
 
 def test_the_host_queues_what_the_cluster_cannot_take_and_a_queued_run_can_be_cancelled(host):

@@ -114,6 +114,24 @@ def test_stopping_a_queued_run_cancels_it(store):
     assert not store.try_start(run_id)
 
 
+def test_claim_ignores_device_slots_and_set_reason_holds_only_while_the_status_does(store):
+    """For an executor whose runs train elsewhere (Ray): queued → running past this machine's slots, once."""
+    busy, remote, cancelled = (store.create({"device": "cpu"}) for _ in range(3))
+    for run_id in (busy, remote, cancelled):
+        store.attach_worker(run_id, os.getpid())
+    assert store.try_start(busy) and not store.try_start(remote)  # the one local CPU slot is taken
+    assert store.claim(remote, "sent to the cluster")
+    run = store.get(remote)
+    assert run.status == "running" and run.reason == "sent to the cluster" and run.started and run.heartbeat
+    assert not store.claim(remote, "again")  # no longer queued
+    store.request_stop(cancelled)
+    assert not store.claim(cancelled, "too late") and store.get(cancelled).status == "stopped"
+    assert store.set_reason(remote, "training on node 2") and store.get(remote).reason == "training on node 2"
+    assert not store.set_reason(remote, "x", status="queued") and store.get(remote).reason == "training on node 2"
+    store.finish(remote, "completed")
+    assert not store.set_reason(remote, "late") and store.get(remote).reason is None
+
+
 def test_a_dead_or_silent_worker_is_marked_failed(store):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()

@@ -201,19 +201,6 @@ def ray_failure(exc: BaseException) -> str:
     return f"{why} ({type(exc).__name__}: {first})"
 
 
-def _claim(store: RunStore, run_id: str, reason: str) -> bool:
-    """queued → running, whatever the local device limits (the cluster's resources are the limit).
-    TODO(runs.py): belongs in RunStore as ``claim(run_id, reason)``."""
-    now = time.time()
-    return bool(store._q("UPDATE runs SET status='running', reason=?, started=?, heartbeat=? "
-                         "WHERE id=? AND status='queued' RETURNING id", (reason, now, now, run_id)))
-
-
-def _set_reason(store: RunStore, run_id: str, status: str, reason: str) -> None:
-    """TODO(runs.py): belongs in RunStore (``set_reason``)."""
-    store._q("UPDATE runs SET reason=? WHERE id=? AND status=?", (reason, run_id, status))
-
-
 @dataclass
 class Flight:
     """A run the cluster holds."""
@@ -310,7 +297,7 @@ class Host:
         except (ValueError, OSError) as exc:  # DataError is a ValueError
             self.store.finish(run_id, "failed", f"its inputs could not be sent to the cluster: {exc}")
             return False
-        if not _claim(self.store, run_id, "sent to the Ray cluster: waiting for a node"):
+        if not self.store.claim(run_id, "sent to the Ray cluster: waiting for a node"):
             return False
         ref = train_remote.options(**need).remote(run_id, node_config(config, need), inputs, self.inbox)
         self.flights[run_id] = Flight(run_id, ref, need, config, StoreCallback(self.store, run_id))
@@ -342,11 +329,13 @@ class Host:
         try:
             if event == "started":
                 f.node = data
-                where = f"node {data['node_ip']} ({data['node_id'][:8]}, pid {data['pid']}, {'warm' if data['warm'] else 'cold'})"
-                _set_reason(self.store, run_id, "running", f"starting on {where}: loading libraries, data and model")
+                where = f"Ray node {data['node_ip']} ({data['node_id'][:8]}, pid {data['pid']}, {'warm' if data['warm'] else 'cold'})"
+                self.store.set_reason(run_id, f"starting on {where}: loading libraries, data and model")
                 self.log(run_id, f"started on {where}")
             else:
                 f.callback.on(event, f.stub, **data)
+                if event == "before_fit" and f.node:  # set_info cleared the line: say where it trains
+                    self.store.set_reason(run_id, f"training on Ray node {f.node['node_ip']} ({f.node['node_id'][:8]})")
         except Exception:  # one bad event must not cost the others theirs
             traceback.print_exc()
 
