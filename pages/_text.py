@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages import _ui
+from pages import _classroom, _ui
 from tl_core import data, text_data, text_models, text_visuals
+from tl_core.data import uploads
 
 UPLOAD, FOLDER = "__text_upload__", "__text_folder__"
 TOKEN_CHOICES = [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512]
@@ -52,8 +53,16 @@ def _label(k: str) -> str:
     return f"My texts · {_ui.data_label({'data': k})}"
 
 
+def _mine() -> dict[str, str]:
+    """{path: the user's own name} of the text sets this session may use: its stored CSV uploads (its own
+    in classroom mode) and the folders it picked."""
+    owner = None if _classroom.shows_all() else _classroom.owner()
+    stored = {str(u.path): u.name for u in uploads.list_uploads(owner=owner, kind="csv")}
+    return {**stored, **st.session_state.setdefault("text_uploads", {})}
+
+
 def _picker(inp: dict, left) -> str:
-    mine = st.session_state.setdefault("text_uploads", {})
+    mine = _mine()
     choices = [*text_data.TEXT_BUILTIN, *mine, UPLOAD, FOLDER]
     if inp["data"] not in choices:
         choices.insert(-2, inp["data"])
@@ -70,9 +79,9 @@ def _picker(inp: dict, left) -> str:
     return pick
 
 
-def _chosen(inp: dict, path: str, name: str, ds: text_data.TextSet) -> None:
+def _chosen(inp: dict, path: str, name: str, num_classes: int) -> None:
     inp["data"] = path
-    st.session_state["data_num_classes"] = ds.num_classes
+    st.session_state["data_num_classes"] = num_classes
     st.session_state["text_data_pick_pending"] = path
     st.session_state.setdefault("text_uploads", {})[path] = name
     st.rerun()
@@ -90,18 +99,12 @@ def _csv_upload(inp: dict) -> None:
     if st.session_state.get("text_upload_done") != up.file_id:
         st.session_state["text_upload_done"] = up.file_id
         st.session_state.pop("text_upload_error", None)
-        try:
-            if up.size > caps.max_total_bytes:
-                raise data.DataError(f"{up.name} is {up.size:,} bytes, over the max_total_bytes cap of "
-                                     f"{caps.max_total_bytes:,}; keep fewer rows")
-            raw = up.getvalue()
-            ds = text_data.load_text_csv(raw, name=up.name, caps=caps)
-        except data.DataError as exc:
-            st.session_state["text_upload_error"] = str(exc)
-        else:  # stored under a generated name, inside the data root, only once it passed the checks
-            path = _ui.upload_path("data", ".csv")
-            path.write_bytes(raw)
-            _chosen(inp, str(path), up.name, ds)
+        # checked, then stored under a generated name with its owner, held to the upload quota (as image zips)
+        stored, report = uploads.save_text_upload(up, up.name, owner=_classroom.owner(), caps=caps)
+        if stored is None:
+            st.session_state["text_upload_error"] = "; ".join(report.errors)
+        else:
+            _chosen(inp, str(stored.path), stored.name, stored.num_classes)
     if st.session_state.get("text_upload_error"):
         st.error(f"This file cannot be used: {_ui.plain(st.session_state['text_upload_error'])}\n\n"
                  "What to do: fix the file and upload it again.")
@@ -120,7 +123,7 @@ def _folder(inp: dict) -> None:
     except data.DataError as exc:
         st.error(f"This folder cannot be used: {_ui.plain(exc)}\n\nWhat to do: check the name and the layout.")
         return
-    _chosen(inp, path, path, ds)
+    _chosen(inp, path, path, ds.num_classes)
 
 
 # ------------------------------------------------------------------ the chosen set

@@ -54,6 +54,7 @@ def _widget_values(cfg: labs.LabConfig) -> dict:
         f"{lab}_depths": labs.encode_value("depths", cfg.depths),
         f"{lab}_sizes": labs.encode_value("sizes", cfg.sizes),
         f"{lab}_source_epochs": cfg.source_epochs,
+        f"{lab}_max_tokens": cfg.max_tokens,
     }
 
 
@@ -179,9 +180,12 @@ def settings(lab: str) -> labs.LabConfig:
     else:
         c[0].text_input("Images per class (sizes)", key=f"{lab}_sizes", on_change=_edit, args=(lab, "sizes", _sizes),
                         help="Comma-separated, 'all' for every image, e.g. 5,20,100,all")
-    if not text:  # the text lab's token length comes with its preset
+    if not text:
         c[1].selectbox("Image size (px)", sorted({32, 48, 64, 96, 128, 160, 224, cfg.image_size}),
                        key=f"{lab}_image_size", on_change=_edit, args=(lab, "image_size"))
+    else:
+        c[1].selectbox("Tokens per text", sorted({16, 32, 48, 64, 128, cfg.max_tokens}), key=f"{lab}_max_tokens",
+                       on_change=_edit, args=(lab, "max_tokens"), help="Longer texts are cut to this many tokens.")
     c[2].number_input("Epochs" + (" (transfer runs)" if lab == "yosinski" else ""), min_value=1, max_value=100,
                       key=f"{lab}_epochs", on_change=_edit, args=(lab, "epochs"))
     c[3].number_input("Seed", min_value=0, max_value=10_000, key=f"{lab}_seed", on_change=_edit, args=(lab, "seed"),

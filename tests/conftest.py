@@ -3,6 +3,7 @@ import os
 
 os.environ["TL_OFFLINE"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TL_PREWARM_TEXT", "0")  # the many short-lived test workers skip the 3 s text preload
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

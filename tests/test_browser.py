@@ -5,7 +5,8 @@ and watch the meter, pick a data set, launch a one-epoch run, see the live curve
 re-attach, then visit Compare and Inspect, and run a tiny lab from a shared link. It saves a projector-size screenshot of every page to
 artifacts/screenshots/ (1600x1000 viewport, plus a full-height *_full.png). Another opens a deep link
 as a fresh server's first request: the files of pages/ are never listed, and the page opens in the app's layout.
-A third runs a server in classroom mode: two students in two browser contexts, each sees only their own run,
+It then trains one text run through the UI (MiniLM on a few fine-food reviews, from the
+Data page to the live curve). A third runs a server in classroom mode: two students in two browser contexts, each sees only their own run,
 and the teacher's class board shows both.
 """
 import os
@@ -158,6 +159,18 @@ def _select(page, label: str, option: str) -> None:
 
 def _meter(page) -> str:
     return page.locator("[data-testid='stMetricValue']").first.inner_text()
+
+
+def _launch(page, epochs: int, name: str) -> None:
+    """On the Train page: set the epochs and the run's name, launch, wait until the page is attached to the run."""
+    for label, value in (("Epochs", str(epochs)), ("Run name", name)):
+        box = page.get_by_role("spinbutton" if label == "Epochs" else "textbox", name=label, exact=True)
+        box.fill(value)
+        box.press("Enter")
+        _settle(page)
+    page.get_by_role("button", name="Launch training").click()
+    page.wait_for_url(re.compile("run="), timeout=60_000)
+    _settle(page)
 
 
 def _points(chart) -> int:
@@ -318,8 +331,44 @@ def test_a_deep_link_as_a_fresh_servers_first_request_opens_in_the_app_layout(se
         assert f"run={run_id}" in page.url and "/train" in page.url
         assert not page.locator("[data-testid='stSidebar']").count()
         assert not page.locator("[data-testid='stException']").count(), "an exception box is on the page"
+        _train_a_text_run(page)
+        assert not page.locator("[data-testid='stException']").count(), "an exception box is on the page"
         assert not errors, errors
         browser.close()
+
+
+def _train_a_text_run(page) -> None:
+    """A text run through the real UI: Texts on the Data page (MiniLM, fine-food reviews), the fewest reviews
+    and tokens, then a two-epoch feature-extraction run launched from the Train page: its live curve and its end."""
+    _nav(page, "Data")
+    page.get_by_role("radio", name=re.compile("Texts")).click()
+    _settle(page)
+    for label in ("Training texts per class", "Tokens per text (max_tokens)"):
+        page.locator(f"input[type='range'][aria-label='{label}']").press("Home")  # the smallest: 5 reviews, 16 tokens
+        _settle(page)
+    assert page.get_by_text("Fine-food reviews", exact=False).first.is_visible()
+    assert page.get_by_text("10 training and 1,000 validation texts.").is_visible()
+    assert page.locator(".tl-tok.special", has_text="[CLS]").count() == 1  # the example, cut by MiniLM's tokenizer
+    _shot(page, "text_data")
+    _nav(page, "Train")
+    form = page.get_by_text("New run: your choices and the hyper-parameters")
+    if page.locator("details", has=form).get_attribute("open") is None:  # folded while the deep-link run is attached
+        form.click()
+        page.wait_for_timeout(300)
+    assert page.get_by_text("16 tokens").first.is_visible() and page.get_by_text("MiniLM").first.is_visible()
+    _launch(page, 2, "text run")
+    deadline = time.time() + 180
+    curves = page.locator("[data-testid='stPlotlyChart']").first
+    while _points(curves) == 0:
+        assert time.time() < deadline, "no live curve of the text run within 180 s"
+        page.wait_for_timeout(1000)
+    page.get_by_text("Finished").wait_for(timeout=180_000)
+    _settle(page)
+    assert page.get_by_role("heading", name=re.compile("text run")).is_visible()
+    assert page.get_by_text("Attention of one validation sentence").is_visible()
+    form.click()  # fold the set-up form away: the run fills the screen
+    page.wait_for_timeout(300)
+    _shot(page, "text_train")
 
 
 @pytest.fixture
@@ -351,14 +400,7 @@ def test_two_students_see_their_own_runs_and_the_class_board_shows_both(classroo
             _settle(page)
             _select(page, "Dataset", "Faces")
             _nav(page, "Train")
-            for label, value in (("Epochs", "1"), ("Run name", f"{student} run")):
-                box = page.get_by_role("spinbutton" if label == "Epochs" else "textbox", name=label, exact=True)
-                box.fill(value)
-                box.press("Enter")
-                _settle(page)
-            page.get_by_role("button", name="Launch training").click()
-            page.wait_for_url(re.compile("run="), timeout=60_000)
-            _settle(page)
+            _launch(page, 1, f"{student} run")
             pages[student] = page
         for student, page in pages.items():  # a reload keeps the name (URL) and lists only their own run
             page.reload()

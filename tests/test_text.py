@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 
 from tl_core import data, surgery, text_data, text_models, word_vectors
-from tl_core.data import DataError
+from tl_core.data import DataError, uploads
 
 REVIEWS = ["this coffee is wonderful, rich and smooth; i buy it every month",
            "stale crackers, broken in the box and they tasted of cardboard",
@@ -245,3 +245,62 @@ def test_text_folder_skips_what_it_cannot_use(tmp_path):
         f.unlink()
     with pytest.raises(DataError, match="single class"):
         text_data.load_text_folder("notes", data_root=tmp_path)
+
+
+def test_csv_upload_is_stored_like_an_image_upload(tmp_path):
+    """A text CSV from the web page takes the image uploads' path: checked first, stored under a generated
+    name with its owner and the user's own file name, listed by kind, held to the same quota, deletable."""
+    root = tmp_path / "data"
+    up, report = uploads.save_text_upload(GOOD.encode(), "../../my reviews.csv", owner="alice", data_root=root)
+    assert report.errors == [] and up.owner == "alice" and up.name == "my reviews.csv" and up.kind == "csv"
+    assert up.path.parent == root / "uploads" and up.path.suffix == ".csv" and "review" not in up.path.name
+    assert (up.num_images, up.num_classes, up.size) == (12, 2, len(GOOD.encode()))
+    assert data.list_uploads("alice", data_root=root, kind="csv") == [up] == data.list_uploads(data_root=root, kind=None)
+    assert data.list_uploads(data_root=root) == []  # the image pickers list zips only
+    assert data.find_upload(up.path) == up and data.uploads_used("alice", root) == up.size
+    ts = text_data.load_text_dataset(str(up.path), data_root=root)
+    assert ts.name == "my reviews" and len(ts) == 12  # named after the user's file, not the generated one
+    before = sorted(p.name for p in (root / "uploads").iterdir())
+    for body, quota, message in ((b"body,stars\nhello there,5\n", None, "no label column"),
+                                 (b"review,score\n" + "caf\xe9,great\n".encode("latin-1"), None, "not UTF-8"),
+                                 (GOOD.encode(), 0, "over the upload quota of 0 MB. What to do")):
+        refused, rep = uploads.save_text_upload(body, "notes.csv", owner="alice", data_root=root, quota_mb=quota)
+        assert refused is None and len(rep.errors) == 1 and message in rep.errors[0], rep.errors
+    assert sorted(p.name for p in (root / "uploads").iterdir()) == before  # a refused upload leaves nothing
+    with pytest.raises(DataError, match="someone else's upload"):
+        data.delete_upload(up.id, owner="bob", data_root=root)
+    assert data.delete_upload(up.id, owner="alice", data_root=root) and not up.path.exists()
+
+
+def test_lab_config_max_tokens_round_trips_and_reaches_the_runs(tmp_path):
+    from tl_core import labs
+    from tl_core.labs import text_race
+
+    cfg = labs.default_config("text_race")
+    assert cfg.max_tokens == 48 and labs.default_config("text_race", "gpu").max_tokens == 64
+    cfg.max_tokens = 32
+    assert "max_tokens=32" in cfg.to_query_string() and '"max_tokens": 32' in cfg.to_json()
+    assert labs.LabConfig.from_json(cfg.to_json()) == cfg == labs.LabConfig.from_query(cfg.to_query_string())
+    assert {r.cfg.max_tokens for r in text_race.plan(cfg.validate(), tmp_path)} == {32}
+    assert text_race.tokens(cfg) == 32
+    for bad in (4, 513, "64", 32.0):
+        cfg.max_tokens = bad
+        with pytest.raises(ValueError, match="max_tokens"):
+            cfg.validate()
+    with pytest.raises(ValueError, match="query parameter max_tokens='many'"):
+        labs.LabConfig.from_query("lab=text_race&max_tokens=many")
+
+
+def test_prewarm_loads_what_the_default_text_run_needs(tok):
+    """The warm worker's head start: afterwards the default run's texts are tokenised already (the memo
+    gives the tokenizer's own output) and the weights are in memory."""
+    took = text_models.prewarm()
+    assert set(took) == {"import", "tokenizer", "weights", "texts", "forward"}
+    food = text_data.load_text_builtin("fine_food")
+    memo = text_models.minilm_tokenizer()._memo[64]
+    assert all(t in memo for t in food.texts[:50] + food.texts[-50:])
+    texts = [food.texts[3], "a text never seen before", food.texts[3]]
+    fresh = tok.tok(texts, padding="max_length", truncation=True, max_length=64, return_tensors="pt")
+    assert torch.equal(tok.encode(texts, 64), text_models.pack(fresh["input_ids"], fresh["attention_mask"]))
+    assert tok.encode([], 64).shape == (0, 2, 64)
+    assert text_models._pretrained_minilm.cache_info().currsize == 1

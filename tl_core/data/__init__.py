@@ -72,6 +72,7 @@ from .uploads import (
     delete_upload,
     find_upload,
     list_uploads,
+    save_text_upload,
     save_upload,
     upload_name,
     uploads_dir,

@@ -1,12 +1,14 @@
 """Dataset uploads from the web page: stored under generated names, with the user's own name beside them.
 
-An upload is a zip in ``<data root>/uploads`` named ``<id>.zip`` (12 hex digits), with a small
-JSON sidecar ``<id>.json`` that holds the user's own file name, the owner (``None`` outside
-classroom mode), the unpacked size and what the check found. :func:`save_upload` checks the zip
-in a temporary folder first (safe extraction, every image decoded, the usability rules) and
-stores only what passed: a rejected upload (a bomb, an empty or unusable zip, over the quota)
-leaves nothing behind. The unpacked size of each owner's uploads is held to a quota
-(``limits.Limits.upload_quota_mb``, 2000 MB unless a teacher raises it).
+An upload is a zip of images (or a CSV of texts) in ``<data root>/uploads`` named ``<id>.zip``
+(``<id>.csv``; 12 hex digits), with a small JSON sidecar ``<id>.json`` that holds the user's own
+file name, the owner (``None`` outside classroom mode), the unpacked size and what the check found.
+:func:`save_upload` checks the zip in a temporary folder first (safe extraction, every image
+decoded, the usability rules), :func:`save_text_upload` reads the CSV with the text checks
+(``text_data.load_text_csv``); both store only what passed: a rejected upload (a bomb, an empty or
+unusable file, over the quota) leaves nothing behind. The unpacked size of each owner's uploads,
+images and texts together, is held to a quota (``limits.Limits.upload_quota_mb``, 2000 MB unless a
+teacher raises it).
 
 A process killed while writing leaves ``<id>.<pid>.partial`` (and ``tl_zip_<pid>_*`` extraction
 folders in the temp folder); the next call of any process removes them.
@@ -36,6 +38,7 @@ from .sources import Caps, _pid_alive, clean_stale_extractions, data_root_dir, e
 
 _FORMAT = "tl_lab.upload/1"
 _ID = re.compile(r"^[0-9a-f]{12}$")
+KINDS = {".zip": "zip", ".csv": "csv"}  # what an upload can be: a zip of images, a CSV of texts
 _ACTIVE: set[str] = set()  # ids this process is writing now (its threads share the pid)
 _ACTIVE_LOCK = threading.Lock()
 
@@ -45,11 +48,16 @@ class Upload:
     id: str
     name: str  # the user's own file name, shown instead of the generated one
     owner: str | None
-    path: Path  # the stored zip: what load_dataset and check_data take
+    path: Path  # the stored zip (or CSV): what load_dataset (load_text_dataset) and check_data take
     size: int  # bytes once unpacked: what counts against the quota
     created: float  # seconds since the epoch
-    num_images: int = 0
+    num_images: int = 0  # images, or texts of a CSV
     num_classes: int = 0
+
+    @property
+    def kind(self) -> str:
+        """"zip" (images) or "csv" (texts)."""
+        return KINDS[self.path.suffix]
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "path": str(self.path)}
@@ -72,20 +80,23 @@ def _read_sidecar(sidecar: Path) -> Upload | None:
         meta = json.loads(read_regular(sidecar, 65_536))
         if meta.get("format") != _FORMAT or meta.get("id") != sidecar.stem:
             return None
-        owner = meta.get("owner")
+        owner, kind = meta.get("owner"), meta.get("kind", "zip")
+        if kind not in KINDS.values():
+            return None
         return Upload(sidecar.stem, _clean_name(meta["name"]), owner if isinstance(owner, str) else None,
-                      sidecar.with_suffix(".zip"), int(meta["size"]), float(meta["created"]),
+                      sidecar.with_suffix(f".{kind}"), int(meta["size"]), float(meta["created"]),
                       int(meta.get("num_images", 0)), int(meta.get("num_classes", 0)))
     except (DataError, OSError, ValueError, KeyError, TypeError, AttributeError):
         return None  # not one of ours, or damaged: never shown
 
 
 def find_upload(path: str | Path) -> Upload | None:
-    """The upload stored at ``path`` (its zip), or None when ``path`` is not an upload."""
+    """The upload stored at ``path`` (its zip or CSV), or None when ``path`` is not an upload."""
     p = Path(path)
-    if p.suffix != ".zip" or not _ID.match(p.stem) or p.parent.name != "uploads" or not p.is_file():
+    if p.suffix not in KINDS or not _ID.match(p.stem) or p.parent.name != "uploads" or not p.is_file():
         return None
-    return _read_sidecar(p.with_suffix(".json"))
+    found = _read_sidecar(p.with_suffix(".json"))
+    return found if found is not None and found.path.name == p.name else None
 
 
 def upload_name(path: str | Path) -> str | None:
@@ -118,7 +129,7 @@ def _clean(folder: Path) -> list[Path]:
             p.unlink(missing_ok=True)
             gone.append(p)
     for sidecar in folder.glob("*.json"):
-        if _ID.match(sidecar.stem) and not sidecar.with_suffix(".zip").exists():
+        if _ID.match(sidecar.stem) and not any(sidecar.with_suffix(s).exists() for s in KINDS):
             sidecar.unlink(missing_ok=True)
             gone.append(sidecar)
     return gone
@@ -135,14 +146,17 @@ def clean_stale_uploads(data_root: str | Path | None = None) -> list[Path]:
     return gone
 
 
-def list_uploads(owner: str | None = None, data_root: str | Path | None = None) -> list[Upload]:
-    """The stored uploads, newest first: all of them, or only ``owner``'s when an owner is given.
-    Files without a valid sidecar (e.g. zips stored before sidecars existed) are not listed."""
+def list_uploads(owner: str | None = None, data_root: str | Path | None = None,
+                 kind: str | None = "zip") -> list[Upload]:
+    """The stored uploads of ``kind`` ("zip": image sets, "csv": text sets, None: both), newest first:
+    all of them, or only ``owner``'s when an owner is given. Files without a valid sidecar (e.g. zips
+    stored before sidecars existed) are not listed."""
     folder = uploads_dir(data_root)
     if not folder.is_dir():
         return []
     clean_stale_uploads(data_root)
-    return sorted((u for u in _stored(folder) if owner is None or u.owner == owner), key=lambda u: -u.created)
+    return sorted((u for u in _stored(folder) if (owner is None or u.owner == owner) and kind in (None, u.kind)),
+                  key=lambda u: -u.created)
 
 
 def _stored(folder: Path) -> list[Upload]:
@@ -171,6 +185,26 @@ def _check_zip(raw: bytes, shown: str, caps: Caps) -> tuple[ValidationReport, in
         return _scan_folder(tmp, caps, 160, shown, tmp)[0], size
 
 
+def _read(content: bytes | BinaryIO, cap: int) -> bytes:
+    """The upload's bytes (a file is read up to one byte over ``cap``: enough to refuse it)."""
+    return bytes(content) if isinstance(content, (bytes, bytearray, memoryview)) else content.read(cap + 1)
+
+
+def _quota(quota_mb: int | None) -> int:
+    return (limits.current().upload_quota_mb if quota_mb is None else quota_mb) * 1_000_000
+
+
+def _refuser(shown: str, report_type=ValidationReport):
+    """``refuse(message, report=None) -> (None, report)`` with ``message`` (if any) added to its errors."""
+    def refuse(message: str, report: ValidationReport | None = None) -> tuple[None, ValidationReport]:
+        report = report or report_type([], {}, [], [], False, source=shown)
+        if message:
+            report.errors.append(message)
+        return None, report
+
+    return refuse
+
+
 def save_upload(content: bytes | BinaryIO, name: str, owner: str | None = None, *,
                 data_root: str | Path | None = None, caps: Caps = Caps(),
                 quota_mb: int | None = None) -> tuple[Upload | None, ValidationReport]:
@@ -183,18 +217,7 @@ def save_upload(content: bytes | BinaryIO, name: str, owner: str | None = None, 
     is left in the uploads folder. ``quota_mb`` defaults to ``limits.current().upload_quota_mb``."""
     shown = _clean_name(name)
     folder = uploads_dir(data_root)
-    if isinstance(content, (bytes, bytearray, memoryview)):
-        raw = bytes(content)
-    else:
-        raw = content.read(caps.max_total_bytes + 1)
-    quota = (limits.current().upload_quota_mb if quota_mb is None else quota_mb) * 1_000_000
-
-    def refuse(message: str, report: ValidationReport | None = None) -> tuple[None, ValidationReport]:
-        report = report or ValidationReport([], {}, [], [], False, source=shown)
-        if message:
-            report.errors.append(message)
-        return None, report
-
+    raw, quota, refuse = _read(content, caps.max_total_bytes), _quota(quota_mb), _refuser(shown, ValidationReport)
     if len(raw) > caps.max_total_bytes:
         return refuse(f"{shown} is over the max_total_bytes cap of {caps.max_total_bytes:,} bytes. "
                       "What to do: use fewer or smaller images (a few hundred pixels a side is plenty).")
@@ -204,6 +227,13 @@ def save_upload(content: bytes | BinaryIO, name: str, owner: str | None = None, 
         return refuse(str(exc))
     if not report.ok:
         return refuse("", report)
+    return _commit(raw, shown, owner, folder, size, report, quota, refuse)
+
+
+def _commit(raw: bytes, shown: str, owner: str | None, folder: Path, size: int, report, quota: int, refuse,
+            kind: str = "zip", count: int | None = None, classes: int | None = None):
+    """Store a checked upload under a fresh id, unless it would take ``owner`` over ``quota`` bytes:
+    (Upload, report), or ``refuse(why, report)``."""
     uid = uuid.uuid4().hex[:12]
     partial = folder / f"{uid}.{os.getpid()}.partial"
     with _ACTIVE_LOCK:
@@ -211,13 +241,14 @@ def save_upload(content: bytes | BinaryIO, name: str, owner: str | None = None, 
     try:
         with _locked(folder):
             _clean(folder)
-            used = uploads_used(owner, data_root)
+            used = uploads_used(owner, folder.parent)
             if used + size > quota:
                 return refuse(_quota_error(shown, size, used, quota), report)
             partial.write_bytes(raw)
-            upload = Upload(uid, shown, owner, folder / f"{uid}.zip", size, time.time(),
-                            report.num_images, len(report.classes))
-            meta = {"format": _FORMAT, **upload.to_dict(), "zip_bytes": len(raw)}
+            upload = Upload(uid, shown, owner, folder / f"{uid}.{kind}", size, time.time(),
+                            report.num_images if count is None else count,
+                            len(report.classes) if classes is None else classes)
+            meta = {"format": _FORMAT, **upload.to_dict(), "kind": kind, "zip_bytes": len(raw)}
             meta.pop("path")
             (folder / f"{uid}.json").write_text(json.dumps(meta, indent=1))
             os.replace(partial, upload.path)
@@ -228,14 +259,38 @@ def save_upload(content: bytes | BinaryIO, name: str, owner: str | None = None, 
             _ACTIVE.discard(uid)
 
 
+def save_text_upload(content: bytes | BinaryIO, name: str, owner: str | None = None, *,
+                     data_root: str | Path | None = None, caps=None,
+                     quota_mb: int | None = None) -> tuple[Upload | None, ValidationReport]:
+    """Check an uploaded CSV of texts (``text_data.load_text_csv``: columns, encoding, classes, caps)
+    and store it when usable, like :func:`save_upload`: under a generated name, with the owner and the
+    user's own file name in its sidecar, held to the same upload quota. Returns ``(upload, report)``:
+    the report is the text set's ``TextReport`` (skipped rows, texts cut), or, when refused, a report
+    whose ``errors`` say why and what to do; then nothing is stored. ``caps``: ``text_data.TextCaps``."""
+    from ..text_data import TextCaps, TextReport, load_text_csv
+
+    caps = caps or TextCaps()
+    shown = _clean_name(name if str(name or "").lower().endswith(".csv") else f"{name or 'upload'}.csv")
+    raw, quota, refuse = _read(content, caps.max_total_bytes), _quota(quota_mb), _refuser(shown, TextReport)
+    if len(raw) > caps.max_total_bytes:
+        return refuse(f"{shown} is over the max_total_bytes cap of {caps.max_total_bytes:,} bytes. "
+                      "What to do: keep fewer or shorter rows.")
+    try:
+        ds = load_text_csv(raw, name=shown, caps=caps)
+    except DataError as exc:
+        return refuse(f"{exc}")
+    return _commit(raw, shown, owner, uploads_dir(data_root), len(raw), ds.report, quota, refuse, "csv",
+                   len(ds), ds.num_classes)
+
+
 def delete_upload(upload: Upload | str | Path, owner: str | None = None,
                   data_root: str | Path | None = None) -> bool:
     """Remove an upload (an Upload, its id or its path) and its sidecar. With ``owner``, only that
     owner's upload can be removed (DataError otherwise). Returns whether anything was removed."""
     if not isinstance(upload, Upload):
         text = str(upload)
-        path = uploads_dir(data_root) / f"{text}.zip" if _ID.match(text) else Path(text)
-        upload = find_upload(path)
+        sidecar = uploads_dir(data_root) / f"{text}.json"
+        upload = (_read_sidecar(sidecar) if _ID.match(text) and sidecar.is_file() else None) or find_upload(text)
         if upload is None:
             return False
     if owner is not None and upload.owner != owner:

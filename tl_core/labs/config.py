@@ -56,6 +56,7 @@ class LabConfig:
     data: str = "animal_shapes"
     per_class: int | None = 25  # training images per class of the target task (None: all)
     image_size: int = 64
+    max_tokens: int = 64  # text labs: each text is cut or padded to this many tokens (TrainConfig.max_tokens)
     epochs: int = 6
     batch_size: int = 32
     lr: float | None = None  # None: each strategy's default (race, quadrant); labs that compare set one
@@ -189,7 +190,8 @@ class LabConfig:
         sizes = [s for s in self.sizes if s is not None] if self.lab == "quadrant" else []
         per_class = None if self.lab == "quadrant" and None in self.sizes else max([*sizes, self.per_class or 0]) or None
         heavy = config.TrainConfig(backbone=self.backbone, weights="random", data=self.data, per_class=per_class,
-                                   image_size=self.image_size, epochs=max(self.epochs, self.source_epochs),
+                                   image_size=self.image_size, max_tokens=self.max_tokens,
+                                   epochs=max(self.epochs, self.source_epochs),
                                    batch_size=self.batch_size, val_fraction=self.val_fraction, strategy="full",
                                    device=self.device)
         estimate.check(heavy, lim)
@@ -213,6 +215,7 @@ class LabConfig:
         limits.check_int("epochs", self.epochs, 1, lim.max_epochs)
         limits.check_int("source_epochs", self.source_epochs, 1, lim.max_epochs)
         limits.check_int("image_size", self.image_size, lim.min_image_size, lim.max_image_size, " of pixels")
+        limits.check_int("max_tokens", self.max_tokens, lim.min_tokens, lim.max_tokens, " of tokens")
         limits.check_int("batch_size", self.batch_size, 1, lim.max_batch_size)
         limits.check_int("seeds", self.seeds, 1, lim.max_seeds)
         if self.only_seed is not None:

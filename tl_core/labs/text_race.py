@@ -8,7 +8,6 @@ analysis reads them from the lab's state and computes them itself only when the 
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 from dataclasses import dataclass
@@ -25,17 +24,13 @@ from .plan import LabRun, pair_split, run_config
 from .stats import paired
 
 ENCODER, WORDS = "minilm_l6", "glove_50d"
-TOKENS = {"default": 48, "gpu": 64}  # the token length of each preset (LabConfig.max_tokens where it exists)
+TOKENS = {"default": 48, "gpu": 64}  # the token length of each preset (LabConfig.max_tokens)
 PARTIAL_FREEZE = 5  # stem + layers.0..3 frozen: layers.4, layers.5 and the head train ("the last two layers")
 # GloVe fine-tuned: the fresh head at 1e-2 (text "full" runs default to 1e-4, made for a Transformer), the
 # word vectors 2.6x slower (ULMFiT's discriminative factor)
 GLOVE_TUNED_LR, GLOVE_LR_DECAY = 1e-2, 2.6
 _FIELDS = ("data", "per_class", "epochs", "batch_size", "lr", "val_fraction", "seed", "seeds", "only_seed", "device",
            "strategies")
-
-
-def _has_tokens_field() -> bool:
-    return "max_tokens" in {f.name for f in dataclasses.fields(LabConfig)}
 
 
 INFO = LabInfo(
@@ -46,7 +41,7 @@ INFO = LabInfo(
     "network trained from scratch and beats a TF-IDF bag of words with logistic regression; training its last "
     "two layers already beats its frozen features. Taken as they are, **frozen** sentence features should still "
     "beat TF-IDF: the claim to watch. When TF-IDF wins, the lab says so: that teaches more than hiding it.",
-    _FIELDS + (("max_tokens",) if _has_tokens_field() else ()),
+    _FIELDS + ("max_tokens",),
     "200 reviews per class (400), the first 48 tokens, 2 epochs for the runs that train the encoder (10 for the "
     "cheap ones), one seed: 6 runs ≈ 2–3 minutes, dominated by the 1,000 validation reviews each epoch; a second "
     "seed would double it (run more seeds with the GPU preset, or one seed per student)",
@@ -81,8 +76,8 @@ TFIDF, MAJORITY = "TF-IDF + logistic regression", "majority class"
 
 
 def tokens(cfg: LabConfig) -> int:
-    """The lab's token length: ``cfg.max_tokens`` when LabConfig has that field, else the preset's."""
-    return int(getattr(cfg, "max_tokens", None) or TOKENS.get(cfg.preset, TOKENS["default"]))
+    """The lab's token length: ``cfg.max_tokens`` (the preset sets it: 48, or 64 for the GPU preset)."""
+    return int(cfg.max_tokens)
 
 
 def defaults(c: LabConfig, gpu: bool) -> None:
@@ -91,8 +86,7 @@ def defaults(c: LabConfig, gpu: bool) -> None:
     c.backbone, c.data = ENCODER, "fine_food"
     c.per_class, c.epochs, c.batch_size, c.seeds = (500, 3, 32, 3) if gpu else (200, 2, 16, 1)
     c.strategies = ["scratch", "feature_extraction", "partial", "full"]
-    if _has_tokens_field():
-        c.max_tokens = TOKENS["gpu" if gpu else "default"]
+    c.max_tokens = TOKENS["gpu" if gpu else "default"]
 
 
 def check(cfg: LabConfig) -> None:
@@ -184,10 +178,8 @@ def baselines(cfg: LabConfig) -> dict:
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_baselines(cfg_json: str, n_tokens: int) -> dict:
-    cfg = LabConfig.from_json(cfg_json)
-    cfg.max_tokens = n_tokens  # the field, or (while LabConfig has none) the attribute ``tokens`` reads
-    return baselines(cfg)
+def _cached_baselines(cfg_json: str) -> dict:
+    return baselines(LabConfig.from_json(cfg_json))
 
 
 def meta(cfg: LabConfig) -> dict:
@@ -198,7 +190,7 @@ def meta(cfg: LabConfig) -> dict:
 def lines(cfg: LabConfig, state: dict | None = None) -> dict:
     """The two lines: from the lab's state, else computed (once per configuration)."""
     got = ((state or {}).get("meta") or {}).get("baselines")
-    return got or _cached_baselines(cfg.to_json(compact=False), tokens(cfg))
+    return got or _cached_baselines(cfg.to_json(compact=False))
 
 
 # ----------------------------------------------------------------------------- analysis (pure)
