@@ -51,7 +51,7 @@ screenshots: install browser
 	$(BIN)/python -m pytest -q tests/test_browser.py
 	for p in home backbone data inspect; do cp artifacts/screenshots/$$p.png docs/img/app_$$p.png; done
 	cp artifacts/screenshots/train_full.png docs/img/app_train.png
-	for p in inspect_what_changed inspect_grad_cam labs_text; do cp artifacts/screenshots/$$p.png docs/img/app_$$p.png; done
+	for p in inspect_what_changed inspect_feature_space inspect_grad_cam labs_text; do cp artifacts/screenshots/$$p.png docs/img/app_$$p.png; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache
