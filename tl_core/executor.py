@@ -203,6 +203,7 @@ def spawn(module: str, args: Sequence[str], log_path: str | os.PathLike) -> subp
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("MALLOC_ARENA_MAX", "2")  # a worker's run threads would each grow a malloc arena (mixed class: 4.0 → 2.6 GB)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", module, *args], stdin=subprocess.DEVNULL, stdout=log,

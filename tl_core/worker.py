@@ -236,6 +236,15 @@ def _prewarm() -> None:
         traceback.print_exc()
 
 
+def _off_main_thread(fn) -> threading.Thread:
+    """Start ``fn`` in a thread of its own. A warm worker's main thread never runs torch: torch's OpenMP
+    keeps a team of threads for every thread that computed, for as long as that thread lives, and a
+    team left in the main thread slowed each run thread after it (measured: 212 against 330 images/s)."""
+    thread = threading.Thread(target=fn, name=getattr(fn, "__name__", "prewarm"), daemon=True)
+    thread.start()
+    return thread
+
+
 def _prewarm_text() -> bool:
     """Load what the default text run needs (``text_models.prewarm``: transformers, the tokenizer, the
     weights, the texts): about 3 s, done once the worker is first idle (``TL_PREWARM_TEXT=0``: never).
@@ -316,7 +325,7 @@ def serve(runs_dir=None, device: str = "cpu", idle_s: float | None = None, poll_
         _say(f"[pool] warm worker {pid} for {device} on {store.runs_dir}: loading libraries")
         os.environ.setdefault("TL_RUNS_DIR", str(store.runs_dir))  # what lives "under the runs folder" (features)
         keep_weights()
-        _prewarm()
+        _off_main_thread(_prewarm).join()
         _say(f"[pool] warm worker {pid} ready")
         last = reaped = time.monotonic()
         text_ready = False
@@ -329,9 +338,8 @@ def serve(runs_dir=None, device: str = "cpu", idle_s: float | None = None, poll_
                     time.sleep(poll_s)
                     continue
                 beat.run_id = None
-                if not text_ready:  # idle: load the text model too (after any run that was waiting)
-                    text_ready = os.environ.get("TL_PREWARM_TEXT", "1") == "0" or _prewarm_text()
-                    continue
+                if not text_ready:  # idle: load the text model too, beside any run that comes meanwhile
+                    text_ready = os.environ.get("TL_PREWARM_TEXT", "1") == "0" or bool(_off_main_thread(_prewarm_text))
                 if time.monotonic() - reaped > HEARTBEAT_S:  # a slot held by a dead worker frees up
                     store.reap()
                     reaped = time.monotonic()
