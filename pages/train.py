@@ -275,9 +275,10 @@ def _snapshots(run_id: str) -> None:
 
 
 def _live_view(run_id: str) -> None:
+    """What moves every batch: progress and curves (refreshed every ``REFRESH`` s while the run is active)."""
     info = store.get(run_id)
     if REFRESH and not info.active:
-        st.rerun(scope="app")  # finished: one full rerun stops the timer and shows the final state
+        st.rerun(scope="app")  # finished: one full rerun stops the timers and shows the final state
     _status_header(info)
     epochs, steps, phases = (store.metrics(run_id, kind) for kind in ("epoch", "step", "phase"))
     meta = info.info or {}
@@ -285,6 +286,13 @@ def _live_view(run_id: str) -> None:
     total_epochs = int(meta.get("total_epochs") or info.config.get("epochs") or 1)
     _status_message(info, epochs, steps, spe, total_epochs)
     _curves(info, epochs, steps, phases, spe, total_epochs)
+
+
+def _epoch_view(run_id: str) -> None:
+    """What moves once an epoch: weight drift and feature (or attention) maps. They are redrawn every
+    ``EPOCH_REFRESH`` s, not every second."""
+    info = store.get(run_id)
+    epochs, phases = store.metrics(run_id, "epoch"), store.metrics(run_id, "phase")
     if models.modality(info.config.get("backbone", "")) == "text":  # attention maps need the page's width
         _drift(info, epochs, phases)
         _text.attention_snapshots(store, run_id, info)
@@ -319,7 +327,8 @@ if not runs_list:
     st.info("No runs yet. Press **Launch training** above: a first run takes under a minute on a laptop CPU.")
     st.stop()
 run_id = run_picker(runs_list, run_id)
-REFRESH = 1.0 if store.get(run_id).active else None  # run_every is fixed when the fragment is defined
-live = st.fragment(run_every=REFRESH)(_live_view)
-live(run_id)
+ACTIVE = store.get(run_id).active  # run_every is fixed when a fragment is defined
+REFRESH, EPOCH_REFRESH = (1.0, 3.0) if ACTIVE else (None, None)
+st.fragment(run_every=REFRESH)(_live_view)(run_id)
+st.fragment(run_every=EPOCH_REFRESH)(_epoch_view)(run_id)
 all_runs_table(runs_list)
