@@ -143,15 +143,17 @@ HEADER = ["# Labs: measured results", "",
           "measurements, not constants: rerun the script to reproduce them on your machine.", ""]
 
 
-def _summary(labs, sections) -> list[str]:
-    """One line per lab: seeds, runs, time and how its claims came out."""
-    rows = ["| lab | seeds | runs | time | claims: agree / inconclusive / disagree | verdict |",
-            "|---|---|---|---|---|---|"]
+def _summary(labs, sections, old: str = "") -> list[str]:
+    """One line per lab: seeds, runs, time and how its claims came out (labs not re-run keep their line
+    from ``old``, the previous docs/labs.md)."""
+    rows = {lab: line for lab in labs.LABS for line in old.splitlines()
+            if line.startswith("| [") and f"](#{lab})" in line}
     for lab, cfg, res, wall, n_runs, _ in sections:
         v = [c["agrees"] for c in res.checks]
-        rows.append(f"| [{labs.LABS[lab].title}](#{lab}) | {len(res.seeds)} | {n_runs} | {wall / 60:.1f} min | "
-                    f"{v.count(True)} / {v.count(None)} / {v.count(False)} | {res.verdict()} |")
-    return ["## Summary", "", labs.VERDICT_RULE, "", *rows, ""]
+        rows[lab] = (f"| [{labs.LABS[lab].title}](#{lab}) | {len(res.seeds)} | {n_runs} | {wall / 60:.1f} min | "
+                     f"{v.count(True)} / {v.count(None)} / {v.count(False)} | {res.verdict()} |")
+    head = ["| lab | seeds | runs | time | claims: agree / inconclusive / disagree | verdict |", "|---|---|---|---|---|---|"]
+    return ["## Summary", "", labs.VERDICT_RULE, "", *head, *(rows[k] for k in labs.LABS if k in rows), ""]
 
 
 def _section(labs, lab, cfg, res, wall, n_runs, png, info, load, cpu) -> str:
@@ -185,7 +187,7 @@ def write_docs(labs, sections, info, loads, cpu) -> None:
     for lab, cfg, res, wall, n_runs, png in sections:
         blocks[lab] = _section(labs, lab, cfg, res, wall, n_runs, png, info, loads[lab], cpu[lab])
     body = [blocks[k] for k in labs.LABS if k in blocks]
-    doc.write_text("\n".join(HEADER + _summary(labs, sections)) + "\n" + "\n\n".join(body) + "\n")
+    doc.write_text("\n".join(HEADER + _summary(labs, sections, old)) + "\n" + "\n\n".join(body) + "\n")
     print(f"\nwrote {doc}")
 
 

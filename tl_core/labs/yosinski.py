@@ -20,8 +20,8 @@ INFO = LabInfo(
     "are specific to task A; frozen self-transfer (BnB) dips in the middle (co-adapted layers split "
     "apart); **fine-tuned** transfer (AnB+) matches or beats the baseline at every depth.",
     COMMON_FIELDS + ("source_per_class", "source_epochs", "classes_a", "classes_b", "depths"),
-    "a test_resnet-sized CNN at 32 px; A: all its images, 4 epochs; B: 30 images per class, 30 epochs "
-    "(5 batches each); 22 runs × 3 seeds",
+    "a test_resnet-sized CNN at 32 px; A: all its images, 4 epochs; B: 30 images per class, 24 epochs "
+    "(5 batches each); 1, 3 and 5 layers copied; 14 runs × 3 seeds",
 )
 
 YOSINSKI_PAPER = {
@@ -35,7 +35,8 @@ VARIANTS = ("BnB", "BnB+", "AnB", "AnB+")
 
 def defaults(c: LabConfig, gpu: bool) -> None:
     c.backbone, c.image_size, c.per_class, c.lr = "test_resnet", 32, 30, 1e-3
-    c.epochs, c.source_epochs = (60, 10) if gpu else (30, 4)  # B has 5 batches per epoch: cheap
+    c.epochs, c.source_epochs = (60, 10) if gpu else (24, 4)  # B has 5 batches per epoch
+    c.depths = None if gpu else [1, 3, 5]  # every depth is 4 runs: 3 seeds of 14 runs fit in 5 minutes
     c.val_fraction = 0.2
     if gpu:
         c.backbone, c.image_size = "resnet10t", 64
