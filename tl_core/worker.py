@@ -281,14 +281,11 @@ def _rss_bytes() -> int:
         return 0
 
 
-def _may_hold(turns: Turns, device: str) -> bool:
-    """Whether to take another run now: under the ``interleave`` cap, every run held past its first batch
-    (its model and optimiser exist: what it needs is known) and this process under ``HOLD_RAM_FRACTION``."""
-    from .estimate import ram_bytes
-
+def _may_hold(turns: Turns, cap: int, ram_budget: float) -> bool:
+    """Whether to take another run now: fewer than ``cap`` held, every run held past its first batch (its
+    model and optimiser exist: what it needs is known) and this process under ``ram_budget`` bytes."""
     held = len(turns)
-    return held == 0 or (held < interleave(device) and not turns.newcomers()
-                         and _rss_bytes() < HOLD_RAM_FRACTION * ram_bytes())
+    return held == 0 or (held < cap and not turns.newcomers() and _rss_bytes() < ram_budget)
 
 
 def _train_held(store: RunStore, run_id: str, turns: Turns) -> None:
@@ -329,9 +326,12 @@ def serve(runs_dir=None, device: str = "cpu", idle_s: float | None = None, poll_
         _say(f"[pool] warm worker {pid} ready")
         last = reaped = time.monotonic()
         text_ready = False
+        from .estimate import ram_bytes
+
+        cap, ram_budget = interleave(device), HOLD_RAM_FRACTION * ram_bytes()
         while not _TERMINATED:
             threads = {r: t for r, t in threads.items() if t.is_alive()}
-            run_id = store.claim_next(device, pid, len(threads)) if _may_hold(turns, device) else None
+            run_id = store.claim_next(device, pid, len(threads)) if _may_hold(turns, cap, ram_budget) else None
             if run_id is None:
                 if threads:  # training: look for newcomers
                     beat.run_id, last = next(iter(threads)), time.monotonic()
