@@ -15,7 +15,7 @@ def script(turns: Turns, name: str, log: list, epochs: int = 2, batches: int = 2
                 turns.advance(name, epoch)  # before_epoch
             for _ in range(batches):
                 log.append(f"{name}{epoch}")  # the batch, computed while holding the turn
-                assert turns.holder == name
+                assert name in turns.holders
                 turns.advance(name, epoch)  # after_batch
     finally:
         turns.leave(name)
@@ -41,7 +41,7 @@ def test_newcomers_show_a_first_batch_then_everyone_advances_an_epoch_at_a_time(
     assert log == ["a1", "b1", "c1",  # every run's first point before anyone's second batch
                    "a1", "b1", "c1",  # everyone's epoch 1 ...
                    "a2", "a2", "b2", "b2", "c2", "c2"]  # ... before anyone's epoch 2
-    assert len(turns) == 0 and turns.holder is None
+    assert len(turns) == 0 and not turns.holders
 
 
 def test_a_short_run_is_not_held_behind_a_long_one():
@@ -75,6 +75,51 @@ def test_a_holder_keeps_the_turn_while_it_ranks_first(stage):
     turns.join("a")
     turns.take("a")
     turns.advance("a", stage)
-    assert turns.holder == "a"
+    assert turns.holders == {"a"}
     turns.leave("a")
-    assert turns.holder is None
+    assert not turns.holders
+
+
+def test_two_lanes_compute_two_runs_at_once_and_never_three():
+    turns = Turns(lanes=2)
+    for name in "abc":
+        turns.join(name)
+    assert turns.busy() == 2
+    both = threading.Barrier(2, timeout=30)  # passes only if two runs hold a turn at the same time
+    most: list = []
+
+    def lane(name: str) -> None:
+        turns.take(name)
+        try:
+            most.append(len(turns.holders))
+            if name in "ab":
+                both.wait()
+            turns.advance(name, 1)
+            most.append(len(turns.holders))
+        finally:
+            turns.leave(name)
+
+    threads = [threading.Thread(target=lane, args=(n,)) for n in "abc"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+        assert not t.is_alive()
+    assert not both.broken and max(most) == 2 and not turns.holders and turns.busy() == 0
+
+
+def test_with_two_lanes_a_newcomer_takes_the_lane_of_the_run_that_ranks_last():
+    turns = Turns(lanes=2)
+    for name in "ab":
+        turns.join(name)
+        turns.take(name)
+    turns.advance("a", 1)
+    turns.advance("b", 2)
+    turns.join("c")  # a newcomer ranks first: b (epoch 2) must give its lane up at its next batch
+    handed = threading.Thread(target=turns.advance, args=("b", 2))
+    handed.start()
+    turns.take("c")  # would block for ever if b kept its lane
+    assert turns.holders == {"a", "c"}
+    turns.leave("c")
+    handed.join(30)
+    assert not handed.is_alive() and turns.holders == {"a", "b"}

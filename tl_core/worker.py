@@ -94,16 +94,17 @@ def wait_for_slot(store: RunStore, run_id: str) -> bool:
 class ThreadShare:
     """CPU runs share the cores: each of the runs training on the CPU now gets cores // their number
     torch threads, looked at again every ``THREAD_CHECK_S`` (between batches). A run alone takes
-    every core; two warm workers' runs take one core each instead of fighting over both."""
+    every core; two warm workers' runs take one core each instead of fighting over both. Within a warm
+    worker, the ``turns.busy()`` runs that compute at once split its share again."""
 
-    def __init__(self, store: RunStore, device: str = "cpu"):
-        self.store, self.device, self.due, self.threads = store, device, 0.0, None
+    def __init__(self, store: RunStore, device: str = "cpu", turns: Turns | None = None):
+        self.store, self.device, self.turns, self.due, self.threads = store, device, turns, 0.0, None
 
     def share(self) -> int:
         from .devices import cores
 
         others = min(max(1, self.store.running_count(self.device)), device_limit(self.device))
-        return max(1, cores() // others)
+        return max(1, cores() // others // (self.turns.busy() if self.turns else 1))
 
     def on(self, event: str, trainer, **_) -> None:
         now = time.monotonic()
@@ -118,11 +119,11 @@ class ThreadShare:
             self.threads = threads
 
 
-def _thread_share(store: RunStore, cfg, device: str) -> ThreadShare | None:
+def _thread_share(store: RunStore, cfg, device: str, turns: Turns | None = None) -> ThreadShare | None:
     """A ``ThreadShare`` for a CPU run whose config leaves the thread count open (it sets the first count)."""
     if device != "cpu" or cfg.num_threads is not None:
         return None
-    share = ThreadShare(store, device)
+    share = ThreadShare(store, device, turns)
     cfg.num_threads = share.share()
     return share
 
@@ -160,8 +161,9 @@ def run(store: RunStore, run_id: str, say=_say) -> str:
     return train(store, run_id, say)
 
 
-def train(store: RunStore, run_id: str, say=_say, callbacks=()) -> str:
-    """Train ``run_id`` (already running: this process holds its slot) and record its final status."""
+def train(store: RunStore, run_id: str, say=_say, callbacks=(), turns: Turns | None = None) -> str:
+    """Train ``run_id`` (already running: this process holds its slot) and record its final status. In a warm
+    worker, ``turns`` are the turns it takes with the other runs held."""
     from . import training  # torch + timm: seconds in a new process; the run already shows as running meanwhile
 
     info = store.get(run_id)
@@ -169,7 +171,7 @@ def train(store: RunStore, run_id: str, say=_say, callbacks=()) -> str:
     callback = StoreCallback(store, run_id)
     try:
         cfg = training.TrainConfig.from_dict(info.config)
-        share = _thread_share(store, cfg, info.device)
+        share = _thread_share(store, cfg, info.device, turns)
         if store.stop_requested(run_id):  # asked to stop while the libraries were loading
             status, reason = "stopped", "stopped by request before training started"
             return status
@@ -273,6 +275,15 @@ def interleave(device: str) -> int:
     return max(1, _env_int("TL_INTERLEAVE") or (INTERLEAVE_CPU if device == "cpu" else 1))
 
 
+def lanes(device: str) -> int:
+    """How many of its runs a warm worker computes at once (``Turns.lanes``): ``$TL_LANES``, else one per
+    core this worker's share of the CPU gives it, each run on one core; 1 on a GPU."""
+    from .devices import cores
+    from .executor import _env_int
+
+    return max(1, _env_int("TL_LANES") or (cores() // device_limit(device) if device == "cpu" else 1))
+
+
 def _rss_bytes() -> int:
     try:
         with open("/proc/self/statm", encoding="ascii") as fh:
@@ -300,7 +311,7 @@ def _train_held(store: RunStore, run_id: str, turns: Turns) -> None:
     try:
         turns.take(run_id)
         say(f"[worker] run {run_id} claimed by warm worker {os.getpid()} ({len(turns)} held)")
-        train(store, run_id, say, [TurnCallback(turns, run_id)])
+        train(store, run_id, say, [TurnCallback(turns, run_id)], turns)
     except Exception as exc:  # outside the fit: the run fails, the worker goes on
         say(traceback.format_exc().rstrip())
         store.finish(run_id, "failed", f"worker error: {type(exc).__name__}: {exc}")
@@ -317,7 +328,7 @@ def serve(runs_dir=None, device: str = "cpu", idle_s: float | None = None, poll_
     store.register_worker(pid, device)
     beat = Heartbeat(store, pid=pid, device=device)
     beat.start()
-    reason, turns, threads = "exited", Turns(), {}
+    reason, turns, threads = "exited", Turns(lanes(device)), {}
     try:
         _say(f"[pool] warm worker {pid} for {device} on {store.runs_dir}: loading libraries")
         os.environ.setdefault("TL_RUNS_DIR", str(store.runs_dir))  # what lives "under the runs folder" (features)
