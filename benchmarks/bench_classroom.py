@@ -7,7 +7,8 @@ code path), arriving uniformly over ``--arrival`` seconds (10 by default). Two w
 extraction, 3 epochs) and ``mixed`` (one third each feature extraction, partial, two-phase). Before the
 students arrive the executor is warmed with one tiny run (the server has been up for a while), and
 ``single`` measures one student on that idle server. ``--browser N`` also measures the Streamlit
-server's CPU while N headless Chromium sessions follow live runs on the Train page.
+server's CPU while N sessions follow live runs on the Train page (protocol-level sessions from
+``_st_sessions``, or headless Chromium tabs with ``--client chromium``).
 
     .venv/bin/python benchmarks/bench_classroom.py                       # 10 and 30 students, both workloads
     .venv/bin/python benchmarks/bench_classroom.py --students 10 --workload default
@@ -167,16 +168,17 @@ def students(n: int, workload: str, arrival: float, runs_dir: Path, seeds: str) 
     }
 
 
-def server_cpu(n: int, runs_dir: Path, seconds: float = 30.0) -> dict:
-    """Mean and peak CPU (% of one core) of ``streamlit run app.py`` while ``n`` headless Chromium
-    sessions follow live runs on the Train page (each its own student's run, 20 epochs so that it stays
-    live). The browsers and the training share this machine with the server, so they run at nice 10 and
-    the server at 0: the server gets the CPU it asks for, and its figure is its own demand."""
+def server_cpu(n: int, runs_dir: Path, seconds: float = 30.0, client: str = "sessions") -> dict:
+    """Mean and peak CPU (% of one core) of ``streamlit run app.py`` while ``n`` sessions follow live runs
+    on the Train page (each its own student's run: partial fine-tuning for 20 epochs, so that every run is
+    still training while the server is sampled). ``client``: ``sessions`` (``_st_sessions``: the messages a
+    browser sends, without a browser; 30 headless Chromium tabs do not load on 2 cores) or ``chromium``.
+    Sampling starts once every session has shown its curve. The clients and the training share this
+    machine with the server, so they run at nice 10 and the server at 0: the server gets the CPU it asks
+    for, and its figure is its own demand."""
     import socket
     import subprocess
     import urllib.request
-
-    from playwright.sync_api import sync_playwright
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -195,37 +197,66 @@ def server_cpu(n: int, runs_dir: Path, seconds: float = 30.0) -> dict:
                     break
             except OSError:
                 time.sleep(0.3)
-        os.nice(10)  # from here on, this process and what it starts (the browsers) yield to the server
+        os.nice(10)  # from here on, this process and what it starts (the clients) yield to the server
         for w in runs.RunStore(runs_dir).workers():
             psutil.Process(w["pid"]).nice(10)
-        ids = [runs.launch(student_config(i, "default", "same", epochs=20), runs_dir, owner=f"student{i + 1}")
-               for i in range(n)]
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run"])
-            pages = []
-            for i, run_id in enumerate(ids):  # open every session; don't wait for each page to finish loading
-                pages.append(browser.new_context().new_page())
-                pages[-1].goto(f"{url}/train?run={run_id}&student=student{i + 1}", wait_until="commit",
-                               timeout=120_000)
-            proc = psutil.Process(server.pid)
-            proc.cpu_percent()
-            samples = []
-            for _ in range(int(seconds)):
-                time.sleep(1.0)
-                samples.append(proc.cpu_percent())
-            following = sum(_plotted(page) for page in pages)
-            browser.close()
+        ids = [runs.launch(student_config(i, "default", "same", strategy="partial", epochs=20), runs_dir,
+                           owner=f"student{i + 1}") for i in range(n)]
+        paths = [f"train?run={run_id}&student=student{i + 1}" for i, run_id in enumerate(ids)]
+        follow = _follow_in_chromium if client == "chromium" else _follow_in_sessions
+        out = follow(url, paths, psutil.Process(server.pid), seconds)
         store = runs.RunStore(runs_dir)
+        out["live_runs_at_end"] = sum(store.get(r).active for r in ids)
         for run_id in ids:
             store.request_stop(run_id, teacher=True)
-        return {"sessions": n, "server_cpu_mean_pct": statistics.mean(samples), "server_cpu_peak_pct": max(samples),
-                "sessions_showing_a_curve": following, "live_runs_at_end": sum(store.get(r).active for r in ids)}
+        return {"sessions": n, "client": client, **out}
     finally:
         server.terminate()
         server.wait(10)
         log.close()
+
+
+def _sample_cpu(proc, seconds: float) -> dict:
+    proc.cpu_percent()
+    samples = []
+    for _ in range(int(seconds)):
+        time.sleep(1.0)
+        samples.append(proc.cpu_percent())
+    return {"server_cpu_mean_pct": statistics.mean(samples), "server_cpu_peak_pct": max(samples)}
+
+
+def _follow_in_sessions(url: str, paths: list[str], proc, seconds: float, ready_s: float = 180.0) -> dict:
+    from _st_sessions import Sessions
+
+    with Sessions(url, paths) as sessions:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < ready_s and not all(s["plotly_with_points"] for s in sessions.stats()):
+            time.sleep(1.0)
+        ready = time.monotonic() - t0
+        before = sum(s["script_runs"] for s in sessions.stats())
+        cpu = _sample_cpu(proc, seconds)
+        stats = sessions.stats()
+    runs_per_s = (sum(s["script_runs"] for s in stats) - before) / seconds / len(paths)
+    return {**cpu, "sessions_showing_a_curve": sum(s["plotly_with_points"] for s in stats),
+            "all_showing_after_s": ready, "script_runs_per_session_per_s": runs_per_s,
+            "errors": sum(len(s["errors"]) + s["exceptions"] for s in stats)}
+
+
+def _follow_in_chromium(url: str, paths: list[str], proc, seconds: float) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        pages = []
+        for path in paths:  # open every session; don't wait for each page to finish loading
+            pages.append(browser.new_context().new_page())
+            pages[-1].goto(f"{url}/{path}", wait_until="commit", timeout=120_000)
+        cpu = _sample_cpu(proc, seconds)
+        following = sum(_plotted(page) for page in pages)
+        browser.close()
+    return {**cpu, "sessions_showing_a_curve": following}
 
 
 def _plotted(page) -> bool:
@@ -273,8 +304,8 @@ def table(results: list[dict]) -> str:
             f"{f(r.get('first_metric_median_s'))} | {f(r.get('first_metric_worst_s'))} | "
             f"{f(r.get('all_finished_s'))} | {f(r.get('peak_memory_mb'))} | "
             f"{r.get('completed', '-')}/{r.get('students', '-')} |" for r in results if "students" in r]
-    cpu = [f"- Streamlit server CPU with {r['sessions']} sessions following live runs "
-           f"({r['sessions_showing_a_curve']} showed a curve at the end): mean "
+    cpu = [f"- Streamlit server CPU with {r['sessions']} sessions ({r['client']}) following live runs "
+           f"({r['sessions_showing_a_curve']} showed a curve, {r['live_runs_at_end']} runs live at the end): mean "
            f"{r['server_cpu_mean_pct']:.0f}% of one core, peak {r['server_cpu_peak_pct']:.0f}%"
            for r in results if "sessions" in r]
     return "\n".join([head, *rows, *cpu])
@@ -291,6 +322,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", choices=("same", "distinct"), default="same",
                     help="same: every student the default seed (a class); distinct: one seed each")
     ap.add_argument("--browser", type=int, default=0, metavar="N", help="also measure the server with N sessions")
+    ap.add_argument("--client", choices=("sessions", "chromium"), default="sessions",
+                    help="--browser sessions: protocol-level (_st_sessions) or headless Chromium tabs")
     ap.add_argument("--no-single", action="store_true", help="skip the one-student-on-an-idle-server pass")
     ap.add_argument("--browser-only", action="store_true", help="only the --browser pass")
     ap.add_argument("--quick", action="store_true", help="3 students, default workload, 3 s arrival")
@@ -312,7 +345,7 @@ def main(argv=None) -> int:
                 results.append(scenario(workload, lambda d, n=n, w=workload: students(n, w, args.arrival, d, args.seeds),
                                         args, workers))
         if args.browser:
-            results.append(scenario("browser", lambda d: server_cpu(args.browser, d), args, workers))
+            results.append(scenario("browser", lambda d: server_cpu(args.browser, d, client=args.client), args, workers))
     print(table(results))
     print(f"load average at the end: {os.getloadavg()[0]:.1f}", file=sys.stderr)
     if args.json:

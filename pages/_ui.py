@@ -249,6 +249,17 @@ def config_problem(inp: dict) -> str | None:
     return None
 
 
+def figure_once(name: str, version, build):
+    """The figure ``build()`` makes, built again only when ``version`` changes. A page that refreshes every
+    second re-sends (or updates in place) the figure it already has instead of building it again: building
+    the Train page's curves takes about 40 ms, and a class of 30 following their runs would spend a core
+    on it."""
+    figures = st.session_state.setdefault("_figures", {})
+    if name not in figures or figures[name][0] != version:
+        figures[name] = (version, build())
+    return figures[name][1]
+
+
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~:$&\"'=^@%;?/,])")
 
 

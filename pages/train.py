@@ -224,8 +224,10 @@ def _curves(info, epochs, steps, phases, spe, total_epochs) -> None:
     bounds = visuals.phase_starts(meta.get("phases") or [])  # where unfreezing happens, known from the start
     step_rows = [{"x": (s["epoch"] - 1) + (s["batch"] or 0) / spe, "loss": s["loss"]} for s in steps
                  if s.get("loss") is not None and s.get("epoch")]
-    st.plotly_chart(visuals.run_curves_figure(epochs, step_rows, bounds, total_epochs), key=f"curves_{info.id}",
-                    width="stretch")
+    frame = _ui.figure_once(f"curves_{info.id}", (total_epochs, tuple(bounds)),
+                            lambda: visuals.run_curves_figure([], [], bounds, total_epochs))
+    fig = visuals.update_run_curves(frame, epochs, step_rows, total_epochs)
+    st.plotly_chart(fig, key=f"curves_{info.id}", width="stretch")
     if len(phases) > 1:  # the frozen part changes with each phase, and so does what can be cached
         st.caption("Speed-up, per phase:  \n" + "  \n".join(f"{p['phase']} · {p['name']}: {p['cache']}" for p in phases))
     elif phases or meta.get("cache"):
@@ -252,7 +254,9 @@ def _drift(info, epochs, phases) -> None:
         short = {r["name"]: r["short"] for r in rows}
     except Exception:
         pass
-    st.plotly_chart(visuals.drift_figure(drift, frozen, labels=short), key=f"drift_{info.id}", width="stretch")
+    fig = _ui.figure_once(f"drift_{info.id}", (last.get("seq"), tuple(frozen)),
+                          lambda: visuals.drift_figure(drift, frozen, labels=short))
+    st.plotly_chart(fig, key=f"drift_{info.id}", width="stretch")
     bn = {b: v for b, v in (last.get("bn_stat_drift") or {}).items() if b in frozen and v}
     if bn:
         st.caption(f"BatchNorm statistics of frozen blocks moved by up to {max(bn.values()):.1%} "
@@ -269,9 +273,14 @@ def _snapshots(run_id: str) -> None:
         st.caption("Appears when the model is loaded.")
         return
     pick = [0, snap_epochs[-1]] if snap_epochs[-1] != 0 and 0 in snap_epochs else snap_epochs[-1:]
-    snaps = store.snapshots(run_id, pick)
-    cols = {("before training" if e == 0 else f"after epoch {e}"): snaps[e] for e in pick}
-    st.plotly_chart(visuals.feature_maps_figure(cols, max_maps=6, height=520), key=f"maps_{run_id}", width="stretch")
+
+    def build():
+        snaps = store.snapshots(run_id, pick)
+        cols = {("before training" if e == 0 else f"after epoch {e}"): snaps[e] for e in pick}
+        return visuals.feature_maps_figure(cols, max_maps=6, height=520)
+
+    fig = _ui.figure_once(f"maps_{run_id}", tuple(pick), build)
+    st.plotly_chart(fig, key=f"maps_{run_id}", width="stretch")
 
 
 def _live_view(run_id: str) -> None:
@@ -327,8 +336,12 @@ if not runs_list:
     st.info("No runs yet. Press **Launch training** above: a first run takes under a minute on a laptop CPU.")
     st.stop()
 run_id = run_picker(runs_list, run_id)
-ACTIVE = store.get(run_id).active  # run_every is fixed when a fragment is defined
-REFRESH, EPOCH_REFRESH = (1.0, 3.0) if ACTIVE else (None, None)
+ATTACHED = store.get(run_id)  # run_every is fixed when a fragment is defined
+CROWDED_RUNS = 4
+# In a class (more than CROWDED_RUNS runs training on this device) each run gets a small share of the device and
+# its curves move slowly; refreshing less often keeps the server's CPU for 30 sessions under half a core.
+CROWDED = ATTACHED.active and store.running_count(ATTACHED.device) > CROWDED_RUNS
+REFRESH, EPOCH_REFRESH = ((2.0, 10.0) if CROWDED else (1.0, 3.0)) if ATTACHED.active else (None, None)
 st.fragment(run_every=REFRESH)(_live_view)(run_id)
 st.fragment(run_every=EPOCH_REFRESH)(_epoch_view)(run_id)
 all_runs_table(runs_list)
