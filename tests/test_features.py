@@ -1,4 +1,7 @@
 """The frozen-prefix cache on its own (no training): what it decides and what it returns."""
+import threading
+
+import pytest
 import timm
 import torch
 
@@ -217,3 +220,65 @@ def test_keys_of_a_thousand_images_and_a_mobilenet_prefix_are_stable_and_per_spl
     keys = features.entry_keys(cache, model, images, eval_tf, {"data": "animal_shapes"})
     assert len(set(keys.values())) == 2 and keys == features.entry_keys(cache, model, images, eval_tf,
                                                                           {"data": "animal_shapes"})
+
+
+def test_two_runs_filling_one_share_at_once_compute_each_image_once_and_in_parallel():
+    model, hier, chain, plan = _setup(3)
+    cache = features.plan_cache(model, hier, chain, plan)
+    ds = data.load_dataset("digits8")
+    images = ds.images[:40]
+    _, eval_tf = data.make_transforms(models.data_config_for("test_resnet", model), 32)
+    to_device = devices.device_plan("cpu", channels_last=False).move
+    both = threading.Barrier(2, timeout=30)
+    seen: dict[str, list] = {}
+
+    class Counted(torch.nn.Module):  # the real prefix, recording which thread computed which images
+        def forward(self, x):
+            name = threading.current_thread().name
+            seen.setdefault(name, []).append(len(x))
+            if name in "ab" and len(seen[name]) == 1:  # each run's first part: both compute at the same time
+                both.wait()
+            return cache.prefix(x)
+
+    first = features.PrefixCache(Counted(), model, images, eval_tf, to_device)
+    first.CHUNK = 8
+    second = features.PrefixCache(Counted(), model, images, eval_tf, to_device, fill=first.fill)
+    second.CHUNK = 8
+    first.fill.done[:], first.fill.claimed[:] = False, False  # the shape probe of ``first`` computed nothing kept
+    seen.clear()
+    got = {}
+
+    def run(cache, name):  # identical runs: the same batches in the same order
+        got[name] = torch.cat([cache[torch.arange(i, i + 8)] for i in range(0, 40, 8)])
+
+    runs = [threading.Thread(target=run, args=(c, n), name=n) for c, n in ((first, "a"), (second, "b"))]
+    for t in runs:
+        t.start()
+    for t in runs:
+        t.join(60)
+    assert not both.broken and set(seen) == {"a", "b"}  # b computed the images a had not claimed, meanwhile
+    assert sum(sum(v) for v in seen.values()) == 40  # every image once between them
+    torch.testing.assert_close(got["a"], got["b"])
+    with torch.no_grad():
+        torch.testing.assert_close(got["a"], cache.prefix(eval_tf(images)))
+
+
+def test_images_claimed_by_a_run_that_fails_are_computed_by_the_other():
+    model, hier, chain, plan = _setup(3)
+    cache = features.plan_cache(model, hier, chain, plan)
+    images = data.load_dataset("digits8").images[:16]
+    _, eval_tf = data.make_transforms(models.data_config_for("test_resnet", model), 32)
+    to_device = devices.device_plan("cpu", channels_last=False).move
+
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("out of memory")
+
+    good = features.PrefixCache(cache.prefix, model, images, eval_tf, to_device)
+    good[torch.arange(1)]  # the share exists (and a run joining it needs no shape probe)
+    bad = features.PrefixCache(Broken(), model, images, eval_tf, to_device, fill=good.fill)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        bad[torch.arange(8)]
+    assert not good.fill.claimed[1:].any()  # given back
+    with torch.no_grad():
+        torch.testing.assert_close(good[torch.arange(16)], cache.prefix(eval_tf(images)))

@@ -102,6 +102,17 @@ def test_run_curves_figure_has_phase_markers():
     assert any("unfreeze" in a.text for a in fig.layout.annotations)
 
 
+def test_updating_the_curves_in_place_gives_the_figure_built_from_scratch():
+    steps = [{"x": 0.5, "loss": 1.0}, {"x": 1.0, "loss": 0.8}]
+    frame = visuals.run_curves_figure([], [], [(1.0, "unfreeze")], total_epochs=2)
+    assert all(len(t.x or ()) == 0 for t in frame.data)
+    for epochs in (_rows([0.5]), _rows([0.5, 0.6, 0.7])):  # the third epoch is past total_epochs: the axis grows
+        updated = visuals.update_run_curves(frame, epochs, steps, total_epochs=2)
+        assert updated is frame
+        assert frame.to_dict() == visuals.run_curves_figure(epochs, steps, [(1.0, "unfreeze")], 2).to_dict()
+    assert list(frame.data[-1].y) == [0.5, 0.6, 0.7] and frame.layout.xaxis.range[1] == 3.2
+
+
 def test_run_curves_downsamples_long_step_series():
     steps = [{"x": i / 100, "loss": 1.0} for i in range(10_000)]
     fig = visuals.run_curves_figure([], steps)

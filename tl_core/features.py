@@ -122,13 +122,21 @@ def plan_cache(model: nn.Module, hier: surgery.Hierarchy, chain, plan: surgery.F
     return split
 
 
+HELP_CHUNK = 32  # images a run computes for the others while it waits for images another run is computing
+
+
 class Fill:
     """Prefix outputs and which of them are computed: one per key, shared by every run of this process
     with that key (``LIVE``), so runs training at the same time (a warm worker's ``turns``) compute each
-    image once between them, whichever run asks first."""
+    image once between them, whichever run asks first. A run claims the images it will compute, computes
+    them outside the lock (two runs computing at once fill two parts at once); while it waits for images
+    another run has claimed, it computes images nobody has claimed yet. Identical runs ask for the same
+    images in the same order, so without that the later ones would only wait for the first."""
 
     def __init__(self, n: int, out: torch.Tensor | None = None):
-        self.out, self.done, self.lock = out, torch.full((n,), out is not None, dtype=torch.bool), threading.Lock()
+        self.out, self.cond = out, threading.Condition()
+        self.done = torch.full((n,), out is not None, dtype=torch.bool)
+        self.claimed = self.done.clone()
 
 
 LIVE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # key -> Fill, while a run holds it
@@ -173,17 +181,40 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
-        fill = self.fill
-        with fill.lock:
-            todo = idx[~fill.done[idx]]
-            for part in todo.split(self.CHUNK) if len(todo) else ():  # a large validation batch: a chunk at a time
+    def _fill(self, todo: torch.Tensor) -> bool:
+        """Compute the images ``todo`` (claimed by this run), a chunk at a time; True if that filled the last one."""
+        fill, full = self.fill, False
+        try:
+            for part in todo.split(self.CHUNK):
                 out = self._run(part)
-                if fill.out is None:
-                    fill.out = torch.empty((len(self.images), *self.shape), dtype=out.dtype, device=out.device)
-                fill.out[part.to(out.device)] = out
-                fill.done[part] = True
-            full = len(todo) and bool(fill.done.all())
+                with fill.cond:
+                    if fill.out is None:
+                        fill.out = torch.empty((len(self.images), *self.shape), dtype=out.dtype, device=out.device)
+                    fill.out[part.to(out.device)] = out
+                    fill.done[part] = True
+                    full = bool(fill.done.all())
+                    fill.cond.notify_all()
+        except BaseException:
+            with fill.cond:  # give back what this run claimed and did not compute
+                fill.claimed[todo[~fill.done[todo]]] = False
+                fill.cond.notify_all()
+            raise
+        return full
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        fill, full = self.fill, False
+        while True:
+            with fill.cond:
+                if bool(fill.done[idx].all()):
+                    break
+                todo = idx[~fill.claimed[idx]]  # what this batch needs and nobody computes yet
+                if not len(todo):  # all claimed by other runs: help with images not claimed yet meanwhile
+                    todo = (~fill.claimed).nonzero().flatten()[:HELP_CHUNK]
+                    if not len(todo):
+                        fill.cond.wait_for(lambda: bool(fill.done[idx].all()) or not bool(fill.claimed[idx].all()))
+                        continue
+                fill.claimed[todo] = True
+            full = self._fill(todo) or full
         if full and self.on_full is not None:
             self.on_full(fill.out)
             self.on_full = None
