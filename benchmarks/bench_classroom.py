@@ -225,14 +225,19 @@ def _sample_cpu(proc, seconds: float) -> dict:
     return {"server_cpu_mean_pct": statistics.mean(samples), "server_cpu_peak_pct": max(samples)}
 
 
-def _follow_in_sessions(url: str, paths: list[str], proc, seconds: float, ready_s: float = 180.0) -> dict:
+def _wait_for(showing, ready_s: float = 180.0) -> float:
+    """Seconds until ``showing()`` (every session shows its curve), at most ``ready_s``."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < ready_s and not showing():
+        time.sleep(1.0)
+    return time.monotonic() - t0
+
+
+def _follow_in_sessions(url: str, paths: list[str], proc, seconds: float) -> dict:
     from _st_sessions import Sessions
 
     with Sessions(url, paths) as sessions:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < ready_s and not all(s["plotly_with_points"] for s in sessions.stats()):
-            time.sleep(1.0)
-        ready = time.monotonic() - t0
+        ready = _wait_for(lambda: all(s["plotly_with_points"] for s in sessions.stats()))
         before = sum(s["script_runs"] for s in sessions.stats())
         cpu = _sample_cpu(proc, seconds)
         stats = sessions.stats()
@@ -253,10 +258,11 @@ def _follow_in_chromium(url: str, paths: list[str], proc, seconds: float) -> dic
         for path in paths:  # open every session; don't wait for each page to finish loading
             pages.append(browser.new_context().new_page())
             pages[-1].goto(f"{url}/{path}", wait_until="commit", timeout=120_000)
+        ready = _wait_for(lambda: all(_plotted(page) for page in pages))
         cpu = _sample_cpu(proc, seconds)
         following = sum(_plotted(page) for page in pages)
         browser.close()
-    return {**cpu, "sessions_showing_a_curve": following}
+    return {**cpu, "sessions_showing_a_curve": following, "all_showing_after_s": ready}
 
 
 def _plotted(page) -> bool:

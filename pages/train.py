@@ -338,9 +338,9 @@ if not runs_list:
 run_id = run_picker(runs_list, run_id)
 ATTACHED = store.get(run_id)  # run_every is fixed when a fragment is defined
 CROWDED_RUNS = 4
-# In a class (more than CROWDED_RUNS runs training on this device) each run gets a small share of the device and
-# its curves move slowly; refreshing less often keeps the server's CPU for 30 sessions under half a core.
-CROWDED = ATTACHED.active and store.running_count(ATTACHED.device) > CROWDED_RUNS
+# In a class (more than CROWDED_RUNS runs queued or training on this device) each run gets a small share of the
+# device and its curves move slowly; refreshing less often keeps the server's CPU for 30 sessions under half a core.
+CROWDED = ATTACHED.active and sum(r.active and r.device == ATTACHED.device for r in store.list_runs()) > CROWDED_RUNS
 REFRESH, EPOCH_REFRESH = ((2.0, 10.0) if CROWDED else (1.0, 3.0)) if ATTACHED.active else (None, None)
 st.fragment(run_every=REFRESH)(_live_view)(run_id)
 st.fragment(run_every=EPOCH_REFRESH)(_epoch_view)(run_id)

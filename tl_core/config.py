@@ -64,10 +64,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
+        limits.check_fields(cls, d)
         return cls(**d)
 
     @classmethod

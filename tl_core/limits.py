@@ -128,3 +128,10 @@ def _fits(value, kind: str) -> bool:
             if isinstance(value, _SIMPLE[k]):
                 return True
     return False
+
+
+def check_fields(cls, d: dict, what: str = "config") -> None:
+    """Refuse, in one line, the keys of ``d`` that are not fields of the dataclass ``cls``."""
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {what} field(s): {', '.join(unknown)}")

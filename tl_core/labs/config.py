@@ -97,10 +97,7 @@ class LabConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "LabConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown lab config field(s): {', '.join(unknown)}")
+        limits.check_fields(cls, d, "lab config")
         lab = d.get("lab", "race")
         _check_lab(lab)
         base = default_config(lab, d.get("preset", "default")).to_dict()
