@@ -256,7 +256,10 @@ def figure_once(name: str, version, build):
     on it."""
     figures = st.session_state.setdefault("_figures", {})
     if name not in figures or figures[name][0] != version:
+        figures.pop(name, None)
         figures[name] = (version, build())
+        while len(figures) > 8:  # a session that looks at many runs keeps the latest figures only
+            figures.pop(next(iter(figures)))
     return figures[name][1]
 
 
