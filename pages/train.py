@@ -11,6 +11,7 @@ from tl_core import backbones, models, strategies, text_visuals, visuals
 inp = _ui.start_page()
 store = _ui.store()
 st.title("3 · Train")
+CROWDED_RUNS = 4  # more runs than this queued or training: the page refreshes less often (see below)
 
 
 # ------------------------------------------------------------------ which run is attached
@@ -286,8 +287,8 @@ def _snapshots(run_id: str) -> None:
 def _live_view(run_id: str) -> None:
     """What moves every batch: progress and curves (refreshed every ``REFRESH`` s while the run is active)."""
     info = store.get(run_id)
-    if REFRESH and not info.active:
-        st.rerun(scope="app")  # finished: one full rerun stops the timers and shows the final state
+    if REFRESH and (not info.active or (store.active_count() > CROWDED_RUNS) != CROWDED):
+        st.rerun(scope="app")  # finished, or a class came or went: a full rerun sets the timers again
     _status_header(info)
     epochs, steps, phases = (store.metrics(run_id, kind) for kind in ("epoch", "step", "phase"))
     meta = info.info or {}
@@ -337,10 +338,9 @@ if not runs_list:
     st.stop()
 run_id = run_picker(runs_list, run_id)
 ATTACHED = store.get(run_id)  # run_every is fixed when a fragment is defined
-CROWDED_RUNS = 4
-# In a class (more than CROWDED_RUNS runs queued or training on this device) each run gets a small share of the
-# device and its curves move slowly; refreshing less often keeps the server's CPU for 30 sessions under half a core.
-CROWDED = ATTACHED.active and sum(r.active and r.device == ATTACHED.device for r in store.list_runs()) > CROWDED_RUNS
+# In a class (more than CROWDED_RUNS runs queued or training) each run gets a small share of a device and its
+# curves move slowly; refreshing less often keeps the server's CPU for 30 sessions under half a core.
+CROWDED = ATTACHED.active and store.active_count() > CROWDED_RUNS
 REFRESH, EPOCH_REFRESH = ((2.0, 10.0) if CROWDED else (1.0, 3.0)) if ATTACHED.active else (None, None)
 st.fragment(run_every=REFRESH)(_live_view)(run_id)
 st.fragment(run_every=EPOCH_REFRESH)(_epoch_view)(run_id)

@@ -297,3 +297,19 @@ def test_cli_stop_and_runs_on_a_queued_run(store, capsys):
     assert cli.main(["runs", "--runs-dir", str(store.runs_dir)]) == 0
     assert run_id in capsys.readouterr().out
     assert cli.main(["stop", "no-such-run", "--runs-dir", str(store.runs_dir)]) != 0
+
+
+def test_active_count_counts_queued_and_training_runs_on_every_device(tmp_path):
+    from tl_core.config import TrainConfig
+    from tl_core.runs import RunStore
+
+    store = RunStore(tmp_path / "runs")
+    ids = [store.create(TrainConfig(name=f"r{i}", device=dev), device=dev)
+           for i, dev in enumerate(("cpu", "cpu", "cuda", "cpu"))]
+    assert store.active_count() == 4
+    store.finish(ids[0], "completed")
+    store.request_stop(ids[1])  # a queued run stops at once
+    assert store.get(ids[1]).status == "stopped" and store.active_count() == 2
+    assert store.try_start(ids[3]) and store.active_count() == 2  # training counts too
+    store.finish(ids[2], "failed", "no GPU")
+    assert store.active_count() == 1

@@ -390,6 +390,10 @@ class RunStore:
         return self._q("SELECT COUNT(*) FROM runs WHERE executor=? AND device=? AND status IN ('queued','running')",
                        (executor.POOL, device))[0][0]
 
+    def active_count(self) -> int:
+        """Runs queued or training, on any device (how crowded the server is)."""
+        return self._q("SELECT COUNT(*) FROM runs WHERE status IN ('queued','running')")[0][0]
+
     def running_count(self, device: str) -> int:
         """How many runs train on ``device`` now."""
         with self._lock:
