@@ -130,3 +130,56 @@ def test_sequential_chain_splits_cnns_and_refuses_vits():
         torch.testing.assert_close(out, model(x))
     vit, _ = backbones.create_model("vit_tiny", num_classes=4, weights="random")
     assert surgery.sequential_chain(vit) is None
+
+
+def _vary_batchnorm(model: torch.nn.Module) -> None:
+    """Running statistics and affine parameters far from a fresh BatchNorm's, so folding them matters."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g))
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(n, generator=g))
+            m.bias.data.copy_(torch.randn(n, generator=g))
+
+
+@pytest.mark.parametrize("key", list(MODELS))
+@torch.no_grad()
+def test_fold_batchnorm_gives_the_same_outputs_without_batchnorm(key):
+    torch.manual_seed(0)
+    model, _ = backbones.create_model(key, num_classes=4, weights="random")
+    _vary_batchnorm(model)
+    model.train()
+    x = surgery.dummy_input(model, 64, batch=4, generator=torch.Generator().manual_seed(1))
+    folded = surgery.fold_batchnorm(model, x[:2])
+    assert model.training  # the model's own mode is given back
+    if key == "vit_tiny":  # LayerNorm only: nothing to fold
+        assert folded is model
+        return
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    model.eval()
+    ref = model(x)
+    assert torch.allclose(folded(x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the model is untouched
+
+
+@torch.no_grad()
+def test_fold_batchnorm_keeps_the_module_when_the_copy_differs():
+    class Tap(torch.nn.Module):  # the convolution's output is used twice: folding would change it
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(3, 3, 1), torch.nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y
+
+    tap = Tap()
+    _vary_batchnorm(tap)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert surgery.fold_batchnorm(tap, x) is tap
+    linear = torch.nn.Linear(4, 2)
+    assert surgery.fold_batchnorm(linear, torch.zeros(1, 4)) is linear
+    assert surgery.fold_batchnorm(F.relu, x) is F.relu

@@ -252,6 +252,22 @@ def test_save_and_load_give_identical_predictions(tmp_path):
     assert torch.equal(a.argmax(1), b.argmax(1))
 
 
+
+def test_validation_folds_batchnorm_and_reports_what_the_model_does(monkeypatch):
+    trainer, _, _ = run(tiny(backbone="test_efficientnet", strategy="full", epochs=1))
+    loaders = trainer._start_phase(0, trainer.phases[0])  # every block trains: validation runs the whole model
+    real, used = surgery.fold_batchnorm, []
+    monkeypatch.setattr(surgery, "fold_batchnorm", lambda module, x: used.append(real(module, x)) or used[-1])
+    folded = trainer.validate(loaders)
+    folded_confusion = trainer.confusion.clone()
+    assert used[0] is not trainer.model and not any(isinstance(m, torch.nn.BatchNorm2d) for m in used[0].modules())
+    monkeypatch.setattr(surgery, "fold_batchnorm", lambda module, x: module)
+    plain = trainer.validate(loaders)
+    assert folded["val_loss"] == pytest.approx(plain["val_loss"], rel=1e-5)
+    assert folded["val_acc"] == plain["val_acc"] and torch.equal(folded_confusion, trainer.confusion)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in trainer.model.modules())  # the model keeps its own
+
+
 # --------------------------------------------------------------------------- devices
 
 
