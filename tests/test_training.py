@@ -268,6 +268,20 @@ def test_validation_folds_batchnorm_and_reports_what_the_model_does(monkeypatch)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in trainer.model.modules())  # the model keeps its own
 
 
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_the_optimizer_steps_foreach_with_the_weights_of_one_tensor_at_a_time(optimizer, monkeypatch):
+    cfg = tiny(strategy="full", optimizer=optimizer, epochs=1, cache_features=False)
+    foreach, _, _ = run(cfg)
+    assert foreach.optimizer.defaults["foreach"] is True
+    real = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[optimizer]
+    monkeypatch.setattr(torch.optim, real.__name__, lambda *a, **kw: real(*a, **{**kw, "foreach": False}))
+    single, _, _ = run(cfg)
+    assert single.optimizer.defaults["foreach"] is False
+    got, want = foreach.model.state_dict(), single.model.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
 # --------------------------------------------------------------------------- devices
 
 
