@@ -43,6 +43,7 @@ bench: install install-ray browser
 	$(BIN)/python benchmarks/bench_feature_extraction.py
 	$(BIN)/python benchmarks/bench_feature_extraction.py --whole-process
 	$(BIN)/python benchmarks/bench_classroom.py --students 10 30 --workload both
+	$(BIN)/python benchmarks/bench_classroom.py --browser 30 --browser-only
 	$(BIN)/python benchmarks/bench_text.py
 	$(BIN)/python benchmarks/bench_labs.py
 

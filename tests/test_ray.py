@@ -270,15 +270,19 @@ def test_a_run_launched_from_the_train_page_trains_on_ray_is_followed_live_and_s
 
 def test_the_host_queues_what_the_cluster_cannot_take_and_a_queued_run_can_be_cancelled(host):
     store, ex = host
-    first, second, third = (store.create(cfg(**MEDIUM)) for _ in range(3))
+    # the two that take the cluster are long: a short one could end before the other starts, freeing its CPU
+    first, second = (store.create(cfg(**LONG)) for _ in range(2))
+    third = store.create(cfg(**MEDIUM))
     for run_id in (first, second, third):
         ex.submit(run_id)
     wait_until(lambda: store.metrics(first, "step") and store.metrics(second, "step"))
     assert store.get(third).status == "queued"  # two nodes of one CPU, two runs: the third waits on the host
     assert ex.stop(third) == "stopped"
     for run_id in (first, second):
-        assert finished(store, run_id).status == "completed"
-    assert store.get(third).status == "stopped" and not store.metrics(third, "step")
+        assert store.get(run_id).status == "running"
+        ex.stop(run_id)
+        assert finished(store, run_id).status == "stopped"
+    assert store.get(third).status == "stopped" and not store.metrics(third, "step")  # freed CPUs: still not run
 
 
 def test_a_dead_node_fails_its_run_and_the_head_nodes_run_completes(cluster, host):
