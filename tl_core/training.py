@@ -296,7 +296,7 @@ class Trainer:
         try:
             for b, batch in enumerate(loaders["val"]):
                 x, y = dev.batch(*batch)
-                if b == 0:  # the same outputs up to rounding, about 20% faster
+                if b == 0:  # the same outputs up to rounding, in about 25% less time
                     forward = surgery.fold_batchnorm(forward, x[:2])
                 with dev.autocast():
                     logits = forward(x).float()
