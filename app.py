@@ -29,7 +29,7 @@ def _input_label(row: dict) -> str:
 def home() -> None:
     import torch
 
-    from tl_core import visuals
+    from tl_core.viz import figures as visuals
 
     st.title("Transfer Learning Lab")
     st.markdown(

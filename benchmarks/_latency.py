@@ -7,7 +7,7 @@ import time
 def first_metric(cfg, runs_dir: str, wait_epoch: bool = True, timeout: float = 300) -> dict:
     """Seconds from ``runs.launch(cfg)`` until the store holds the run's first per-step loss row
     (``step_s``) and, with ``wait_epoch``, its first epoch row (``epoch_s``); the run is then stopped."""
-    from tl_core import runs
+    from tl_core.runs import store as runs
 
     t0 = time.perf_counter()
     run_id = runs.launch(cfg, runs_dir)

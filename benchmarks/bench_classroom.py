@@ -36,8 +36,9 @@ sys.path.insert(0, str(ROOT))
 
 import psutil  # noqa: E402
 
-from tl_core import executor, runs  # noqa: E402
-from tl_core.config import TrainConfig  # noqa: E402
+from tl_core.runs import executor
+from tl_core.runs import store as runs  # noqa: E402
+from tl_core.training.config import TrainConfig  # noqa: E402
 
 MIXED = ({"strategy": "feature_extraction"}, {"strategy": "partial"}, {"strategy": "two_phase"})
 WARMUP = dict(backbone="mobilenetv2", data="digits8", per_class=6, image_size=32, epochs=1, name="warm-up")
@@ -105,7 +106,7 @@ def warm_up(runs_dir: Path) -> float:
     if os.environ.get("TL_EXECUTOR") == "ray":
         import ray
 
-        from tl_core import ray_executor
+        from tl_core.runs import ray_host as ray_executor
 
         ray_executor.connect(None)  # $RAY_ADDRESS
         n = max(1, int(ray.cluster_resources().get("CPU", 1)) // ray_executor.cpus_per_run(None))

@@ -36,7 +36,9 @@ from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 from torchvision import transforms  # noqa: E402
 
-from tl_core import backbones, data, training  # noqa: E402
+from tl_core.models import backbones
+from tl_core import data
+from tl_core.training import trainer as training  # noqa: E402
 
 
 class PeakRSS:

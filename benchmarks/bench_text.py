@@ -111,7 +111,7 @@ def plain_loop(split_file: str, mode: str, epochs: int, tokens: int, threads: in
 
 def write_split(path: Path, per_class: int, tokens: int) -> dict:
     """The split the tl_core run trains on (``text_race.split_texts``: the calls of ``training.prepare``)."""
-    from tl_core.config import default_text_config
+    from tl_core.training.config import default_text_config
     from tl_core.labs.text_race import split_texts
 
     s = split_texts(default_text_config(per_class=per_class, max_tokens=tokens))
@@ -137,7 +137,7 @@ def _cli_has_tokens(env: dict) -> bool:
 
 
 def tl_process(strategy: str, epochs: int, per_class: int, tokens: int, runs_dir: str, env: dict) -> dict:
-    from tl_core.config import TrainConfig
+    from tl_core.training.config import TrainConfig
 
     cmd = [sys.executable, "-m", "tl_core", "train", "--backbone", "minilm_l6", "--data", "fine_food", "--strategy",
            strategy, "--epochs", str(epochs), "--per-class", str(per_class), "--batch-size", "32", "--seed", "0",
@@ -168,14 +168,15 @@ def first_metric(runs_dir: str, wait_epoch: bool = True, timeout: float = 600) -
     """Seconds from ``runs.launch(default_text_config())`` to its first step row and (``wait_epoch``) its
     first epoch row in the store; the run is then stopped."""
     from _latency import first_metric as latency
-    from tl_core.config import default_text_config
+    from tl_core.training.config import default_text_config
 
     return latency(default_text_config(), runs_dir, wait_epoch, timeout)
 
 
 def launch_latency(runs_dir: str, wait_epoch: bool) -> dict:
     """Cold (the first launch starts the worker pool) and warm (the pool is up), then the pool is stopped."""
-    from tl_core import executor, runs
+    from tl_core.runs import executor
+    from tl_core.runs import store as runs
 
     try:
         return {"cold": first_metric(runs_dir, wait_epoch), "warm": first_metric(runs_dir, wait_epoch)}

@@ -18,7 +18,7 @@ ATTENTION_TOKENS = 32  # tokens of an example sentence in the attention pictures
 @st.cache_resource(show_spinner="Loading the trained model…", max_entries=3)
 def run_model(run_dir: str):
     """(fine-tuned model, TrainConfig, class names) of a finished run, in eval mode."""
-    from tl_core import training
+    from tl_core.training import trainer as training
 
     return training.load_model(run_dir)
 
@@ -27,7 +27,7 @@ def run_model(run_dir: str):
 def initial_model(run_dir: str):
     """The run's starting point: the pretrained backbone with the same freshly initialised head (same seed),
     or the same random initialisation for a scratch run."""
-    from tl_core import training
+    from tl_core.training import trainer as training
 
     _, cfg, class_names = run_model(run_dir)
     training._seed_everything(cfg.seed)
@@ -37,7 +37,7 @@ def initial_model(run_dir: str):
 
 @st.cache_resource(show_spinner="Reading the run's data…", max_entries=3)
 def run_data(run_dir: str) -> dict:
-    from tl_core import training
+    from tl_core.training import trainer as training
 
     model, cfg, _ = run_model(run_dir)
     return training.prepare(cfg, training.data_config_for(cfg.backbone, model))
@@ -66,7 +66,7 @@ def layer_maps(model, hier, x, layers: list[str], channels: dict | None = None) 
     Pass the returned channels back to show the same channels of another model."""
     import torch
 
-    from tl_core import training
+    from tl_core.training import trainer as training
 
     raw, handles = {}, []
     for name in layers:
@@ -116,7 +116,7 @@ def model_lock() -> threading.RLock:
 @st.cache_resource(show_spinner="Reading the network's blocks…", max_entries=6)
 def hierarchy(run_dir: str, size: int | None = None):
     """The block hierarchy of the run's network at ``size`` (default: the run's own input size)."""
-    from tl_core import surgery
+    from tl_core.models import surgery
 
     model, cfg, _ = run_model(run_dir)
     with model_lock():
@@ -139,7 +139,7 @@ def random_model(run_dir: str):
     """The same architecture with random weights (seeded by the run's seed): the "no transfer" picture."""
     import torch
 
-    from tl_core import models
+    from tl_core.models import arch as models
 
     _, cfg, class_names = run_model(run_dir)
     if cfg.effective_weights == "random":
@@ -152,7 +152,7 @@ def random_model(run_dir: str):
 
 def imagenet_categories(model, cfg) -> list[str] | None:
     """The 1,000 ImageNet class names when ``model``'s head is a catalogue backbone's ImageNet head, else None."""
-    from tl_core import backbones
+    from tl_core.models import backbones
 
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     if cfg.weights_file or getattr(head, "out_features", None) != backbones.IMAGENET_CLASSES:
@@ -165,7 +165,7 @@ def imagenet_categories(model, cfg) -> list[str] | None:
 @st.cache_resource(show_spinner="Loading the pretrained network with its own head…", max_entries=2)
 def pretrained_model(run_dir: str) -> tuple:
     """(the pretrained backbone with its pretrained head, its class names or None) or (None, why not)."""
-    from tl_core import backbones
+    from tl_core.models import backbones
 
     _, cfg, _ = run_model(run_dir)
     try:
@@ -203,7 +203,7 @@ def feature_space(run_dir: str) -> dict:
     """Penultimate features (image features or sentence embeddings) of up to 200 validation items for
     the random-init, pretrained and trained networks: {"panels": {title: [N, 2] PCA points},
     "accuracy": {title: nearest-centroid accuracy on the full features}, "labels": [N]}."""
-    from tl_core import probes
+    from tl_core.models import probes
 
     model, cfg, _ = run_model(run_dir)
     d = run_data(run_dir)
@@ -230,7 +230,9 @@ def grad_cams(run_dir: str, key: str, size: int, layer: str, _image) -> dict:
     {"picture": HxWx3 uint8 at ``size``, "cams": {(model, class name): [size, size]}}."""
     import torch
 
-    from tl_core import data, models, probes
+    from tl_core import data
+    from tl_core.models import arch as models
+    from tl_core.models import probes
 
     model, cfg, class_names = run_model(run_dir)
     data_cfg = models.data_config_for(cfg.backbone, model)
@@ -261,7 +263,9 @@ def attention(run_dir: str, text: str) -> dict:
     and after training: {"tokens", "maps": {model: {layer: uint8 [heads, T, T]}}, "labels", "probs"}."""
     import torch
 
-    from tl_core import telemetry, text_data, text_models
+    from tl_core.training import telemetry
+    from tl_core.data import texts as text_data
+    from tl_core.models import text as text_models
 
     model, cfg, _ = run_model(run_dir)
     tok = text_models.text_tokenizer(cfg.backbone)
@@ -287,8 +291,8 @@ def attention(run_dir: str, text: str) -> dict:
 @st.cache_resource(show_spinner="Reading the word vectors…", max_entries=2)
 def word_vectors(run_dir: str) -> dict:
     """{"before training": WordVectors, "after training": WordVectors} of a GloVe run (50,000 words)."""
-    from tl_core import text_models
-    from tl_core.word_vectors import WordVectors
+    from tl_core.models import text as text_models
+    from tl_core.models.glove import WordVectors
 
     model, cfg, _ = run_model(run_dir)
     tok = text_models.text_tokenizer(cfg.backbone)

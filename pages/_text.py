@@ -6,7 +6,10 @@ from __future__ import annotations
 import streamlit as st
 
 from pages import _classroom, _ui
-from tl_core import data, text_data, text_models, text_visuals
+from tl_core import data
+from tl_core.data import texts as text_data
+from tl_core.models import text as text_models
+from tl_core.viz import text as text_visuals
 from tl_core.data import uploads
 
 UPLOAD, FOLDER = "__text_upload__", "__text_folder__"

@@ -14,10 +14,15 @@ from pathlib import Path
 
 import streamlit as st
 
-from tl_core import backbones, models, strategies, surgery, text_data, visuals
-from tl_core.data import BUILTIN
-from tl_core.text_data import TEXT_BUILTIN
-from tl_core.strategies import STRATEGIES
+from tl_core.models import backbones
+from tl_core.models import arch as models
+from tl_core.models import strategies
+from tl_core.models import surgery
+from tl_core.data import texts as text_data
+from tl_core.viz import figures as visuals
+from tl_core.data.builtin import BUILTIN
+from tl_core.data.texts import TEXT_BUILTIN
+from tl_core.models.strategies import STRATEGIES
 
 from pages import _router
 from pages._models import (  # noqa: F401  (re-exported: they used to live here)
@@ -49,7 +54,7 @@ def setup_page() -> None:
 
 
 def default_inputs() -> dict:
-    from tl_core.training import TrainConfig
+    from tl_core.training.config import TrainConfig
 
     return TrainConfig().to_dict()
 
@@ -70,7 +75,7 @@ def inputs() -> dict:
 
 def to_config(inp: dict, validate: bool = True, **override):
     """inputs dict (+ overrides) -> TrainConfig; validated, it raises ValueError with one clear line."""
-    from tl_core.training import TrainConfig
+    from tl_core.training.config import TrainConfig
 
     fields = set(TrainConfig().to_dict())
     cfg = TrainConfig.from_dict({**{k: v for k, v in inp.items() if k in fields}, **override})
@@ -87,7 +92,7 @@ def runs_dir() -> Path:
 def upload_path(kind: str, suffix: str) -> Path:
     """A fresh server-side path with a generated name (never the uploader's file name)."""
     if kind == "data":
-        from tl_core.data import data_root
+        from tl_core.data.sources import data_root
 
         folder = data_root() / "uploads"
     else:
@@ -98,7 +103,7 @@ def upload_path(kind: str, suffix: str) -> Path:
 
 @st.cache_resource(show_spinner=False)
 def _store(path: str):
-    from tl_core.runs import RunStore
+    from tl_core.runs.store import RunStore
 
     return RunStore(path)
 
@@ -286,7 +291,7 @@ def html_text(text) -> str:
 
 
 def strategy_phases(inp: dict, hier: surgery.Hierarchy, with_plan: bool = True) -> list[tuple[str, int, dict]]:
-    """(name, epochs, plan dict) per phase for the current inputs (tl_core.strategies.schedule).
+    """(name, epochs, plan dict) per phase for the current inputs (tl_core.models.strategies.schedule).
     ``with_plan=False`` ignores the user's per-block plan: the strategy's own preset."""
     cfg = to_config(inp, validate=False, plan=inp.get("plan") if with_plan else None)
     return [(p.name, int(p.epochs), p.plan.to_dict()) for p in strategies.schedule(cfg, hier)]
@@ -353,7 +358,7 @@ def bind(field: str, key: str | None = None, convert=None, on_change=None) -> di
 @st.cache_data(ttl=60, show_spinner=False)
 def online() -> bool:
     """Whether pretrained weights could be downloaded now (asked at most once a minute)."""
-    from tl_core import backbones
+    from tl_core.models import backbones
 
     return backbones.is_online()
 

@@ -3,8 +3,14 @@ import pandas as pd
 import streamlit as st
 
 from pages import _ui
-from tl_core import backbones, codegen, notebook, strategies, surgery, text_visuals, visuals
-from tl_core.strategies import STRATEGIES
+from tl_core.models import backbones
+from tl_core.export import codegen
+from tl_core.export import notebook
+from tl_core.models import strategies
+from tl_core.models import surgery
+from tl_core.viz import text as text_visuals
+from tl_core.viz import figures as visuals
+from tl_core.models.strategies import STRATEGIES
 
 inp = _ui.start_page()
 st.title("1 · Backbone")
@@ -299,7 +305,8 @@ with lr_col:
 
 def _code_inputs() -> dict:
     """The inputs dict for codegen: a user's text file or folder as the server path the code can read."""
-    from tl_core import data, text_data
+    from tl_core import data
+    from tl_core.data import texts as text_data
 
     if not text or inp["data"] in text_data.TEXT_BUILTIN:
         return inp

@@ -6,7 +6,8 @@ queued or running, every 10 s otherwise (so a student's new run appears without 
 import streamlit as st
 
 from pages import _classroom, _ui
-from tl_core import classroom, visuals
+from tl_core import classroom
+from tl_core.viz import figures as visuals
 
 ACTIVE_EVERY, IDLE_EVERY = 2.0, 10.0
 GROUP_LABELS = {"strategy": "strategy", "depth": "frozen depth", "seed": "seed"}

@@ -2,7 +2,7 @@
 import streamlit as st
 
 from pages import _classroom, _ui
-from tl_core import visuals
+from tl_core.viz import figures as visuals
 
 _ui.start_page()
 store = _ui.store()

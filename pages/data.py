@@ -7,7 +7,9 @@ import streamlit as st
 import torch
 
 from pages import _classroom, _text, _ui
-from tl_core import backbones, data, visuals
+from tl_core.models import backbones
+from tl_core import data
+from tl_core.viz import figures as visuals
 
 inp = _ui.start_page()
 st.title("2 · Data")

@@ -13,7 +13,9 @@ import json
 import streamlit as st
 
 from pages import _classroom, _models, _ui
-from tl_core import data, devices, visuals
+from tl_core import data
+from tl_core import devices
+from tl_core.viz import figures as visuals
 
 _ui.start_page()
 store = _ui.store()
@@ -96,7 +98,7 @@ def what_changed(run_id: str, run_dir: str, text: bool) -> None:
     res = _models.what_changed(run_dir)
     frozen, unit = _frozen_throughout(run_id, res), "texts" if text else "images"
     if text:  # Emb, L1..L6, Head
-        from tl_core import text_visuals
+        from tl_core.viz import text as text_visuals
 
         rows = text_visuals.text_block_rows(_models.hierarchy(run_dir))
         res = {**res, "labels": {r["name"]: r["short"] for r in rows}}
@@ -212,7 +214,7 @@ def one_image(run_dir: str, d: dict, model, cfg, class_names: list[str]) -> None
 
 
 def _default_layers(hier):
-    from tl_core import training
+    from tl_core.training import trainer as training
 
     return training.default_snapshot_layers(hier)
 
@@ -225,7 +227,7 @@ def grad_cam(run_dir: str, model, cfg, image, key: str) -> None:
         st.info("Grad-CAM is not available for this backbone: it is a vision transformer, and Grad-CAM needs the "
                 "feature maps of a convolutional network. Pick a run with a CNN backbone (e.g. MobileNetV2).")
         return
-    from tl_core import probes
+    from tl_core.models import probes
 
     sizes = sorted({cfg.image_size, _models.CAM_SIZE, 224})
     if st.session_state.get("inspect_cam_size") not in sizes:
@@ -258,7 +260,9 @@ def grad_cam(run_dir: str, model, cfg, image, key: str) -> None:
 def attention(run_dir: str, d: dict, cfg, model, class_names: list[str]) -> None:
     if not len(getattr(model, "layers", [])):
         return  # GloVe: a bag of words, no attention
-    from tl_core import text_data, text_models, text_visuals
+    from tl_core.data import texts as text_data
+    from tl_core.models import text as text_models
+    from tl_core.viz import text as text_visuals
 
     st.subheader("Attention, early and late", help="How much each token (row) attends to every other token "
                  "(column), averaged over the heads. Early layers tend to look at neighbours and the word itself "
@@ -333,10 +337,10 @@ def download(run_id: str, text: bool) -> None:
                         mime="application/json", key="dl_config", icon=":material/download:", width="stretch")
     meta = json.loads((folder / "model.json").read_text())
     if text:
-        st.code(f"""from tl_core.models import load_model
+        st.code(f"""from tl_core.models.arch import load_model
 # put the two files in a folder "{run_id}", named model.safetensors and model.json
 model, cfg, class_names = load_model("{run_id}")  # {meta['timm_name']}, {meta.get('max_tokens')} tokens
-from tl_core.text_models import text_tokenizer
+from tl_core.models.text import text_tokenizer
 x = text_tokenizer(cfg.backbone).encode(["a great product"], cfg.max_tokens)
 print(class_names[model(x).argmax(1).item()])""", language="python")
         return

@@ -11,7 +11,9 @@ lists the student's own labs, and only they or the teacher may stop one.
 import streamlit as st
 
 from pages import _classroom, _ui
-from tl_core import classroom, labs, limits
+from tl_core import classroom
+from tl_core import labs
+from tl_core import limits
 
 _ui.start_page()
 store = _ui.store()
@@ -195,7 +197,7 @@ def settings(lab: str) -> labs.LabConfig:
                       "same split, different initialisation and batch order. Two or more give a 95% interval.")
     only_seed(lab, cfg)
     if lab in ("race", "quadrant", "text_race"):
-        from tl_core.strategies import STRATEGIES
+        from tl_core.models.strategies import STRATEGIES
 
         st.multiselect("Strategies", list(STRATEGIES), key=f"{lab}_strategies", on_change=_edit,
                        args=(lab, "strategies"), format_func=lambda s: STRATEGIES[s].label)

@@ -6,7 +6,11 @@ import streamlit as st
 import torch
 
 from pages import _classroom, _text, _ui
-from tl_core import backbones, models, strategies, text_visuals, visuals
+from tl_core.models import backbones
+from tl_core.models import arch as models
+from tl_core.models import strategies
+from tl_core.viz import text as text_visuals
+from tl_core.viz import figures as visuals
 
 inp = _ui.start_page()
 store = _ui.store()
@@ -116,7 +120,7 @@ def _hyper_parameters() -> None:
 
 
 def _launch() -> None:
-    from tl_core import runs
+    from tl_core.runs import store as runs
 
     try:
         cfg = _ui.to_config(inp)

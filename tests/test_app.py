@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from tl_core.runs import RunStore
+from tl_core.runs.store import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 120  # first runs import torch/timm and build models: far above AppTest's 3 s default

@@ -13,7 +13,8 @@ from PIL import Image
 from safetensors.torch import save_file
 from skimage import data as skdata
 
-from tl_core import backbones, cli
+from tl_core.models import backbones
+from tl_core import cli
 
 CAT_CLASSES = set(range(281, 286))  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
 

@@ -70,7 +70,7 @@ def server(tmp_path):
             proc.kill()
         log.close()
         # stop any worker still training (they run in their own sessions by design)
-        from tl_core.runs import RunStore
+        from tl_core.runs.store import RunStore
 
         store = RunStore(tmp_path / "runs")
         for r in store.list_runs():
@@ -309,7 +309,7 @@ def test_a_deep_link_as_a_fresh_servers_first_request_opens_in_the_app_layout(se
     opens attached to the run, in the app's wide layout with its top navigation."""
     from playwright.sync_api import sync_playwright
 
-    from tl_core.runs import RunStore
+    from tl_core.runs.store import RunStore
 
     url, tmp = server
     store = RunStore(tmp / "runs")

@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from tl_core import classroom, visuals
-from tl_core.runs import RunStore
+from tl_core import classroom
+from tl_core.viz import figures as visuals
+from tl_core.runs.store import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 120

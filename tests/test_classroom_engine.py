@@ -10,8 +10,9 @@ import sys
 import pytest
 from test_runs import LONG, ROOT, _cli, cfg, finished, store, wait_until  # noqa: F401  (store: a fixture)
 
-from tl_core import executor, runs
-from tl_core.runs import RunStore
+from tl_core.runs import executor
+from tl_core.runs import store as runs
+from tl_core.runs.store import RunStore
 
 
 def queue_order(store, device="cpu"):
@@ -149,7 +150,7 @@ def test_a_warm_worker_holds_the_queued_runs_they_take_turns_and_a_failing_one_i
 
 def test_cpu_runs_share_the_cores(store, monkeypatch):
     from tl_core.devices import cores
-    from tl_core.worker import ThreadShare
+    from tl_core.runs.worker import ThreadShare
 
     monkeypatch.setenv("TL_MAX_CPU_RUNS", "2")
     share = ThreadShare(store, "cpu")

@@ -1,9 +1,11 @@
-"""tl_core.codegen: the generated PyTorch/timm code runs and reproduces the lab's choices exactly."""
+"""tl_core.export.codegen: the generated PyTorch/timm code runs and reproduces the lab's choices exactly."""
 import pytest
 import timm
 import torch
 
-from tl_core import backbones, codegen, surgery
+from tl_core.models import backbones
+from tl_core.export import codegen
+from tl_core.models import surgery
 
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "interpolation": "bilinear",
             "crop_pct": 0.875}
@@ -133,7 +135,7 @@ def _reviews_csv(path, n_per_class=20):
     """The first ``n_per_class`` fine-food reviews of each class as a user CSV (review, score)."""
     import csv
 
-    from tl_core import text_data
+    from tl_core.data import texts as text_data
 
     ds = text_data.load_text_dataset("fine_food")
     with open(path, "w", newline="") as f:
@@ -148,7 +150,8 @@ def _reviews_csv(path, n_per_class=20):
 def _text_code(key, tmp_path, **changes):
     """(generated source, lab model, hierarchy, phases, config) of a text config, as the Backbone page makes them:
     40 fine-food reviews in a CSV (30 train, 10 validation), 16 tokens, 1 epoch, feature extraction."""
-    from tl_core import config, strategies
+    from tl_core.training import config
+    from tl_core.models import strategies
 
     fields = dict(backbone=key, data=_reviews_csv(tmp_path / "reviews.csv"), data_root=str(tmp_path), per_class=None,
                   val_fraction=0.25,
@@ -179,7 +182,7 @@ def test_text_code_reproduces_the_freeze_plan_and_param_groups(tmp_path):
 def test_text_code_trains_the_real_minilm_offline_frozen_encoder_unchanged(tmp_path):
     from safetensors.torch import load_file
 
-    from tl_core import text_models
+    from tl_core.models import text as text_models
 
     src, *_ = _text_code("minilm_l6", tmp_path)
     ns = _run(src)

@@ -2,7 +2,7 @@
 import pytest
 
 from tl_core import limits
-from tl_core.config import TrainConfig
+from tl_core.training.config import TrainConfig
 
 
 def test_image_size_bounds_follow_the_limits(monkeypatch):

@@ -16,8 +16,13 @@ import pytest
 import torch
 from PIL import Image
 
-from tl_core import backbones, cli, data
-from tl_core.data import Augment, Caps, DataError, ImageSet
+from tl_core.models import backbones
+from tl_core import cli
+from tl_core import data
+from tl_core.data.transforms import Augment
+from tl_core.data.sources import Caps
+from tl_core.data.errors import DataError
+from tl_core.data.sets import ImageSet
 
 torch.set_num_threads(2)
 
@@ -529,7 +534,7 @@ def test_wrong_normalisation_hurts_lite0_on_imagenet_photos():
 def test_cli_datasets(capsys):
     assert cli.main(["datasets", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    from tl_core import text_data
+    from tl_core.data import texts as text_data
     assert [r["key"] for r in rows] == list(data.BUILTIN) + list(text_data.TEXT_BUILTIN)
     assert {r["key"]: r["similarity"] for r in rows}["bbc_news"] == "text"
     assert cli.main(["datasets"]) == 0

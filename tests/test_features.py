@@ -5,7 +5,11 @@ import pytest
 import timm
 import torch
 
-from tl_core import data, devices, features, models, surgery
+from tl_core import data
+from tl_core import devices
+from tl_core.training import prefix as features
+from tl_core.models import arch as models
+from tl_core.models import surgery
 
 
 def _setup(freeze: int):
@@ -49,8 +53,9 @@ import os  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tl_core import feature_cache  # noqa: E402
-from tl_core.training import TrainConfig, fit  # noqa: E402
+from tl_core.training import feature_store as feature_cache  # noqa: E402
+from tl_core.training.config import TrainConfig
+from tl_core.training.trainer import fit  # noqa: E402
 
 
 def tiny(**kw) -> TrainConfig:

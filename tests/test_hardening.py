@@ -23,8 +23,11 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from tl_core import backbones, data, text_data
-from tl_core.data import UNRESTRICTED, DataError
+from tl_core.models import backbones
+from tl_core import data
+from tl_core.data import texts as text_data
+from tl_core.data.sources import UNRESTRICTED
+from tl_core.data.errors import DataError
 
 
 # --------------------------------------------------------------------------- helpers
@@ -383,9 +386,10 @@ def test_resolve_accepts_named_files_and_text_csv_uses_it(root, tmp_path):
 
 # --------------------------------------------------------------------------- 1, 6, 9, 10, 5: validation and the CLI
 
-from tl_core import estimate, limits  # noqa: E402
-from tl_core.config import TrainConfig  # noqa: E402
-from tl_core.labs import LabConfig  # noqa: E402
+from tl_core.training import estimate
+from tl_core import limits  # noqa: E402
+from tl_core.training.config import TrainConfig  # noqa: E402
+from tl_core.labs.config import LabConfig  # noqa: E402
 
 
 def cli(*args, cwd, env=None):
@@ -498,7 +502,7 @@ def test_cli_output_escapes_control_characters(tmp_path):
     make_folder(tmp_path / "pets", {evil: 5, "dog": 5})
     proc = cli("check-data", str(tmp_path / "pets"), cwd=tmp_path)
     assert proc.returncode == 0 and "\x1b" not in proc.stdout and "\\x1b[2Jcat\\nFAKE" in proc.stdout
-    from tl_core.runs import RunStore
+    from tl_core.runs.store import RunStore
 
     RunStore(tmp_path / "runs").create(TrainConfig(name="run\x1b[31m\nowned"))
     proc = cli("runs", cwd=tmp_path)

@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 from test_app import _zip_bytes
 
 from tl_core import data
-from tl_core.runs import RunStore
+from tl_core.runs.store import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tl_core import surgery, worker
-from tl_core.models import load_model
-from tl_core.runs import RunStore
+from tl_core.models import surgery
+from tl_core.runs import worker
+from tl_core.models.arch import load_model
+from tl_core.runs.store import RunStore
 
 from test_text_training import reviews  # noqa: F401  (the fixture: a data root holding reviews.csv)
 

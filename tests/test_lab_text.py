@@ -8,10 +8,12 @@ import pandas as pd
 import pytest
 from threadpoolctl import threadpool_limits
 
-from tl_core import labs, models, text_data
+from tl_core import labs
+from tl_core.models import arch as models
+from tl_core.data import texts as text_data
 from tl_core.labs import text_race
-from tl_core.runs import RunStore
-from tl_core.training import prepare
+from tl_core.runs.store import RunStore
+from tl_core.training.trainer import prepare
 
 LINES = {"tfidf": 0.766, "majority": 0.652, "majority_class": "great", "n_train": 1000, "n_val": 500, "tokens": 64,
          "tfidf_s": 0.2}

@@ -6,7 +6,7 @@ import pytest
 
 from tl_core import labs
 from tl_core.labs import what_changed as wc
-from tl_core.runs import RunStore
+from tl_core.runs.store import RunStore
 
 from test_labs import tiny, tiny_backbone  # noqa: F401  (tiny_backbone: the fixture)
 

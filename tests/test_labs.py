@@ -12,8 +12,9 @@ import pytest
 import timm
 import torch
 
-from tl_core import backbones, labs
-from tl_core.runs import RunStore
+from tl_core.models import backbones
+from tl_core import labs
+from tl_core.runs.store import RunStore
 
 TINY_KEY = "tiny_cnn"
 
@@ -430,7 +431,7 @@ def test_plan_with_three_seeds_repeats_the_runs_with_paired_seeds():
 
 
 def test_seeds_share_the_split(tiny_backbone):
-    from tl_core import training
+    from tl_core.training import trainer as training
 
     runs = labs.plan_runs(tiny("bn", seeds=2))
     if labs.plan.SPLIT_SEED not in {f.name for f in dataclasses.fields(runs[0].cfg)}:

@@ -8,7 +8,8 @@ import timm
 import torch
 from streamlit.testing.v1 import AppTest
 
-from tl_core import backbones, labs
+from tl_core.models import backbones
+from tl_core import labs
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 120
@@ -108,7 +109,7 @@ def _student(name: str, **query) -> AppTest:
 
 
 def test_a_students_lab_carries_the_owner_and_other_students_do_not_see_or_stop_it(monkeypatch):
-    from tl_core.runs import RunStore
+    from tl_core.runs.store import RunStore
 
     monkeypatch.setenv("TL_TEACHER_PASSWORD", "open sesame")
     alice = _student("Alice", lab="bn", per_class="5", image_size="32", epochs="20", seeds="1")

@@ -1,4 +1,4 @@
-"""tl_core.notebook: the downloadable notebook runs headless and reproduces the lab's run.
+"""tl_core.export.notebook: the downloadable notebook runs headless and reproduces the lab's run.
 
 Tolerance. The notebook and ``training.fit`` do the same arithmetic on the same images, split, head
 initialisation, batch order, freeze plan, parameter groups, schedule and memory layout (channels_last),
@@ -18,8 +18,14 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tl_core import backbones, codegen, models, notebook, strategies, surgery, training
-from tl_core.config import TrainConfig
+from tl_core.models import backbones
+from tl_core.export import codegen
+from tl_core.models import arch as models
+from tl_core.export import notebook
+from tl_core.models import strategies
+from tl_core.models import surgery
+from tl_core.training import trainer as training
+from tl_core.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(backbone="mobilenetv2", data="animal_shapes", classes=["bird", "elephant", "giraffe"], per_class=12,

@@ -1,4 +1,4 @@
-"""tl_core.probes: linear CKA against known cases, block CKA, feature projections, Grad-CAM.
+"""tl_core.models.probes: linear CKA against known cases, block CKA, feature projections, Grad-CAM.
 
 Real models (timm's tiny test_resnet / test_vit, the bundled pretrained MobileNetV2) and real images
 (the bundled animal_shapes set, skimage's cat photo); small sizes so the file runs in seconds."""
@@ -9,7 +9,10 @@ import pytest
 import timm
 import torch
 
-from tl_core import backbones, data, probes, surgery
+from tl_core.models import backbones
+from tl_core import data
+from tl_core.models import probes
+from tl_core.models import surgery
 
 
 def _random(n, d, seed):
@@ -263,7 +266,8 @@ def test_grad_cam_errors_say_what_to_do(resnet, shapes64):
 @pytest.fixture(scope="module")
 def minilm_reviews():
     """The real MiniLM encoder and 24 real fine-food reviews (12 per class), packed at 16 tokens."""
-    from tl_core import text_data, text_models
+    from tl_core.data import texts as text_data
+    from tl_core.models import text as text_models
 
     food = text_data.load_text_builtin("fine_food")
     rows = torch.cat([torch.nonzero(food.labels == c).flatten()[:12] for c in range(2)])
@@ -274,7 +278,7 @@ def minilm_reviews():
 def test_block_cka_and_sentence_embeddings_of_a_text_model(minilm_reviews):
     """The probes read packed token batches too: CKA sees only the Transformer layer that changed, and the
     penultimate features are the mean-pooled sentence embeddings."""
-    from tl_core import text_models
+    from tl_core.models import text as text_models
 
     model, x, labels = minilm_reviews
     hier = surgery.hierarchy(model, 16)

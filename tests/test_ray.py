@@ -24,8 +24,8 @@ ray = pytest.importorskip("ray", reason="Ray is not installed: `make install-ray
 import test_runs  # noqa: E402  (its helpers: a tiny config, waiting for a condition or a run's end)
 from test_browser import _open, _points, _settle, server  # noqa: E402,F401  (the app in a real browser)
 from test_runs import finished, wait_until  # noqa: E402
-from tl_core import ray_executor  # noqa: E402
-from tl_core.runs import RunStore  # noqa: E402
+from tl_core.runs import ray_host as ray_executor  # noqa: E402
+from tl_core.runs.store import RunStore  # noqa: E402
 
 pytestmark = pytest.mark.slow  # starts a Ray cluster: not in `make test-fast`
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -151,7 +151,7 @@ def weights_file(path: Path) -> Path:
     """A MobileNetV2 weights file that only this host has (random weights, safetensors)."""
     from safetensors.torch import save_file
 
-    from tl_core import backbones
+    from tl_core.models import backbones
 
     model, _ = backbones.create_model("mobilenetv2", weights="random")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
@@ -159,7 +159,7 @@ def weights_file(path: Path) -> Path:
 
 
 def test_runs_land_on_both_nodes_and_stream_into_the_hosts_store(cluster, host, tmp_path):
-    from tl_core.training import load_model
+    from tl_core.models.arch import load_model
 
     store, ex = host
     user_folder(tmp_path / "data")
@@ -196,7 +196,7 @@ def test_runs_land_on_both_nodes_and_stream_into_the_hosts_store(cluster, host, 
 
 
 def test_a_remote_run_launched_with_TL_EXECUTOR_ray_stops_within_a_few_batches(host, monkeypatch):
-    from tl_core import executor
+    from tl_core.runs import executor
 
     store, _ = host
     monkeypatch.setenv("TL_EXECUTOR", "ray")

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tl_core import runs
-from tl_core.runs import RunStore
+from tl_core.runs import store as runs
+from tl_core.runs.store import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(backbone="mobilenetv2", data="digits8", per_class=6, image_size=32, batch_size=8,
@@ -31,7 +31,7 @@ def wait_until(fn, timeout=300, every=0.05):
 
 
 def cfg(**kw):
-    from tl_core.training import TrainConfig
+    from tl_core.training.config import TrainConfig
 
     return TrainConfig(**{**TINY, **kw})
 
@@ -44,7 +44,7 @@ def store(tmp_path, monkeypatch):
     for run in s.list_runs():  # cancel what waits, so that nothing restarts the warm pool
         if run.status == "queued":
             s.request_stop(run.id, teacher=True)
-    from tl_core import executor
+    from tl_core.runs import executor
 
     executor.stop_pool(s)
     for run in s.list_runs():  # never leave a worker behind
@@ -145,8 +145,8 @@ def test_a_dead_or_silent_worker_is_marked_failed(store):
 
 
 def test_queue_policy_liveness_and_executor_behind_the_store(store):
-    """The store keeps rows; tl_core.executor decides queue order, slots and when a worker is dead."""
-    from tl_core import executor
+    """The store keeps rows; tl_core.runs.executor decides queue order, slots and when a worker is dead."""
+    from tl_core.runs import executor
 
     assert runs.launch is executor.launch and runs.device_limit is executor.device_limit  # still importable
     fifo = executor.FifoQueue()
@@ -169,7 +169,7 @@ def test_queue_policy_liveness_and_executor_behind_the_store(store):
 def test_runs_queue_and_complete_with_metrics_snapshots_and_model(store, monkeypatch):
     """Limit 1: the second run waits as queued (position 1) while the first trains; a second
     reader follows the first run incrementally; both complete with everything stored."""
-    from tl_core import training
+    from tl_core.training import trainer as training
 
     monkeypatch.setenv("TL_MAX_CPU_RUNS", "1")
     first = runs.launch(cfg(epochs=2, name="first"), store.runs_dir)
@@ -300,8 +300,8 @@ def test_cli_stop_and_runs_on_a_queued_run(store, capsys):
 
 
 def test_active_count_counts_queued_and_training_runs_on_every_device(tmp_path):
-    from tl_core.config import TrainConfig
-    from tl_core.runs import RunStore
+    from tl_core.training.config import TrainConfig
+    from tl_core.runs.store import RunStore
 
     store = RunStore(tmp_path / "runs")
     ids = [store.create(TrainConfig(name=f"r{i}", device=dev), device=dev)

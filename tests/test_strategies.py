@@ -5,8 +5,9 @@ import math
 import pytest
 import timm
 
-from tl_core import strategies, surgery
-from tl_core.training import TrainConfig
+from tl_core.models import strategies
+from tl_core.models import surgery
+from tl_core.training.config import TrainConfig
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tl_core import backbones, surgery
+from tl_core.models import backbones
+from tl_core.models import surgery
 
 MODELS = {"resnet18": 10, "mobilenetv2": 20, "efficientnet_lite0": 19, "vit_tiny": 15}  # toggleable blocks
 

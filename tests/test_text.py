@@ -7,8 +7,13 @@ import torch
 import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 
-from tl_core import data, surgery, text_data, text_models, word_vectors
-from tl_core.data import DataError, uploads
+from tl_core import data
+from tl_core.models import surgery
+from tl_core.data import texts as text_data
+from tl_core.models import text as text_models
+from tl_core.models import glove as word_vectors
+from tl_core.data import uploads
+from tl_core.data.errors import DataError
 
 REVIEWS = ["this coffee is wonderful, rich and smooth; i buy it every month",
            "stale crackers, broken in the box and they tasted of cardboard",

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tl_core import text_data
-from tl_core.runs import RunStore
+from tl_core.data import texts as text_data
+from tl_core.runs.store import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 120

@@ -9,9 +9,13 @@ import pytest
 import torch
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from tl_core import features, strategies, text_data, text_models
-from tl_core.config import TrainConfig, default_text_config
-from tl_core.training import EVENTS, METRICS, Trainer, load_model, prepare, save_model
+from tl_core.training import prefix as features
+from tl_core.models import strategies
+from tl_core.data import texts as text_data
+from tl_core.models import text as text_models
+from tl_core.training.config import TrainConfig, default_text_config
+from tl_core.training.trainer import EVENTS, METRICS, Trainer, prepare
+from tl_core.models.arch import load_model, save_model
 
 ENCODER = ["stem", *[f"layers.{i}" for i in range(6)]]
 

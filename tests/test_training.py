@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from tl_core import surgery
-from tl_core.training import (CancelFit, ConsoleProgress, Trainer, TrainConfig, device_plan, fit, load_model, prepare,
-                              save_model)
+from tl_core.models import surgery
+from tl_core.training.trainer import CancelFit, Trainer, fit, prepare
+from tl_core.progress import ConsoleProgress
+from tl_core.training.config import TrainConfig
+from tl_core.devices import device_plan
+from tl_core.models.arch import load_model, save_model
 
 
 def tiny(**kw) -> TrainConfig:

@@ -3,7 +3,7 @@ import threading
 
 import pytest
 
-from tl_core.turns import NEW, Turns
+from tl_core.runs.turns import NEW, Turns
 
 
 def script(turns: Turns, name: str, log: list, epochs: int = 2, batches: int = 2) -> None:

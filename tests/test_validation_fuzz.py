@@ -11,8 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tl_core import estimate, labs, limits
-from tl_core.config import TrainConfig
+from tl_core.training import estimate
+from tl_core import labs
+from tl_core import limits
+from tl_core.training.config import TrainConfig
 from tl_core.labs.config import LabConfig
 
 FUZZ = settings(max_examples=200, derandomize=True, deadline=None, database=None,

@@ -1,4 +1,4 @@
-"""tl_core.visuals: pure data -> plotly figure functions, and the numbers behind them."""
+"""tl_core.viz.figures: pure data -> plotly figure functions, and the numbers behind them."""
 import subprocess
 import sys
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import timm
 
-from tl_core import surgery, visuals
+from tl_core.models import surgery
+from tl_core.viz import figures as visuals
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +17,7 @@ def resnet():
 
 
 def test_visuals_never_imports_streamlit():
-    code = "import sys, tl_core.visuals, tl_core.codegen; print('streamlit' in sys.modules)"
+    code = "import sys, tl_core.viz.figures, tl_core.export.codegen; print('streamlit' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

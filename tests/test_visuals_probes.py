@@ -1,5 +1,5 @@
-"""Figures of the representation probes (tl_core.visuals: cka_bars, projection_scatter, grad_cam_overlay),
-fed with real numbers from tl_core.probes on tiny real models."""
+"""Figures of the representation probes (tl_core.viz.figures: cka_bars, projection_scatter, grad_cam_overlay),
+fed with real numbers from tl_core.models.probes on tiny real models."""
 import copy
 
 import numpy as np
@@ -8,7 +8,9 @@ import pytest
 import timm
 import torch
 
-from tl_core import probes, surgery, visuals
+from tl_core.models import probes
+from tl_core.models import surgery
+from tl_core.viz import figures as visuals
 
 
 @pytest.fixture(scope="module")

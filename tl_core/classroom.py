@@ -25,7 +25,7 @@ from urllib.parse import urlencode
 
 import pandas as pd
 
-from .strategies import STRATEGIES
+from tl_core.models.strategies import STRATEGIES
 
 PASSWORD_ENV = "TL_TEACHER_PASSWORD"
 TEACHER = "teacher"  # the owner of the runs a teacher launches without giving a name
@@ -125,7 +125,7 @@ def board_table(runs: Iterable, group_by: str = "strategy") -> Board:
     in ``runs`` but not pooled."""
     if group_by not in GROUPS:
         raise ValueError(f"unknown grouping {group_by!r}. What to do: use one of {', '.join(GROUPS)}.")
-    from .config import TrainConfig
+    from tl_core.training.config import TrainConfig
 
     defaults = TrainConfig().to_dict()  # a stored config may leave out fields at their defaults
     rows = []

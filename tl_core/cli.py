@@ -39,7 +39,7 @@ def _emit(args, rows: list[dict] | dict, columns: list[str] | None = None) -> No
 
 # --- backbones -------------------------------------------------------------------------------
 def cmd_backbones(args) -> int:
-    from . import backbones
+    from tl_core.models import backbones
 
     rows = [backbones.describe(k) for k in backbones.catalogue()]
     for r in rows:
@@ -53,7 +53,10 @@ def cmd_backbones(args) -> int:
 
 
 def cmd_layers(args) -> int:
-    from . import backbones, config, limits, surgery
+    from tl_core.models import backbones
+    from tl_core.training import config
+    from tl_core import limits
+    from tl_core.models import surgery
 
     lim = limits.current()  # the same bounds as a run: 0 or 4096 px is refused in one line
     config.check_backbone(args.backbone, lim)
@@ -73,7 +76,8 @@ def cmd_layers(args) -> int:
 
 # --- datasets --------------------------------------------------------------------------------
 def cmd_datasets(args) -> int:
-    from . import data, text_data
+    from tl_core import data
+    from tl_core.data import texts as text_data
 
     rows = data.list_datasets() + [{**i.to_dict(), "native_size": None, "similarity": "text"}
                                    for i in text_data.list_text_datasets()]
@@ -87,7 +91,7 @@ def cmd_datasets(args) -> int:
 
 
 def cmd_check_data(args) -> int:
-    from . import data
+    from tl_core import data
 
     try:
         report = data.check_data(args.path, data_root=args.data_root or data.UNRESTRICTED)  # the user's own files
@@ -116,7 +120,7 @@ def cmd_check_data(args) -> int:
     return 0
 
 
-# --- training runs (tl_core.training / tl_core.runs) -----------------------------------------
+# --- training runs (tl_core.training.trainer / tl_core.runs.store) -----------------------------------------
 _AUGMENT_NAMES = {"flip": "flip", "crop": "random_resized_crop", "jitter": "color_jitter"}
 _CFG_ARGS = ("name", "backbone", "weights", "weights_file", "data", "data_root", "per_class", "image_size", "max_tokens",
              "strategy",
@@ -126,7 +130,7 @@ _FINAL_STATUSES = ("completed", "stopped")
 
 
 def _train_config(args):
-    from .training import TrainConfig
+    from tl_core.training.config import TrainConfig
 
     fields = {k: getattr(args, k) for k in _CFG_ARGS if getattr(args, k, None) is not None}
     if args.augment is not None:
@@ -141,7 +145,8 @@ def _train_config(args):
         fields["strategy"] = fields["strategy"].strip().lower().replace("-", "_")
     import os
 
-    from . import config, data
+    from tl_core.training import config
+    from tl_core import data
 
     fields.setdefault("data_root", data.UNRESTRICTED)  # the CLI's user owns the machine: any path
     os.environ[config.TRUSTED_ENV] = "1"  # this process, and the workers it starts, may read it
@@ -221,7 +226,7 @@ def _run_summary(run) -> dict:
 
 def _store(args):
     """The run store of ``--runs-dir``; a damaged one is rebuilt, and that is said in one line on stderr."""
-    from .runs import RunStore
+    from tl_core.runs.store import RunStore
 
     store = RunStore(args.runs_dir)
     if store.recovered:
@@ -235,7 +240,7 @@ def _train_here(store, cfg) -> str:
     import os
     import threading
 
-    from . import worker
+    from tl_core.runs import worker
 
     run_id = store.create(cfg)
     store.attach_worker(run_id, os.getpid())
@@ -255,7 +260,7 @@ def _train_here(store, cfg) -> str:
 
 
 def cmd_train(args) -> int:
-    from .executor import check_config, launch
+    from tl_core.runs.executor import check_config, launch
 
     cfg = _train_config(args)  # bad arguments end here, before a run exists
     check_config(cfg)
@@ -338,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_check_data)
     # <<< data commands
 
-    # >>> training commands (tl_core.training / tl_core.runs)
+    # >>> training commands (tl_core.training.trainer / tl_core.runs.store)
     s = sub.add_parser("train", help="train in this process and follow it (Ctrl-C stops the run); "
                                      "--background: queue it for the warm workers")
     s.add_argument("--backbone")
@@ -387,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .backbones import WeightsError
+    from tl_core.models.backbones import WeightsError
 
     try:
         return args.func(args)

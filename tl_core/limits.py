@@ -6,7 +6,7 @@ environment variable (``TL_LIMIT_<NAME>``, e.g. ``TL_LIMIT_MAX_IMAGE_SIZE=512``)
 
 The defaults keep one classroom server safe from a shared link: a run may ask for at most 1024 px, 100
 epochs, 5,000 images per class, batches of 512, a lab for 100 runs; the backbone must be in the catalogue
-(or one of ``SMALL_TIMM`` below) unless ``allow_any_timm``; and ``tl_core.estimate`` refuses a run whose
+(or one of ``SMALL_TIMM`` below) unless ``allow_any_timm``; and ``tl_core.training.estimate`` refuses a run whose
 estimated memory exceeds the machine's RAM (or its GPU's memory) or whose estimated time exceeds
 ``max_run_minutes``.
 """
@@ -29,7 +29,7 @@ class Limits:
     max_batch_size: int = 512
     max_per_class: int = 5000  # training images per class (per_class, a lab's sizes)
     max_seed: int = 1_000_000  # seeds are >= 0 and below this
-    max_run_minutes: int = 180  # tl_core.estimate: the longest estimated run accepted (one class period and more)
+    max_run_minutes: int = 180  # tl_core.training.estimate: the longest estimated run accepted (one class period and more)
     allow_any_timm: bool = False  # True: any timm architecture (random init) as a backbone, not just the catalogue
     upload_quota_mb: int = 2000  # unpacked size of one owner's uploaded datasets (tl_core.data.uploads)
     feature_cache_mb: int = 2048  # frozen-prefix features shared between runs (runs/feature_cache); 0: off

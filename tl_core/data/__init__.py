@@ -14,7 +14,7 @@ are skipped and listed in a :class:`ValidationReport`, and unusable data raises
 
 Every image set is held as one uint8 tensor ``[N, C, H, W]``; :func:`make_transforms`
 turns samples into what a backbone expects (size, interpolation, mean/std from
-``tl_core.backbones.data_config``).
+``tl_core.models.backbones.data_config``).
 
 One module per concept; every name is re-exported here, so ``from tl_core import data;
 data.X`` and ``from tl_core.data import X`` work for all of them:
@@ -30,54 +30,14 @@ data.X`` and ``from tl_core.data import X`` work for all of them:
   per-owner quota, clean-up after a killed process.
 - ``transforms``: ``make_transforms``, normalisation modes, :class:`Augment`, ``network_view``.
 """
-from .builtin import (
-    _CACHE_VERSION,
-    BUILTIN,
-    DatasetInfo,
-    _builtin_arrays,
-    _package_dir,
-    _read_pickled_array,
-    cache_dir,
-    list_datasets,
-)
-from .errors import DataError
-from .folders import VAL_DIR_NAMES, ValidationReport, check_data
-from .images import image_tensor, open_image, read_image
-from .sets import ImageSet, class_counts, load_dataset, sample_grid, split, subset_classes
-from .sources import (
-    UNRESTRICTED,
-    Caps,
-    check_regular,
-    clean_stale_extractions,
-    data_root,
-    data_root_dir,
-    read_regular,
-    resolve_data_path,
-    safe_extract_zip,
-)
-from .transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    NORMALIZATIONS,
-    Augment,
-    TensorDataset,
-    ToRGB,
-    make_transforms,
-    network_view,
-    normalization_stats,
-)
-from .uploads import (
-    Upload,
-    clean_stale_uploads,
-    delete_upload,
-    find_upload,
-    list_uploads,
-    save_text_upload,
-    save_upload,
-    upload_name,
-    uploads_dir,
-    uploads_used,
-)
+from tl_core.data.builtin import _CACHE_VERSION, BUILTIN, DatasetInfo, _builtin_arrays, _package_dir, _read_pickled_array, cache_dir, list_datasets
+from tl_core.data.errors import DataError
+from tl_core.data.folders import VAL_DIR_NAMES, ValidationReport, check_data
+from tl_core.data.images import image_tensor, open_image, read_image
+from tl_core.data.sets import ImageSet, class_counts, load_dataset, sample_grid, split, subset_classes
+from tl_core.data.sources import UNRESTRICTED, Caps, check_regular, clean_stale_extractions, data_root, data_root_dir, read_regular, resolve_data_path, safe_extract_zip
+from tl_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD, NORMALIZATIONS, Augment, TensorDataset, ToRGB, make_transforms, network_view, normalization_stats
+from tl_core.data.uploads import Upload, clean_stale_uploads, delete_upload, find_upload, list_uploads, save_text_upload, save_upload, upload_name, uploads_dir, uploads_used
 
 __all__ = [
     "BUILTIN", "DatasetInfo", "cache_dir", "list_datasets",

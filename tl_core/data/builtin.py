@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DataError
+from tl_core.data.errors import DataError
 
 _CACHE_VERSION = 1
 

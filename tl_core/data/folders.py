@@ -15,9 +15,9 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DataError
-from .images import _fit_square, open_image, read_image
-from .sources import Caps, data_root_dir, extracted, file_kind, inside, resolve_data_path
+from tl_core.data.errors import DataError
+from tl_core.data.images import _fit_square, open_image, read_image
+from tl_core.data.sources import Caps, data_root_dir, extracted, file_kind, inside, resolve_data_path
 
 VAL_DIR_NAMES = ("val", "valid", "validation")
 _JUNK_NAMES = {"__MACOSX", "Thumbs.db", "desktop.ini"}
@@ -268,7 +268,7 @@ def check_data(path: str | Path, data_root: str | Path | None = None, caps: Caps
     """The validation report of a folder or zip: classes, counts, skipped files and why, errors.
     Raises DataError only for a path that cannot be read at all (outside the data root, missing).
     ``data_root=UNRESTRICTED`` (the command line) reads any path."""
-    from .uploads import upload_name
+    from tl_core.data.uploads import upload_name
 
     resolved = resolve_data_path(path, data_root)
     return _read_user_data(resolved, caps, 160, data_root_dir(data_root), upload_name(resolved))[0]

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .errors import DataError
-from .sources import Caps, check_regular
+from tl_core.data.errors import DataError
+from tl_core.data.sources import Caps, check_regular
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

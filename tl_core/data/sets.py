@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .builtin import BUILTIN, _builtin_arrays
-from .errors import DataError
-from .folders import ValidationReport, _read_user_data
-from .sources import Caps, data_root_dir, resolve_data_path
-from .uploads import upload_name
+from tl_core.data.builtin import BUILTIN, _builtin_arrays
+from tl_core.data.errors import DataError
+from tl_core.data.folders import ValidationReport, _read_user_data
+from tl_core.data.sources import Caps, data_root_dir, resolve_data_path
+from tl_core.data.uploads import upload_name
 
 
 @dataclass

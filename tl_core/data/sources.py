@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import DataError
+from tl_core.data.errors import DataError
 
 # ``data_root=UNRESTRICTED`` reads any path (relative ones from the working directory). A string, so
 # that it travels inside a JSON config (``TrainConfig.data_root``); only the CLI may set it.

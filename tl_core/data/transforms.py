@@ -1,5 +1,5 @@
 """Preprocessing: torchvision v2 transforms from stored uint8 images to what a backbone expects
-(size, interpolation, mean/std from ``tl_core.backbones.data_config``), normalisation modes,
+(size, interpolation, mean/std from ``tl_core.models.backbones.data_config``), normalisation modes,
 augmentation, and the image as the network sees it.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from .sets import ImageSet
+    from tl_core.data.sets import ImageSet
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

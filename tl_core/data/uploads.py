@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .. import limits
-from .errors import DataError
-from .folders import ValidationReport, _scan_folder
-from .sources import Caps, _pid_alive, clean_stale_extractions, data_root_dir, extracted, read_regular
+from tl_core import limits
+from tl_core.data.errors import DataError
+from tl_core.data.folders import ValidationReport, _scan_folder
+from tl_core.data.sources import Caps, _pid_alive, clean_stale_extractions, data_root_dir, extracted, read_regular
 
 _FORMAT = "tl_lab.upload/1"
 _ID = re.compile(r"^[0-9a-f]{12}$")
@@ -267,7 +267,7 @@ def save_text_upload(content: bytes | BinaryIO, name: str, owner: str | None = N
     user's own file name in its sidecar, held to the same upload quota. Returns ``(upload, report)``:
     the report is the text set's ``TextReport`` (skipped rows, texts cut), or, when refused, a report
     whose ``errors`` say why and what to do; then nothing is stored. ``caps``: ``text_data.TextCaps``."""
-    from ..text_data import TextCaps, TextReport, load_text_csv
+    from tl_core.data.texts import TextCaps, TextReport, load_text_csv
 
     caps = caps or TextCaps()
     shown = _clean_name(name if str(name or "").lower().endswith(".csv") else f"{name or 'upload'}.csv")

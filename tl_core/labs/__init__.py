@@ -21,21 +21,20 @@ The package:
 - one module per lab (``race``, ``freeze_depth``, ``yosinski``, ``quadrant``, ``bn``, ``normalization``):
   its ``INFO``, preset ``defaults``, ``plan`` and ``analyse``; ``registry`` builds ``LABS`` from them.
 """
-from .. import runs as runs_mod
-from .analysis import TOL, LabResult, base_key, by_seed, result_csv, seed_of
-from .bn import analyse_bn, frozen_bn_drift
-from .config import (PRESETS, LabConfig, LabInfo, check_run_count, decode_value, default_config, encode_value,
-                     load_config_file, ready_made, ready_made_dir)
-from .freeze_depth import analyse_freeze_depth
-from .normalization import analyse_normalization, normalization_views
-from .plan import LabRun, depth_groups, mix_state_dicts, pair_split, plan_runs
-from .quadrant import analyse_quadrant, textbook_choice
-from .race import analyse_race, epochs_to_reach, race_benefits
-from .registry import LABS, analyse
-from .runner import (ACTIVE, LAB_LOG, LAB_STATE, STOP_FILE, create_lab, execute, lab_dir, labs_dir, launch_lab,
-                     list_labs, main, progress, read_state, records, result, run_lab, stop_lab)
-from .stats import VERDICT_RULE, Paired, Spread, bootstrap_interval, paired, spread, tol_rule
-from .yosinski import YOSINSKI_PAPER, analyse_yosinski, yosinski_backbone_keys, yosinski_classes
+from tl_core.runs import store as runs_mod
+from tl_core.labs.stats import TOL
+from tl_core.labs.analysis import LabResult, base_key, by_seed, result_csv, seed_of
+from tl_core.labs.bn import analyse_bn, frozen_bn_drift
+from tl_core.labs.config import PRESETS, LabConfig, LabInfo, check_run_count, decode_value, default_config, encode_value, load_config_file, ready_made, ready_made_dir
+from tl_core.labs.freeze_depth import analyse_freeze_depth
+from tl_core.labs.normalization import analyse_normalization, normalization_views
+from tl_core.labs.plan import LabRun, depth_groups, mix_state_dicts, pair_split, plan_runs
+from tl_core.labs.quadrant import analyse_quadrant, textbook_choice
+from tl_core.labs.race import analyse_race, epochs_to_reach, race_benefits
+from tl_core.labs.registry import LABS, analyse
+from tl_core.labs.runner import ACTIVE, LAB_LOG, LAB_STATE, STOP_FILE, create_lab, execute, lab_dir, labs_dir, launch_lab, list_labs, main, progress, read_state, records, result, run_lab, stop_lab
+from tl_core.labs.stats import VERDICT_RULE, Paired, Spread, bootstrap_interval, paired, spread, tol_rule
+from tl_core.labs.yosinski import YOSINSKI_PAPER, analyse_yosinski, yosinski_backbone_keys, yosinski_classes
 
 __all__ = [
     "ACTIVE", "LABS", "LAB_LOG", "LAB_STATE", "PRESETS", "STOP_FILE", "TOL", "VERDICT_RULE", "YOSINSKI_PAPER",

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .stats import TOL, VERDICT_RULE, Paired, spread, verdict_of  # noqa: F401  (TOL, VERDICT_RULE: re-exported)
+from tl_core.labs.stats import TOL, VERDICT_RULE, Paired, spread, verdict_of
 
 # accuracy columns whose names carry no "acc" (yosinski's variants, the race's first epoch)
 _ACC_COLUMNS = ("BnB", "BnB+", "AnB", "AnB+", "baseline B", "start (epoch 1)")
@@ -41,7 +41,7 @@ class LabResult:
     def percent_columns(self) -> list[str]:
         """The table's accuracy columns (fractions 0..1), for display as percentages (not the interval
         columns: those are text)."""
-        from ..strategies import STRATEGIES
+        from tl_core.models.strategies import STRATEGIES
 
         return [c for c in self.table.columns if ("acc" in str(c) or c in _ACC_COLUMNS or c in STRATEGIES)
                 and not str(c).endswith(INTERVAL)]
@@ -121,7 +121,7 @@ def over_seeds(groups: dict[int, dict], fn) -> dict:
 
 def paired_over(groups: dict[int, dict], fn, single_rule=None) -> Paired | None:
     """``stats.paired`` of ``fn(seed's group)`` over the seeds where it is not None (None: no seed)."""
-    from .stats import paired
+    from tl_core.labs.stats import paired
 
     diffs = [d for d in (fn(g) for g in groups.values()) if d is not None]
     return paired(diffs, single_rule) if diffs else None
@@ -132,7 +132,7 @@ def paired_best(groups: dict[int, dict], better: str, worse: str,
     """The claim "run ``better`` reaches a higher best accuracy than run ``worse``", paired over the seeds
     that have both: (``stats.paired`` of the differences, mean best of ``better``, of ``worse``); None
     when no seed has both."""
-    from .stats import paired
+    from tl_core.labs.stats import paired
 
     both = [g for g in groups.values() if better in g and worse in g]
     if not both:
@@ -147,7 +147,7 @@ def mean_of(values: Sequence[float] | None) -> float | None:
 
 def put_mean(row: dict, name: str, values: Sequence[float] | None, multi: bool, **fmt) -> dict:
     """``row[name]`` = the mean over seeds; with several seeds also ``row[name + INTERVAL]`` (text)."""
-    from .stats import interval_text
+    from tl_core.labs.stats import interval_text
 
     row[name] = mean_of(values)
     if multi:

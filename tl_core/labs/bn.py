@@ -8,10 +8,10 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .analysis import (TOL, LabResult, _accs, _best, _empty, _finish_text, _legend_below, _pct, _pts, _wall_s,
-                       add_band, base_label, by_seed, mean_of, paired_best, put_mean, runs_by_key, seeds_note)
-from .config import COMMON_FIELDS, LabConfig, LabInfo
-from .plan import LabRun, run_config
+from tl_core.labs.stats import TOL
+from tl_core.labs.analysis import LabResult, _accs, _best, _empty, _finish_text, _legend_below, _pct, _pts, _wall_s, add_band, base_label, by_seed, mean_of, paired_best, put_mean, runs_by_key, seeds_note
+from tl_core.labs.config import COMMON_FIELDS, LabConfig, LabInfo
+from tl_core.labs.plan import LabRun, run_config
 
 INFO = LabInfo(
     "bn", "BatchNorm pitfall",
@@ -60,7 +60,7 @@ def frozen_bn_drift(rec: dict) -> list[float]:
 
 def _figure_and_rows(cfg: LabConfig, runs: dict[str, list[dict]]) -> tuple[go.Figure, list[dict]]:
     """``runs``: {key: [its record of each seed]}: mean curves with their bands, and one table row per mode."""
-    from .. import visuals
+    from tl_core.viz import figures as visuals
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("validation accuracy", "BN statistics drift in frozen blocks"))
     rows = []

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
-from .. import limits
+from tl_core import limits
 
 PRESETS = ("default", "gpu")
 
@@ -36,7 +36,7 @@ class LabInfo:
 
 
 def _labs() -> dict[str, LabInfo]:
-    from .registry import LABS
+    from tl_core.labs.registry import LABS
 
     return LABS
 
@@ -154,8 +154,8 @@ class LabConfig:
     def validate(self) -> "LabConfig":
         """Raise ValueError with one clear line for the first bad field: the checks every lab shares
         (bounds from ``limits.current()``), then the lab's own ``check(cfg)``. Returns self."""
-        from .. import strategies
-        from .registry import module
+        from tl_core.models import strategies
+        from tl_core.labs.registry import module
 
         _check_lab(self.lab)
         if self.preset not in PRESETS:
@@ -176,7 +176,9 @@ class LabConfig:
     def _check_sources(self) -> None:
         """Backbone, data, domains and device through TrainConfig's own checks, then the estimate of the
         lab's heaviest run (the backbone trained, the largest size) before any plan or forward pass."""
-        from .. import config, estimate, models
+        from tl_core.training import config
+        from tl_core.training import estimate
+        from tl_core.models import arch as models
 
         lim = limits.current()
         config.check_backbone(self.backbone, lim)
@@ -281,7 +283,7 @@ def decode_value(name: str, text: str):
 
 def default_config(lab: str, preset: str = "default") -> LabConfig:
     """The lab's default (<= 5 min on a 2-core CPU) or its bigger GPU configuration."""
-    from .registry import module
+    from tl_core.labs.registry import module
 
     _check_lab(lab)
     if preset not in PRESETS:

@@ -7,11 +7,11 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from .analysis import (TOL, LabResult, _best, _empty, _finish_text, _legend_below, _n_of, _pct, _pts, add_band,
-                       by_seed, mean_of, put_mean, seeds_note)
-from .config import COMMON_FIELDS, LabConfig, LabInfo
-from .plan import LabRun, _blocks_in, _depths, depth_groups, run_config
-from .stats import paired
+from tl_core.labs.stats import TOL
+from tl_core.labs.analysis import LabResult, _best, _empty, _finish_text, _legend_below, _n_of, _pct, _pts, add_band, by_seed, mean_of, put_mean, seeds_note
+from tl_core.labs.config import COMMON_FIELDS, LabConfig, LabInfo
+from tl_core.labs.plan import LabRun, _blocks_in, _depths, depth_groups, run_config
+from tl_core.labs.stats import paired
 
 INFO = LabInfo(
     "freeze_depth", "Freeze-depth sweep",
@@ -62,7 +62,7 @@ def plan(cfg: LabConfig, wdir: Path) -> list[LabRun]:
 
 def _figure(cfg: LabConfig, frozen: dict[int, list], copy: dict[int, list], n_groups: int, seeds: int) -> go.Figure:
     """``frozen`` / ``copy``: {n: [best accuracy of each seed]}; the mean line and the min–max band."""
-    from .. import visuals
+    from tl_core.viz import figures as visuals
 
     fig = go.Figure()
     for pts, name, colour, symbol in ((frozen, "first n frozen, rest fine-tuned", visuals.FROZEN, "circle"),

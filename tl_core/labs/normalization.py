@@ -6,10 +6,10 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from .analysis import (TOL, LabResult, _accs, _accuracy_axes, _best, _empty, _finish_text, _pct, _wall_s,
-                       add_band, base_label, by_seed, mean_of, paired_best, put_mean, runs_by_key, seeds_note)
-from .config import COMMON_FIELDS, LabConfig, LabInfo
-from .plan import LabRun, run_config
+from tl_core.labs.stats import TOL
+from tl_core.labs.analysis import LabResult, _accs, _accuracy_axes, _best, _empty, _finish_text, _pct, _wall_s, add_band, base_label, by_seed, mean_of, paired_best, put_mean, runs_by_key, seeds_note
+from tl_core.labs.config import COMMON_FIELDS, LabConfig, LabInfo
+from tl_core.labs.plan import LabRun, run_config
 
 INFO = LabInfo(
     "normalization", "Normalisation mismatch",
@@ -41,7 +41,8 @@ def plan(cfg: LabConfig, wdir: Path) -> list[LabRun]:
 def normalization_views(cfg: LabConfig, index: int = 0) -> dict:
     """The same sample as the network gets it with its own and with the wrong normalisation:
     {mode: {"tensor": [3,S,S], "picture": HxWx3 uint8, "mean", "std", "stats": (mean, std) used}}."""
-    from .. import backbones, data
+    from tl_core.models import backbones
+    from tl_core import data
 
     ds = data.load_dataset(cfg.data)
     dc = backbones.data_config(cfg.backbone)
@@ -57,7 +58,7 @@ def normalization_views(cfg: LabConfig, index: int = 0) -> dict:
 
 
 def analyse_normalization(cfg: LabConfig, recs: list[dict]) -> LabResult:
-    from .. import visuals
+    from tl_core.viz import figures as visuals
 
     groups, missing = by_seed(recs)
     if not groups:

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import LabConfig, check_run_count
+from tl_core.labs.config import LabConfig, check_run_count
 
 
 @dataclass
@@ -62,7 +62,7 @@ def _seeded(runs: list[LabRun], cfg: LabConfig, seed: int, index: int) -> list[L
 def plan_runs(cfg: LabConfig, lab_dir: str | os.PathLike | None = None) -> list[LabRun]:
     """The lab's runs for every seed, in execution order (seed after seed). ``lab_dir`` is where built
     weights files will go. Refuses (ValueError, before anything is queued) more than ``max_lab_runs``."""
-    from .registry import module
+    from tl_core.labs.registry import module
 
     cfg.validate()
     wdir = Path(lab_dir or ".") / "weights"
@@ -83,7 +83,7 @@ def plan_runs(cfg: LabConfig, lab_dir: str | os.PathLike | None = None) -> list[
 
 
 def _train_config(**kw):
-    from ..training import TrainConfig
+    from tl_core.training.config import TrainConfig
 
     return TrainConfig(**kw)
 
@@ -100,13 +100,14 @@ def run_config(cfg: LabConfig, label: str, **kw):
     """The TrainConfig of one run of the lab: the lab's shared settings (same data, split and seed,
     feature caching on), named "lab <tag> · <label>", with ``kw`` overriding. ``plan_runs`` then gives
     each seed's copy its training seed."""
-    from .registry import LABS
+    from tl_core.labs.registry import LABS
 
     return _train_config(**_base(cfg, LABS[cfg.lab].run_tag, label, **kw))
 
 
 def _hier(backbone: str, image_size: int, num_classes: int = 2):
-    from .. import surgery, training
+    from tl_core.models import surgery
+    from tl_core.training import trainer as training
 
     model, _ = training._build_arch(backbone, num_classes, "random")
     return surgery.hierarchy(model, image_size), model
@@ -141,7 +142,7 @@ def _prefix_keys(hier, groups: list[list[str]], n: int, keys) -> set[str]:
 def mix_state_dicts(model_random, source_sd: dict, backbone: str, image_size: int, n: int) -> tuple[dict, int]:
     """Weights of ``model_random`` with the first ``n`` block groups (parameters AND BatchNorm buffers)
     taken from ``source_sd``. Returns (state dict, number of tensors copied)."""
-    from .. import surgery
+    from tl_core.models import surgery
 
     hier = surgery.hierarchy(model_random, image_size)
     groups = hier.groups()[:-1]
@@ -167,7 +168,7 @@ def _save_sd(sd: dict, path: Path) -> None:
 
 
 def _num_classes(cfg_dict: dict) -> int:
-    from .. import data
+    from tl_core import data
 
     if cfg_dict.get("classes"):
         return len(cfg_dict["classes"])
@@ -187,7 +188,7 @@ def _pretrained_source(cfgd: dict, num_classes: int, seed: int):
     """"pretrained_prefix": the catalogue's pretrained backbone, and a seeded random one of the same kind."""
     import torch
 
-    from .. import backbones
+    from tl_core.models import backbones
 
     source, _ = backbones.create_model(cfgd["backbone"], num_classes, "pretrained")
     arch = cfgd["backbone"]
@@ -200,7 +201,7 @@ def _run_source(build: dict, state: dict, store, num_classes: int, seed: int):
     """"run_prefix": the network an earlier run of the lab trained, and a seeded random one."""
     import torch
 
-    from .. import training
+    from tl_core.training import trainer as training
 
     src = next(r for r in state["runs"] if r["key"] == build["source"])
     info, model_dir = _completed_model_dir(src, store)
@@ -234,9 +235,10 @@ def _build_weights(run: dict, state: dict, store) -> None:
 
 def _register_backbone(run: dict, state: dict, store) -> str | None:
     """Save a lab-trained base net as a catalogue backbone (``backbones.save_local_backbone``)."""
-    from .. import backbones, training
-    from .analysis import base_key
-    from .yosinski import yosinski_backbone_keys
+    from tl_core.models import backbones
+    from tl_core.training import trainer as training
+    from tl_core.labs.analysis import base_key
+    from tl_core.labs.yosinski import yosinski_backbone_keys
 
     info, model_dir = _completed_model_dir(run, store)
     if model_dir is None:

@@ -8,10 +8,11 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .analysis import INTERVAL, TOL, LabResult, _best, _empty, _finish_text, _pct, _pts, by_seed, mean_of, put_mean
-from .config import COMMON_FIELDS, LabConfig, LabInfo, check_run_count, check_two_strategies
-from .plan import LabRun, run_config
-from .stats import paired
+from tl_core.labs.analysis import INTERVAL, LabResult, _best, _empty, _finish_text, _pct, _pts, by_seed, mean_of, put_mean
+from tl_core.labs.stats import TOL
+from tl_core.labs.config import COMMON_FIELDS, LabConfig, LabInfo, check_run_count, check_two_strategies
+from tl_core.labs.plan import LabRun, run_config
+from tl_core.labs.stats import paired
 
 INFO = LabInfo(
     "quadrant", "Data size × similarity",
@@ -32,7 +33,7 @@ def defaults(c: LabConfig, gpu: bool) -> None:
 
 
 def check(cfg: LabConfig) -> None:
-    from .. import data
+    from tl_core import data
 
     check_two_strategies(cfg)
     for d in cfg.domains:
@@ -43,7 +44,7 @@ def check(cfg: LabConfig) -> None:
 
 
 def plan(cfg: LabConfig, wdir: Path) -> list[LabRun]:
-    from ..strategies import STRATEGIES
+    from tl_core.models.strategies import STRATEGIES
 
     n_dom, n_size, n_strat = len(cfg.domains), len(cfg.sizes), len(cfg.strategies)
     check_run_count(cfg, n_dom * n_size * n_strat,
@@ -131,7 +132,7 @@ def _grid(cfg: LabConfig, cells: Cells, similarity: dict[str, str], sizes: list[
 
 
 def _figure(cfg: LabConfig, grid: dict, similarity: dict[str, str], sizes: list[str], seeds: int) -> go.Figure:
-    from .. import visuals
+    from tl_core.viz import figures as visuals
 
     ylabels = [f"{d} ({similarity[d]})" for d in cfg.domains]
     xlabels = [f"{s}/class" for s in sizes]
@@ -151,7 +152,7 @@ def _figure(cfg: LabConfig, grid: dict, similarity: dict[str, str], sizes: list[
 
 
 def analyse_quadrant(cfg: LabConfig, recs: list[dict], similarity: dict[str, str] | None = None) -> LabResult:
-    from .. import data
+    from tl_core import data
 
     similarity = similarity or {d: data.BUILTIN[d].similarity if d in data.BUILTIN else "far" for d in cfg.domains}
     groups, missing = by_seed(recs)

@@ -7,11 +7,11 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from .analysis import (TOL, LabResult, _accs, _accuracy_axes, _empty, _finish_text, _legend_below, _pct, _pts,
-                       _wall_s, add_band, base_label, by_seed, mean_curve, mean_of, put_mean, seeds_note)
-from .config import COMMON_FIELDS, LabConfig, LabInfo, check_two_strategies
-from .plan import LabRun, run_config
-from .stats import paired, tol_rule
+from tl_core.labs.stats import TOL
+from tl_core.labs.analysis import LabResult, _accs, _accuracy_axes, _empty, _finish_text, _legend_below, _pct, _pts, _wall_s, add_band, base_label, by_seed, mean_curve, mean_of, put_mean, seeds_note
+from tl_core.labs.config import COMMON_FIELDS, LabConfig, LabInfo, check_two_strategies
+from tl_core.labs.plan import LabRun, run_config
+from tl_core.labs.stats import paired, tol_rule
 
 INFO = LabInfo(
     "race", "Strategy race",
@@ -35,7 +35,7 @@ def check(cfg: LabConfig) -> None:
 
 
 def plan(cfg: LabConfig, wdir: Path) -> list[LabRun]:
-    from ..strategies import STRATEGIES
+    from tl_core.models.strategies import STRATEGIES
 
     out = []
     for s in cfg.strategies:
@@ -90,7 +90,7 @@ def race_benefits(curves: dict[str, list[float]], baseline: str = "scratch", tar
 
 
 def _label(k: str, recs: list[dict]) -> str:
-    from ..strategies import STRATEGIES
+    from tl_core.models.strategies import STRATEGIES
 
     return STRATEGIES[k].label if k in STRATEGIES else base_label(recs[0]["label"])
 
@@ -123,7 +123,7 @@ def _table(groups: dict[int, dict], bens: dict[int, dict], keys: list[str]) -> p
 
 
 def _figure(cfg: LabConfig, groups: dict[int, dict], keys: list[str], target: float) -> go.Figure:
-    from .. import visuals
+    from tl_core.viz import figures as visuals
 
     fig = go.Figure()
     for i, k in enumerate(keys):

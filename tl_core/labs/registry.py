@@ -15,9 +15,16 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import bn, freeze_depth, normalization, quadrant, race, text_race, what_changed, yosinski
-from .analysis import LabResult
-from .config import LabConfig, LabInfo
+from tl_core.labs import bn
+from tl_core.labs import freeze_depth
+from tl_core.labs import normalization
+from tl_core.labs import quadrant
+from tl_core.labs import race
+from tl_core.labs import text_race
+from tl_core.labs import what_changed
+from tl_core.labs import yosinski
+from tl_core.labs.analysis import LabResult
+from tl_core.labs.config import LabConfig, LabInfo
 
 MODULES: tuple[ModuleType, ...] = (race, freeze_depth, yosinski, quadrant, bn, normalization,  # the tab order
                                    what_changed, text_race)

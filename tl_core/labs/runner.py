@@ -25,11 +25,11 @@ import time
 import traceback
 from pathlib import Path
 
-from .. import runs as runs_mod
-from .analysis import LabResult
-from .config import LabConfig, load_config_file
-from .plan import _build_weights, _register_backbone, plan_runs
-from .registry import analyse, module
+from tl_core.runs import store as runs_mod
+from tl_core.labs.analysis import LabResult
+from tl_core.labs.config import LabConfig, load_config_file
+from tl_core.labs.plan import _build_weights, _register_backbone, plan_runs
+from tl_core.labs.registry import analyse, module
 
 LAB_STATE = "lab.json"
 LAB_LOG = "lab.log"
@@ -40,7 +40,7 @@ ACTIVE = ("queued", "running")
 
 
 def labs_dir(runs_dir=None) -> Path:
-    return Path(runs_dir or runs_mod.default_runs_dir()).resolve() / "labs"
+    return Path(runs_dir or default_runs_dir()).resolve() / "labs"
 
 
 def lab_dir(lab_id: str, runs_dir=None) -> Path:
@@ -122,7 +122,7 @@ def create_lab(cfg: LabConfig, runs_dir=None, store=None, owner: str | None = No
     state = {"id": lab_id, "lab": cfg.lab, "owner": owner, "config": cfg.to_dict(), "runs": runs, "status": "queued",
              "meta": meta,
              "reason": "waiting for the lab process to start", "created": time.time(), "started": None,
-             "finished": None, "pid": None, "runs_dir": str(Path(runs_dir or runs_mod.default_runs_dir()).resolve())}
+             "finished": None, "pid": None, "runs_dir": str(Path(runs_dir or default_runs_dir()).resolve())}
     _write_state(folder, state)
     return state
 
@@ -184,7 +184,7 @@ class _Flag:
 
 
 def _on_signal(signum, frame):
-    from ..worker import Terminated
+    from tl_core.runs.worker import Terminated
 
     _Flag.terminated = signal.Signals(signum).name
     raise Terminated(_Flag.terminated)
@@ -239,7 +239,7 @@ def _after_run(r: dict, state: dict, store) -> None:
 
 def _run_all(folder: Path, state: dict, store) -> None:
     """Every queued run of the lab, stage by stage, until the end, a stop request or a signal."""
-    from .. import worker
+    from tl_core.runs import worker
 
     for r in sorted(state["runs"], key=lambda r: r["stage"]):
         if (folder / STOP_FILE).exists() or _Flag.terminated:
@@ -278,7 +278,7 @@ def _cancel_queued(state: dict, store) -> None:
 def execute(lab_id: str, runs_dir=None, store=None) -> dict:
     """Run every run of the lab, one after another, in this process (``worker.run`` for each: device
     slot, StoreCallback, final status). Returns the final lab state."""
-    from .. import worker
+    from tl_core.runs import worker
 
     folder = lab_dir(lab_id, runs_dir)
     state = read_state(lab_id, runs_dir)

@@ -17,11 +17,10 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .analysis import (LabResult, _accs, _best, _empty, _finish_text, _legend_below, _pct, _pts, _wall_s, by_seed,
-                       mean_of, put_mean, seeds_note)
-from .config import LabConfig, LabInfo
-from .plan import LabRun, pair_split, run_config
-from .stats import paired
+from tl_core.labs.analysis import LabResult, _accs, _best, _empty, _finish_text, _legend_below, _pct, _pts, _wall_s, by_seed, mean_of, put_mean, seeds_note
+from tl_core.labs.config import LabConfig, LabInfo
+from tl_core.labs.plan import LabRun, pair_split, run_config
+from tl_core.labs.stats import paired
 
 ENCODER, WORDS = "minilm_l6", "glove_50d"
 TOKENS = {"default": 48, "gpu": 64}  # the token length of each preset (LabConfig.max_tokens)
@@ -90,7 +89,7 @@ def defaults(c: LabConfig, gpu: bool) -> None:
 
 
 def check(cfg: LabConfig) -> None:
-    from .. import text_data
+    from tl_core.data import texts as text_data
 
     if text_data.data_modality(cfg.data) == "image":
         raise ValueError(f"the text lab needs a text data set ({', '.join(text_data.TEXT_BUILTIN)}, a .csv file or a "
@@ -132,7 +131,8 @@ def split_config(cfg: LabConfig):
 def split_texts(train_cfg) -> dict:
     """The run's split as texts: what ``training.prepare`` tokenises (same loader, classes and
     ``data.split`` call), without the tokenizer. {"train": texts, "train_y", "val", "val_y", "classes"}."""
-    from .. import data, text_data
+    from tl_core import data
+    from tl_core.data import texts as text_data
 
     ds = text_data.load_text_dataset(train_cfg.data, train_cfg.data_root)
     if train_cfg.classes:
@@ -145,7 +145,7 @@ def split_texts(train_cfg) -> dict:
 
 def first_words(texts: list[str], n: int) -> list[str]:
     """Each text cut to its first ``n`` words (GloVe's split): TF-IDF reads what the networks read."""
-    from ..word_vectors import split_words
+    from tl_core.models.glove import split_words
 
     return [" ".join(split_words(t)[:n]) for t in texts]
 
@@ -279,14 +279,14 @@ def _rows(groups: dict[int, dict], lines_: dict) -> pd.DataFrame:
 
 
 def _colour(key: str) -> str:
-    from .. import visuals
+    from tl_core.viz import figures as visuals
 
     return visuals.NEUTRAL if key == "scratch" else visuals.RUN_COLOURS[0 if key.startswith("glove") else 1]
 
 
 def _figure(cfg: LabConfig, groups: dict[int, dict], lines_: dict) -> go.Figure:
     """Each run's final accuracy (mean; whiskers: min–max over the seeds), TF-IDF and the majority as lines."""
-    from .. import visuals
+    from tl_core.viz import figures as visuals
 
     fig = go.Figure()
     values = [lines_["tfidf"], lines_["majority"]]

@@ -16,11 +16,10 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from .analysis import (INTERVAL, LabResult, _best, _empty, _finish_text, _pct, base_label, by_seed, mean_of,
-                       put_mean)
-from .config import COMMON_FIELDS, LabConfig, LabInfo
-from .plan import LabRun, run_config
-from .stats import paired, spread, tol_rule
+from tl_core.labs.analysis import INTERVAL, LabResult, _best, _empty, _finish_text, _pct, base_label, by_seed, mean_of, put_mean
+from tl_core.labs.config import COMMON_FIELDS, LabConfig, LabInfo
+from tl_core.labs.plan import LabRun, run_config
+from tl_core.labs.stats import paired, spread, tol_rule
 
 INFO = LabInfo(
     "what_changed", "What changed?",
@@ -49,7 +48,7 @@ def defaults(c: LabConfig, gpu: bool) -> None:
 
 def plan(cfg: LabConfig, wdir: Path) -> list[LabRun]:
     """One seed: feature extraction, partial and full fine-tuning (BatchNorm of frozen blocks frozen)."""
-    from ..strategies import STRATEGIES as ALL
+    from tl_core.models.strategies import STRATEGIES as ALL
 
     return [LabRun(s, ALL[s].label, run_config(cfg, ALL[s].label, strategy=s, bn_mode="frozen",
                                                freeze_blocks=cfg.freeze_blocks if s == "partial" else None))
@@ -68,7 +67,12 @@ def measure(model_dir, max_images: int = CKA_IMAGES) -> dict:
     without the head, "frozen": the blocks frozen in the run's first phase, "images": how many}."""
     import torch
 
-    from .. import models, probes, strategies, surgery, training, visuals
+    from tl_core.models import arch as models
+    from tl_core.models import probes
+    from tl_core.models import strategies
+    from tl_core.models import surgery
+    from tl_core.training import trainer as training
+    from tl_core.viz import figures as visuals
 
     tuned, cfg, class_names = models.load_model(model_dir)
     prep = training.prepare(cfg, models.data_config_for(cfg.backbone, tuned))
@@ -118,8 +122,8 @@ def with_cka(recs: list[dict], state: dict | None) -> list[dict]:
     """The records with ``"cka"`` (from ``measure_folder``) where it can be had: records that carry it
     keep theirs; the others are looked up in their run folder, once the lab is no longer running
     (while it runs, its own process measures each run: ``after_run``)."""
-    from .. import runs as runs_mod
-    from .runner import ACTIVE
+    from tl_core.runs import store as runs_mod
+    from tl_core.labs.runner import ACTIVE
 
     need = [r for r in recs if "cka" not in r and r.get("status") in ("completed", "stopped")]
     if not need or not state or not state.get("runs_dir"):
@@ -201,7 +205,7 @@ def _row(recs: list[dict], multi: bool) -> dict:
 
 def cka_figure(cfg: LabConfig, runs: dict[str, list[dict]]) -> go.Figure:
     """Grouped bars, one per block per strategy: the mean CKA over the seeds, error bars min–max."""
-    from .. import visuals
+    from tl_core.viz import figures as visuals
 
     means, spans = {}, {}
     for recs in runs.values():

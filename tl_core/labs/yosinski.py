@@ -7,11 +7,11 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from .analysis import (TOL, LabResult, _best, _empty, _finish_text, _legend_below, _n_of, _pct, _pts, add_band,
-                       by_seed, mean_of, put_mean, seeds_note)
-from .config import COMMON_FIELDS, LabConfig, LabInfo
-from .plan import LabRun, _blocks_in, _depths, depth_groups, run_config
-from .stats import paired
+from tl_core.labs.stats import TOL
+from tl_core.labs.analysis import LabResult, _best, _empty, _finish_text, _legend_below, _n_of, _pct, _pts, add_band, by_seed, mean_of, put_mean, seeds_note
+from tl_core.labs.config import COMMON_FIELDS, LabConfig, LabInfo
+from tl_core.labs.plan import LabRun, _blocks_in, _depths, depth_groups, run_config
+from tl_core.labs.stats import paired
 
 INFO = LabInfo(
     "yosinski", "Your own source task (Yosinski 2014)",
@@ -54,7 +54,7 @@ def yosinski_classes(cfg: LabConfig) -> tuple[list[str], list[str]]:
     """Tasks A and B: disjoint halves of the data set's classes (a seeded split unless given)."""
     import random
 
-    from .. import data
+    from tl_core import data
 
     if cfg.classes_a and cfg.classes_b:
         return list(cfg.classes_a), list(cfg.classes_b)
@@ -114,7 +114,7 @@ def _means(curves: Curves) -> dict[str, dict[int, float]]:
 
 
 def _figure(curves: Curves, base: dict[int, float]) -> go.Figure:
-    from .. import visuals
+    from tl_core.viz import figures as visuals
 
     style = {"BnB": (visuals.FROZEN, "circle-open", "dash"), "BnB+": (visuals.TRAINABLE, "circle-open", "dash"),
              "AnB": (visuals.FROZEN, "diamond", "solid"), "AnB+": (visuals.TRAINABLE, "diamond", "solid")}

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from . import surgery
+from tl_core.models import surgery
 
 SNAPSHOT_CHANNELS = 8
 SNAPSHOT_SIZE = 32
@@ -212,7 +212,7 @@ class AttentionSnapshots:
     def __call__(self) -> dict[str, np.ndarray]:
         if not self.layers:
             return {}
-        from .text_models import attention_maps
+        from tl_core.models.text import attention_maps
 
         att = attention_maps(self.model, self.probe)  # [layers, heads, T, T], rows sum to 1
         maps = {}

@@ -473,7 +473,7 @@ def image_figure(img: np.ndarray, height: int = 260) -> go.Figure:
     return _layout(fig, None, height=height)
 
 
-# ------------------------------------------------------------------ representation probes (tl_core.probes)
+# ------------------------------------------------------------------ representation probes (tl_core.models.probes)
 
 # Class colours for scatter plots: no ice blue and no orange, so a class never reads as frozen/trainable.
 CLASS_COLOURS = RUN_COLOURS + ["#A6D854", "#7F0000", "#FF9DA7", "#6B6B00", "#AF7AA1", "#C7A000", "#3D0066"]

@@ -24,7 +24,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import feature_cache, surgery
+from tl_core.training import feature_store as feature_cache
+from tl_core.models import surgery
 
 CACHE_LIMIT_BYTES = int(1.5e9)  # cached prefix outputs (train + val) must fit in this
 CACHED_VAL_BATCH = 256  # validation batch over cached features: only the small suffix runs, but a first

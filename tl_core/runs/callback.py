@@ -1,5 +1,5 @@
 """``StoreCallback``: the callback a worker hands to ``training.fit``. It writes every training event
-into the run store (``tl_core.runs.RunStore``) and turns a stop request into ``trainer.should_stop``."""
+into the run store (``tl_core.runs.store.RunStore``) and turns a stop request into ``trainer.should_stop``."""
 from __future__ import annotations
 
 import time
@@ -57,7 +57,7 @@ class StoreCallback:
         """Save the model (not for a diverged or failed run: its weights are useless)."""
         self.summary = summary
         if (summary or {}).get("status") in ("completed", "stopped") and getattr(trainer, "model", None) is not None:
-            from .training import save_model
+            from tl_core.models.arch import save_model
 
             try:
                 save_model(trainer.model, trainer.cfg, trainer.class_names, self.store.run_dir(self.run_id))

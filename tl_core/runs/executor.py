@@ -1,6 +1,6 @@
 """How queued runs get executed: the queue policy, worker liveness, the executors and the warm pool.
 
-``tl_core.runs.RunStore`` keeps the rows; this module decides what they mean for execution:
+``tl_core.runs.store.RunStore`` keeps the rows; this module decides what they mean for execution:
 
 - the **queue policy**: which device a run uses (its concurrency key), how many runs may train at
   once on a device (``device_limit``) and in which order queued runs start (``POLICY``: the
@@ -9,16 +9,16 @@
 - the **executor interface** (``Executor``: ``submit(run_id)``, ``stop(run_id)``) and its
   implementations, chosen by ``$TL_EXECUTOR`` in ``get_executor``:
 
-  - ``local`` (default): ``LocalExecutor``, the **warm pool**. ``python -m tl_core.worker --serve``
+  - ``local`` (default): ``LocalExecutor``, the **warm pool**. ``python -m tl_core.runs.worker --serve``
     processes (one per device; ``$TL_WORKERS`` on CPU) start once, keep torch, timm, models and
     data in memory and claim queued runs from the store (``RunStore.claim_next``). ``submit`` marks
     the run for the pool and starts the pool when no live worker serves the run's device; the
     store's reaper restarts a pool that died while runs wait for it (``ensure_pool``).
-  - ``process``: ``ProcessExecutor``, one new ``python -m tl_core.worker RUN_ID`` process per run.
-  - ``ray``: ``tl_core.ray_executor.RayExecutor`` (imported only then).
+  - ``process``: ``ProcessExecutor``, one new ``python -m tl_core.runs.worker RUN_ID`` process per run.
+  - ``ray``: ``tl_core.runs.ray_host.RayExecutor`` (imported only then).
 
 ``launch(cfg, owner=...)`` = validate + ``RunStore.create`` + ``get_executor().submit``.
-This module never imports ``tl_core.runs`` at import time (``runs`` imports it).
+This module never imports ``tl_core.runs.store`` at import time (``runs`` imports it).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from typing import Protocol, Sequence
 STALE_S = 30.0
 NEVER_STARTED_S = 120.0  # a queued run whose worker never registered
 DIED = "worker process ended unexpectedly (killed, or out of memory)"
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds tl_core/
 
 
 # --- the queue policy ----------------------------------------------------------------------------
@@ -183,7 +183,7 @@ def why_dead(pid: int | None, heartbeat: float | None, created: float, now: floa
 
 # --- executors -----------------------------------------------------------------------------------
 class Executor(Protocol):
-    """Gives queued runs a worker. Built as ``Executor(store)`` with a ``tl_core.runs.RunStore`` (kept
+    """Gives queued runs a worker. Built as ``Executor(store)`` with a ``tl_core.runs.store.RunStore`` (kept
     as ``.store``). Workers claim their device slot through the store (``RunStore.try_start`` or
     ``RunStore.claim_next``), so an executor needs no scheduling of its own."""
 
@@ -214,14 +214,14 @@ def spawn(module: str, args: Sequence[str], log_path: str | os.PathLike) -> subp
 
 
 class ProcessExecutor:
-    """One new worker process per run (``python -m tl_core.worker RUN_ID``, log in ``worker.log``)."""
+    """One new worker process per run (``python -m tl_core.runs.worker RUN_ID``, log in ``worker.log``)."""
 
     def __init__(self, store):
-        self.store = store  # a tl_core.runs.RunStore
+        self.store = store  # a tl_core.runs.store.RunStore
 
     def submit(self, run_id: str) -> None:
         self.store.assign(run_id, "process")
-        proc = spawn("tl_core.worker", [run_id, "--runs-dir", str(self.store.runs_dir)], self.store.log_path(run_id))
+        proc = spawn("tl_core.runs.worker", [run_id, "--runs-dir", str(self.store.runs_dir)], self.store.log_path(run_id))
         self.store.record_pid(run_id, proc.pid)
 
     def stop(self, run_id: str, **rights) -> str:
@@ -284,7 +284,7 @@ def ensure_pool(store, device: str) -> list[int]:
 
 
 def start_worker(store, device: str) -> int:
-    proc = spawn("tl_core.worker", ["--serve", "--device", device, "--runs-dir", str(store.runs_dir)],
+    proc = spawn("tl_core.runs.worker", ["--serve", "--device", device, "--runs-dir", str(store.runs_dir)],
                  pool_log(store.runs_dir, device))
     store.register_worker(proc.pid, device)
     return proc.pid
@@ -317,7 +317,7 @@ class LocalExecutor:
     """The warm pool: ``submit`` marks the run for the pool's workers and makes sure they run."""
 
     def __init__(self, store):
-        self.store = store  # a tl_core.runs.RunStore
+        self.store = store  # a tl_core.runs.store.RunStore
 
     def submit(self, run_id: str) -> None:
         device = self.store.assign(run_id, POOL)
@@ -333,8 +333,8 @@ EXECUTORS = ("local", "process", "ray")
 
 def get_executor(runs_dir: str | os.PathLike | None = None) -> Executor:
     """The executor ``$TL_EXECUTOR`` names (``local``, the default: the warm pool; ``process``: one
-    process per run; ``ray``: ``tl_core.ray_executor``), over the store in ``runs_dir``."""
-    from .runs import RunStore
+    process per run; ``ray``: ``tl_core.runs.ray_host``), over the store in ``runs_dir``."""
+    from tl_core.runs.store import RunStore
 
     kind = (os.environ.get("TL_EXECUTOR") or "local").strip().lower()
     if kind not in EXECUTORS:
@@ -342,7 +342,7 @@ def get_executor(runs_dir: str | os.PathLike | None = None) -> Executor:
                          "(or unset it for the warm local workers)")
     store = RunStore(runs_dir)
     if kind == "ray":
-        from .ray_executor import RayExecutor
+        from tl_core.runs.ray_host import RayExecutor
 
         return RayExecutor(store)
     return (LocalExecutor if kind == "local" else ProcessExecutor)(store)
@@ -353,7 +353,7 @@ def check_config(cfg) -> None:
     here, with one clear line, not in a run."""
     if hasattr(cfg, "validate"):
         cfg.validate()
-        from . import backbones
+        from tl_core.models import backbones
 
         if cfg.effective_weights == "pretrained" and cfg.backbone in backbones.catalogue():
             backbones.check_weights(cfg.backbone, cfg.weights_file, cfg.allow_download)

@@ -9,7 +9,7 @@ folder must sit inside the data root, sizes and row counts are capped, texts lon
 ``max_chars`` are cut, rows or files that cannot be used are skipped and listed in the report
 (:class:`TextReport`), and unusable data raises ``DataError`` with one line saying what to do.
 
-Tokenising (:func:`tokenize`) uses the backbone's own tokenizer (``tl_core.text_models.text_tokenizer``)
+Tokenising (:func:`tokenize`) uses the backbone's own tokenizer (``tl_core.models.text.text_tokenizer``)
 and gives the packed ``[N, 2, L]`` model input; :func:`show_tokens` shows what one text becomes.
 """
 from __future__ import annotations
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from .data.errors import DataError
-from .data.folders import ValidationReport, _scan_layout, _usability_errors
-from .data.sources import data_root_dir, extracted, read_regular, resolve_data_path
-from .data.uploads import upload_name
+from tl_core.data.errors import DataError
+from tl_core.data.folders import ValidationReport, _scan_layout, _usability_errors
+from tl_core.data.sources import data_root_dir, extracted, read_regular, resolve_data_path
+from tl_core.data.uploads import upload_name
 
 _NO_TEXTS = "no usable texts (every one was empty or skipped); see the skipped list"
 TEXT_COLUMNS = ("text", "review", "content", "body", "sentence", "document", "message")
@@ -346,8 +346,8 @@ def take(ds: TextSet, rows: torch.Tensor) -> TextSet:
 def subset_classes(ds: TextSet, classes: list[str]) -> TextSet:
     """Only the texts of ``classes``, relabelled 0..k-1 in the given order: ``data.subset_classes`` run
     on the row numbers (its checks and messages too: DataError naming an unknown class)."""
-    from .data import ImageSet
-    from .data import subset_classes as subset_rows
+    from tl_core.data.sets import ImageSet
+    from tl_core.data.sets import subset_classes as subset_rows
 
     rows = subset_rows(ImageSet(torch.arange(len(ds)), ds.labels, ds.class_names, ds.name), classes)
     return dataclasses.replace(take(ds, rows.images), labels=rows.labels, class_names=list(classes))
@@ -373,7 +373,7 @@ def probe_text(ds: TextSet, rows: torch.Tensor, tokenizer, max_len: int = 32, lo
 def data_modality(source: str) -> str | None:
     """"text" for a built-in text set or a ``.csv`` file, "image" for a built-in image set; None for a
     folder or zip (only reading it tells)."""
-    from .data import BUILTIN
+    from tl_core.data.builtin import BUILTIN
 
     if source in TEXT_BUILTIN or str(source).lower().endswith(".csv"):
         return "text"
@@ -382,7 +382,7 @@ def data_modality(source: str) -> str | None:
 
 def tokenize(texts: TextSet | list[str], tokenizer, max_tokens: int) -> torch.Tensor:
     """The packed model input ``[N, 2, max_tokens]`` (token ids, attention mask) of every text, made
-    by the backbone's own ``tokenizer`` (``tl_core.text_models.text_tokenizer(key)``)."""
+    by the backbone's own ``tokenizer`` (``tl_core.models.text.text_tokenizer(key)``)."""
     if not isinstance(max_tokens, int) or max_tokens < 2:
         raise ValueError(f"max_tokens must be a whole number >= 2, not {max_tokens!r}")
     return tokenizer.encode(list(texts.texts if isinstance(texts, TextSet) else texts), max_tokens)

@@ -5,7 +5,7 @@ The vectors are GloVe 6B, 50 dimensions (400,000 words, most frequent first), sh
 downloaded.
 
 The backbone (:func:`build_glove`) is an embedding layer (the stem: frozen = "feature
-extraction", trainable = "fine-tuned word vectors") in the :class:`~tl_core.text_models.TextClassifier`
+extraction", trainable = "fine-tuned word vectors") in the :class:`~tl_core.models.text.TextClassifier`
 shell: average the vectors of a text's words, then a linear head. Its vocabulary is the
 ``vocab_size`` most frequent GloVe words (default 50,000: 98% of the words of the fine-food
 reviews; 10 MB of weights, 2.5M parameters) plus a padding row, so the model is rebuilt from its
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .text_models import TextClassifier, pack, unpack, with_mask
+from tl_core.models.text import TextClassifier, pack, unpack, with_mask
 
 VOCAB_SIZE = 50_000
 DIM = 50
@@ -60,7 +60,7 @@ def split_words(text: str) -> list[str]:
 
 class WordTokenizer:
     """Words -> ids for the bag-of-embeddings model: id 0 is padding, id i the (i-1)-th GloVe word.
-    Unknown words are dropped. Same calls as :class:`~tl_core.text_models.HFTokenizer`."""
+    Unknown words are dropped. Same calls as :class:`~tl_core.models.text.HFTokenizer`."""
 
     def __init__(self, words):
         self.words = [PAD, *words]

@@ -1,6 +1,6 @@
 """Worker processes: where runs train.
 
-- ``python -m tl_core.worker --serve --device cpu --runs-dir DIR``: a **warm worker** of the pool
+- ``python -m tl_core.runs.worker --serve --device cpu --runs-dir DIR``: a **warm worker** of the pool
   (``executor.LocalExecutor``, the default). It starts once, imports torch and timm, keeps the
   weights it has read (a small LRU) and the decoded data sets (``tl_core.data``'s own cache) in
   memory, and loops: claim the next queued run of its device (``RunStore.claim_next``: atomic, in
@@ -9,7 +9,7 @@
   ``executor.ORPHAN_IDLE_S`` idle once the process that started it has ended (a CLI command, a test
   session; a page server lives on), or when its runs folder goes away. A run that raises ends as failed and the worker goes on; memory is freed between runs.
   Each run's output goes to ``DIR/RUN_ID/worker.log``, the worker's own to ``DIR/workers/DEVICE.log``.
-- ``python -m tl_core.worker RUN_ID --runs-dir DIR``: one run in its own process
+- ``python -m tl_core.runs.worker RUN_ID --runs-dir DIR``: one run in its own process
   (``executor.ProcessExecutor``, ``TL_EXECUTOR=process``). It waits for a device slot
   (``RunStore.try_start``) and trains.
 
@@ -30,9 +30,9 @@ import traceback
 from collections import OrderedDict
 from pathlib import Path
 
-from .executor import ORPHAN_IDLE_S, WORKER_POLL_S, device_limit, worker_idle_s
-from .runs import HEARTBEAT_S, RunStore, StoreCallback
-from .turns import TurnCallback, Turns
+from tl_core.runs.executor import ORPHAN_IDLE_S, WORKER_POLL_S, device_limit, worker_idle_s
+from tl_core.runs.store import HEARTBEAT_S, RunStore, StoreCallback
+from tl_core.runs.turns import TurnCallback, Turns
 
 QUEUE_POLL_S = 0.2
 THREAD_CHECK_S = 1.0  # how often a CPU run looks at how many runs share the cores
@@ -101,7 +101,7 @@ class ThreadShare:
         self.store, self.device, self.turns, self.due, self.threads = store, device, turns, 0.0, None
 
     def share(self) -> int:
-        from .devices import cores
+        from tl_core.devices import cores
 
         others = min(max(1, self.store.running_count(self.device)), device_limit(self.device))
         return max(1, cores() // others // (self.turns.busy() if self.turns else 1))
@@ -113,7 +113,7 @@ class ThreadShare:
         self.due = now + THREAD_CHECK_S
         threads = self.share()
         if threads != self.threads:
-            from .devices import use_threads
+            from tl_core.devices import use_threads
 
             use_threads(self.device, threads)
             self.threads = threads
@@ -130,7 +130,7 @@ def _thread_share(store: RunStore, cfg, device: str, turns: Turns | None = None)
 
 def _outcome(exc: BaseException) -> tuple[str, str]:
     """(status, reason) for an exception that ended the training."""
-    from . import training
+    from tl_core.training import trainer as training
 
     name = type(exc).__name__
     if isinstance(exc, training.Diverged):
@@ -164,7 +164,7 @@ def run(store: RunStore, run_id: str, say=_say) -> str:
 def train(store: RunStore, run_id: str, say=_say, callbacks=(), turns: Turns | None = None) -> str:
     """Train ``run_id`` (already running: this process holds its slot) and record its final status. In a warm
     worker, ``turns`` are the turns it takes with the other runs held."""
-    from . import training  # torch + timm: seconds in a new process; the run already shows as running meanwhile
+    from tl_core.training import trainer as training  # torch + timm: seconds in a new process; the run already shows as running meanwhile
 
     info = store.get(run_id)
     status, reason, summary = "failed", None, None
@@ -198,7 +198,7 @@ def keep_weights(maxsize: int = WEIGHTS_LRU) -> None:
     ``WEIGHTS_LRU_BYTES`` of them) in memory, keyed by
     path, modification time and size (a lab's backbone rebuilt under the same name is a new entry).
     The tensors are only ever copied into models (``load_state_dict``), never changed in place."""
-    from . import backbones
+    from tl_core.models import backbones
 
     read = backbones.read_state_dict
     if getattr(read, "warm", False):
@@ -226,7 +226,9 @@ def keep_weights(maxsize: int = WEIGHTS_LRU) -> None:
 def _prewarm() -> None:
     """Import torch and timm, and load what the Train page's default run needs (its data set, decoded,
     and its backbone's weights), so that the first run of the day starts like every later one."""
-    from . import backbones, data, training
+    from tl_core.models import backbones
+    from tl_core import data
+    from tl_core.training import trainer as training
 
     default = training.TrainConfig()
     try:
@@ -252,7 +254,7 @@ def _prewarm_text() -> bool:
     weights, the texts): about 3 s, done once the worker is first idle (``TL_PREWARM_TEXT=0``: never).
     True (tried) either way."""
     try:
-        from . import text_models
+        from tl_core.models import text as text_models
 
         _say(f"[pool] text model loaded: {text_models.prewarm()}")
     except Exception:  # only a head start (transformers may be absent): a text run says what is wrong
@@ -270,7 +272,7 @@ def _free_memory() -> None:
 def interleave(device: str) -> int:
     """How many runs a warm worker of ``device`` holds at once, taking turns (``turns``): ``$TL_INTERLEAVE``,
     else ``INTERLEAVE_CPU`` on the CPU and 1 on a GPU (whose memory is the scarce part)."""
-    from .executor import _env_int
+    from tl_core.runs.executor import _env_int
 
     return max(1, _env_int("TL_INTERLEAVE") or (INTERLEAVE_CPU if device == "cpu" else 1))
 
@@ -278,8 +280,8 @@ def interleave(device: str) -> int:
 def lanes(device: str) -> int:
     """How many of its runs a warm worker computes at once (``Turns.lanes``): ``$TL_LANES``, else one per
     core this worker's share of the CPU gives it, each run on one core; 1 on a GPU."""
-    from .devices import cores
-    from .executor import _env_int
+    from tl_core.devices import cores
+    from tl_core.runs.executor import _env_int
 
     return max(1, _env_int("TL_LANES") or (cores() // device_limit(device) if device == "cpu" else 1))
 
@@ -337,7 +339,7 @@ def serve(runs_dir=None, device: str = "cpu", idle_s: float | None = None, poll_
         _say(f"[pool] warm worker {pid} ready")
         last = reaped = time.monotonic()
         text_ready = False
-        from .estimate import ram_bytes
+        from tl_core.training.estimate import ram_bytes
 
         cap, ram_budget = interleave(device), HOLD_RAM_FRACTION * ram_bytes()
         while not _TERMINATED:
@@ -384,7 +386,7 @@ def serve(runs_dir=None, device: str = "cpu", idle_s: float | None = None, poll_
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tl_core.worker")
+    p = argparse.ArgumentParser(prog="python -m tl_core.runs.worker")
     p.add_argument("run_id", nargs="?", help="train this one run (without --serve)")
     p.add_argument("--serve", action="store_true", help="be a warm worker: take queued runs until idle")
     p.add_argument("--device", default="cpu", help="with --serve: the device whose queue it serves")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .surgery import BlockSetting, FreezePlan, Hierarchy
+from tl_core.models.surgery import BlockSetting, FreezePlan, Hierarchy
 
 
 @dataclass(frozen=True)

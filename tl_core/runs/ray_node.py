@@ -1,4 +1,4 @@
-"""The node's side of a run on a Ray cluster (``tl_core.ray_executor`` is the host's side).
+"""The node's side of a run on a Ray cluster (``tl_core.runs.ray_host`` is the host's side).
 
 ``train_remote`` is the Ray task of one run. On the node it writes the run's shipped inputs into the
 node's own folder (``$TL_NODE_DIR``: once per node, by content digest), points the config at them,
@@ -120,7 +120,7 @@ class RemoteCallback:
         """The trained model as ``MODEL_FILES`` bytes (not for a diverged or failed run, like StoreCallback)."""
         if (self.summary or {}).get("status") not in ("completed", "stopped") or getattr(trainer, "model", None) is None:
             return {}
-        from .training import save_model
+        from tl_core.models.arch import save_model
 
         with tempfile.TemporaryDirectory(prefix="tl-model-") as tmp:
             save_model(trainer.model, trainer.cfg, trainer.class_names, tmp)
@@ -136,7 +136,7 @@ def _node_env(here: Path) -> None:
 
 def _ending(summary: dict) -> tuple[str, str | None]:
     """(status, reason) of a run that ``fit`` ended normally, as the local worker records it."""
-    from .worker import DIVERGED_ADVICE
+    from tl_core.runs.worker import DIVERGED_ADVICE
 
     status = summary.get("status") or "completed"
     reason = summary.get("reason") or ("stopped by request" if status == "stopped" else None)
@@ -162,14 +162,15 @@ def train_remote(run_id: str, config: dict, inputs: list[dict], inbox) -> dict:
         here = node_dir()
         _node_env(here)
         config = materialize(inputs, config, here)
-        from . import training, worker
+        from tl_core.training import trainer as training
+        from tl_core.runs import worker
 
         worker.keep_weights()  # weight files stay in this warm worker's memory for the next runs
 
         summary = training.fit(training.TrainConfig.from_dict(config), [callback])
         status, reason = _ending(summary)
     except BaseException as exc:  # record every ending
-        from .worker import _outcome
+        from tl_core.runs.worker import _outcome
 
         traceback.print_exc()
         status, reason = _outcome(exc)
@@ -182,5 +183,5 @@ def train_remote(run_id: str, config: dict, inputs: list[dict], inbox) -> dict:
 
 def _free_memory() -> None:
     """The worker stays warm for the next run; the memory of this one need not."""
-    if "tl_core.worker" in sys.modules:
-        sys.modules["tl_core.worker"]._free_memory()
+    if "tl_core.runs.worker" in sys.modules:
+        sys.modules["tl_core.runs.worker"]._free_memory()

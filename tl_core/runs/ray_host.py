@@ -50,11 +50,11 @@ except ImportError as _exc:  # the local executor never imports this module
     raise ImportError("TL_EXECUTOR=ray needs Ray, which is not installed here: run `make install-ray` "
                       "(pip install -r requirements-ray.txt)") from _exc
 
-from . import executor
-from .ray_node import MODEL_FILES, train_remote
-from .runs import HEARTBEAT_S, RunInfo, RunStore, StoreCallback
+from tl_core.runs import executor
+from tl_core.runs.ray_node import MODEL_FILES, train_remote
+from tl_core.runs.store import HEARTBEAT_S, RunInfo, RunStore, StoreCallback
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # tl_core/, shipped to the cluster
 RUNTIME_ENV = {"py_modules": [str(PACKAGE_DIR)], "excludes": ["__pycache__", "*.pyc"]}
 TICK_S = 0.2  # the host drains the inbox and checks stops this often
 MAX_INPUT_BYTES = 2 * 2**30  # one shipped file (a weights file, a data zip) at most
@@ -98,7 +98,7 @@ def node_config(config: dict, need: dict) -> dict:
 # --- inputs travel as bytes -----------------------------------------------------------------------
 def _zip_folder(folder: Path) -> bytes:
     """A folder's regular files as a zip (fixed dates: the same files give the same bytes)."""
-    from .data.sources import Caps
+    from tl_core.data.sources import Caps
 
     caps, total, buf = Caps(), 0, io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
@@ -113,7 +113,7 @@ def _zip_folder(folder: Path) -> bytes:
 
 
 def _read(path: Path) -> bytes:
-    from .data.sources import read_regular
+    from tl_core.data.sources import read_regular
 
     return read_regular(path, MAX_INPUT_BYTES)
 
@@ -132,7 +132,9 @@ class InputShipper:
         self.keep, self._cache = keep, OrderedDict()
 
     def inputs(self, config: dict) -> list[dict]:
-        from . import backbones, data, text_data
+        from tl_core.models import backbones
+        from tl_core import data
+        from tl_core.data import texts as text_data
 
         out = []
         source = config.get("data")

@@ -27,7 +27,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from .executor import resolve_device  # the device a run will use: cpu, cuda:N or mps
+from tl_core.runs.executor import resolve_device  # the device a run will use: cpu, cuda:N or mps
 
 GB = 1024 ** 3
 REF_SIZE = 64
@@ -90,7 +90,7 @@ def _measured(backbone: str) -> tuple[int, int]:
     import timm
     import torch
 
-    from . import backbones
+    from tl_core.models import backbones
 
     cat = backbones.catalogue()
     name, kwargs = (cat[backbone].timm_name, cat[backbone].create_kwargs) if backbone in cat else (backbone, {})
@@ -112,7 +112,7 @@ def _measured(backbone: str) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=None)
 def _text_params(backbone: str) -> int:
-    from . import backbones
+    from tl_core.models import backbones
 
     return backbones.param_count(backbone)
 
@@ -134,7 +134,8 @@ def model_size(cfg) -> tuple[int, int]:
 
 def image_counts(cfg) -> tuple[int, int]:
     """(training, validation) images of one epoch: exact for a built-in set, a guess for a user folder."""
-    from . import data, text_data
+    from tl_core import data
+    from tl_core.data import texts as text_data
 
     info = data.BUILTIN.get(cfg.data) or text_data.TEXT_BUILTIN.get(cfg.data)
     if info is not None:

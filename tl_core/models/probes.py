@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .surgery import Hierarchy, Node, hierarchy
+from tl_core.models.surgery import Hierarchy, Node, hierarchy
 
 MAX_FEATURES = 2048  # block outputs larger than this are average-pooled spatially before CKA
 PROJECTIONS = ("pca", "tsne")

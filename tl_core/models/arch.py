@@ -7,7 +7,9 @@ from pathlib import Path
 
 from torch import nn
 
-from . import backbones, config, surgery
+from tl_core.models import backbones
+from tl_core.training import config
+from tl_core.models import surgery
 
 
 def is_timm_arch(name: str) -> bool:
@@ -29,7 +31,7 @@ def build_arch(backbone: str, num_classes: int, weights: str = "random", weights
 
 
 def modality(backbone: str) -> str:
-    """"text" for a text backbone of the catalogue (tl_core.text_models), else "image"."""
+    """"text" for a text backbone of the catalogue (tl_core.models.text), else "image"."""
     cat = backbones.catalogue()
     return cat[backbone].modality if backbone in cat else "image"
 

@@ -1,8 +1,8 @@
 """The run store: one SQLite file and one folder per run, shared by every process that reads or
 writes runs.
 
-A run flows one way: page/CLI → ``launch(cfg, owner=...)`` → a worker (``tl_core.executor``: by default
-a warm ``python -m tl_core.worker --serve`` process that claims queued runs) → ``RunStore`` → any
+A run flows one way: page/CLI → ``launch(cfg, owner=...)`` → a worker (``tl_core.runs.executor``: by default
+a warm ``python -m tl_core.runs.worker --serve`` process that claims queued runs) → ``RunStore`` → any
 number of readers (pages, other tabs, the CLI).
 
 The store is one SQLite file in WAL mode (``runs.sqlite``: run rows, metric rows and the warm
@@ -10,7 +10,7 @@ workers) plus one folder per run for artefacts (``run.json``: the run's row, rew
 created and when it ends; ``metrics.jsonl``: its epoch and phase rows; ``worker.log``,
 ``snapshots/epoch_NNN.npz``, ``model.safetensors``, ``model.json``, ``summary.json``). Nothing is ever
 pickled. Every SQL statement lives here; what the rows mean for execution (device slots, queue
-order, when a worker counts as dead) is decided in ``tl_core.executor``.
+order, when a worker counts as dead) is decided in ``tl_core.runs.executor``.
 
 Runs carry an ``owner`` (a student's name in classroom mode, None otherwise): only the owner or the
 teacher may stop an owned run (``request_stop``).
@@ -20,7 +20,7 @@ run whose worker is gone, or whose heartbeat is older than ``STALE_S``, marks it
 run never stays "running" forever; queued runs waiting for a warm pool that died get a new pool.
 
 A damaged ``runs.sqlite`` (``sqlite3.DatabaseError`` when it is opened or read) is moved aside and a
-fresh store is rebuilt from the run folders (``tl_core.store_repair``); ``RunStore.recovered`` then
+fresh store is rebuilt from the run folders (``tl_core.runs.repair``); ``RunStore.recovered`` then
 says so in one line.
 """
 from __future__ import annotations
@@ -37,14 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import executor, store_repair
-from .executor import (  # noqa: F401  (re-exported: the queue policy and launching used to live here)
-    DIED, NEVER_STARTED_S, STALE_S, Executor, LocalExecutor, ProcessExecutor, device_limit, get_executor, launch,
-    resolve_device,
-)
-from .executor import pid_alive as _pid_alive  # noqa: F401
-from .store_json import dumps as _dumps, jsonable as _jsonable, loads as _loads  # noqa: F401  (used to live here)
-from .store_json import write_atomic as _write_atomic
+from tl_core.runs import executor
+from tl_core.runs import repair as store_repair
+from tl_core.paths import default_runs_dir
+from tl_core.runs.executor import DIED, NEVER_STARTED_S, STALE_S, Executor, LocalExecutor, ProcessExecutor, device_limit, get_executor, launch, resolve_device
+from tl_core.runs.executor import pid_alive as _pid_alive
+from tl_core.runs.store_json import dumps as _dumps, jsonable as _jsonable, loads as _loads
+from tl_core.runs.store_json import write_atomic as _write_atomic
 
 STATUSES = ("queued", "running", "completed", "stopped", "failed", "diverged")
 ACTIVE = ("queued", "running")
@@ -77,7 +76,7 @@ CREATE TABLE IF NOT EXISTS metrics (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS metrics_run ON metrics (run_id, kind, seq);
-CREATE TABLE IF NOT EXISTS workers (             -- the warm pool (tl_core.executor.ensure_pool)
+CREATE TABLE IF NOT EXISTS workers (             -- the warm pool (tl_core.runs.executor.ensure_pool)
     pid INTEGER PRIMARY KEY,
     device TEXT NOT NULL,
     started REAL NOT NULL,
@@ -94,10 +93,6 @@ RECORD = "run.json"  # the run's row, for rebuilding a damaged store
 METRICS_LOG = "metrics.jsonl"  # its epoch and phase rows, for the same
 _RECORD_KEYS = ("id", "name", "status", "reason", "config", "device", "created", "started", "finished", "owner",
                 "executor")
-
-
-def default_runs_dir() -> Path:
-    return Path(os.environ.get("TL_RUNS_DIR") or "runs")
 
 
 def _inode(path: Path) -> int | None:
@@ -532,7 +527,7 @@ class RunStore:
         return seq
 
     def restore(self, record: dict, summary: dict | None, metrics: list[tuple[str, dict]]) -> None:
-        """Insert a run rebuilt from its folder (``tl_core.store_repair``), with its metric rows."""
+        """Insert a run rebuilt from its folder (``tl_core.runs.repair``), with its metric rows."""
         row = {k: record.get(k) for k in _RECORD_KEYS}
         row["config"] = _dumps(row["config"] or {})
         row["summary"] = None if summary is None else _dumps(summary)
@@ -582,4 +577,4 @@ class RunStore:
         return d if (d / "model.safetensors").exists() else None
 
 
-from .store_callback import STEP_EVERY_S, StoreCallback  # noqa: E402,F401  (re-exported: they used to live here)
+from tl_core.runs.callback import STEP_EVERY_S, StoreCallback  # noqa: E402,F401
