@@ -10,10 +10,11 @@ PORT   ?= 8501
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-$(STAMP): requirements.txt requirements-nodeps.txt requirements-dev.txt constraints.txt | $(BIN)/python
+$(STAMP): pyproject.toml requirements.txt requirements-nodeps.txt requirements-dev.txt constraints.txt | $(BIN)/python
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -r requirements.txt -r requirements-dev.txt -c constraints.txt
 	$(BIN)/pip install --no-deps -r requirements-nodeps.txt
+	$(BIN)/pip install --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _clean(value) -> str:
@@ -318,7 +319,8 @@ def cmd_stop(args) -> int:
 
 # --- registry --------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tl_core", description="Transfer Learning Lab from the command line.")
+    prog = "tl-lab" if Path(sys.argv[0]).name == "tl-lab" else "python -m tl_core"
+    p = argparse.ArgumentParser(prog=prog, description="Transfer Learning Lab from the command line.")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("backbones", help="list the backbone catalogue with weight status")
