@@ -3,7 +3,7 @@ import streamlit as st
 
 st.set_page_config(page_title="Transfer Learning Lab", page_icon=":material/ac_unit:", layout="wide")
 
-from pages import _classroom, _router, _ui  # noqa: E402  (after set_page_config)
+from pages import _backbones, _classroom, _display, _inputs, _router, _store  # noqa: E402  (after set_page_config)
 
 
 # each page's step of the first experiment on the home page
@@ -39,7 +39,7 @@ def home() -> None:
         "specific, and swap the last layer for a new **head** with our own classes. With little data this "
         "beats training from scratch: a *higher start*, a *higher slope*, often a *higher asymptote*."
     )
-    _ui.legend()
+    _display.legend()
 
     left, right = st.columns([3, 2], gap="large")
     with left:
@@ -56,11 +56,11 @@ def home() -> None:
         else:
             st.info(f"CPU only · {torch.get_num_threads()} threads. The defaults finish a first run in under "
                     "a minute.")
-        rows = _ui.catalogue_rows()
+        rows = _backbones.catalogue_rows()
         st.dataframe(
             [{"Backbone": r["label"], "Params": visuals.fmt_count(r["params"]),
               "Weights": ("✔ " if r["weights"] in ("bundled", "cached", "user") else "⬇ " if r["weights"] ==
-                          "download" else "✖ ") + _ui.WEIGHT_BADGE[r["weights"]][0],
+                          "download" else "✖ ") + _display.WEIGHT_BADGE[r["weights"]][0],
               "Input": _input_label(r)} for r in rows],
             hide_index=True, width="stretch",
         )
@@ -76,8 +76,8 @@ def home() -> None:
                          icon=":material/groups:")
 
 
-_ui.setup_page()
-_ui.inputs()  # the session's inputs dict exists from the first page on
-if _ui.store().recovered:  # a damaged runs.sqlite was moved aside and rebuilt: say so, in one line
-    st.warning(_ui.plain(_ui.store().recovered), icon=":material/build:")
+_display.setup_page()
+_inputs.inputs()  # the session's inputs dict exists from the first page on
+if _store.store().recovered:  # a damaged runs.sqlite was moved aside and rebuilt: say so, in one line
+    st.warning(_display.plain(_store.store().recovered), icon=":material/build:")
 _router.route(home, gate=_classroom.gate)

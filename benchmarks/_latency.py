@@ -5,13 +5,14 @@ import time
 
 
 def first_metric(cfg, runs_dir: str, wait_epoch: bool = True, timeout: float = 300) -> dict:
-    """Seconds from ``runs.launch(cfg)`` until the store holds the run's first per-step loss row
+    """Seconds from ``launcher.launch(cfg)`` until the store holds the run's first per-step loss row
     (``step_s``) and, with ``wait_epoch``, its first epoch row (``epoch_s``); the run is then stopped."""
-    from tl_core.runs import store as runs
+    from tl_core.runs import executor, launcher
+    from tl_core.runs.store import RunStore
 
     t0 = time.perf_counter()
-    run_id = runs.launch(cfg, runs_dir)
-    store, out = runs.RunStore(runs_dir), {}
+    run_id = launcher.launch(cfg, runs_dir)
+    store, out = RunStore(runs_dir), {}
     try:
         while ("epoch_s" if wait_epoch else "step_s") not in out and time.perf_counter() - t0 < timeout:
             if "step_s" not in out and store.metrics(run_id, "step"):
@@ -21,6 +22,7 @@ def first_metric(cfg, runs_dir: str, wait_epoch: bool = True, timeout: float = 3
             time.sleep(0.02)
         store.request_stop(run_id)
         while store.get(run_id).active and time.perf_counter() - t0 < timeout + 60:
+            executor.reap(store)  # a worker that died: its run ends as failed
             time.sleep(0.1)
     finally:
         store.close()

@@ -1,7 +1,7 @@
 """Classroom load: N simulated students press Launch within a few seconds; how long until each sees a
 first metric, until all have finished, and how much memory the workers take.
 
-Each student is a thread that calls ``runs.launch(cfg, runs_dir, owner=name)`` (the Train page's own
+Each student is a thread that calls ``launcher.launch(cfg, runs_dir, owner=name)`` (the Train page's own
 code path), arriving uniformly over ``--arrival`` seconds (10 by default). Two workloads: ``default``
 (everyone the Train page's default run: MobileNetV2, animal shapes, 100 per class, 96 px, feature
 extraction, 3 epochs) and ``mixed`` (one third each feature extraction, partial, two-phase). Before the
@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 import psutil  # noqa: E402
 
-from tl_core.runs import executor
+from tl_core.runs import executor, launcher, policy  # noqa: E402
 from tl_core.runs import store as runs  # noqa: E402
 from tl_core.training.config import TrainConfig  # noqa: E402
 
@@ -92,6 +92,7 @@ def ray_workers() -> list:
 def wait_finished(store, run_ids, timeout: float = 3600) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
+        executor.reap(store)  # a worker that died: its run ends as failed
         if all(not store.get(r).active for r in run_ids):
             return
         time.sleep(0.5)
@@ -110,7 +111,7 @@ def warm_up(runs_dir: Path) -> float:
 
         ray_executor.connect(None)  # $RAY_ADDRESS
         n = max(1, int(ray.cluster_resources().get("CPU", 1)) // ray_executor.cpus_per_run(None))
-    ids = [runs.launch(TrainConfig(**WARMUP), runs_dir, owner="teacher") for _ in range(n)]
+    ids = [launcher.launch(TrainConfig(**WARMUP), runs_dir, owner="teacher") for _ in range(n)]
     wait_finished(runs.RunStore(runs_dir), ids)
     log = executor.pool_log(runs_dir, "cpu")  # an idle warm worker then loads the text model (about 3 s)
     deadline = time.time() + 60
@@ -134,7 +135,7 @@ def students(n: int, workload: str, arrival: float, runs_dir: Path, seeds: str) 
         time.sleep(max(0.0, start + (i * arrival / max(n - 1, 1)) - time.perf_counter()))
         t = time.perf_counter()
         try:
-            launched[i] = (runs.launch(student_config(i, workload, seeds), runs_dir, owner=f"student{i + 1}"), t)
+            launched[i] = (launcher.launch(student_config(i, workload, seeds), runs_dir, owner=f"student{i + 1}"), t)
         except Exception as exc:  # noqa: BLE001  (a refused launch is a result too)
             errors.append(f"student {i + 1}: {exc}")
 
@@ -144,7 +145,8 @@ def students(n: int, workload: str, arrival: float, runs_dir: Path, seeds: str) 
     first, done = {}, {}
     while any(t.is_alive() for t in threads) or len(done) < len(launched):
         now = time.perf_counter()
-        active = {r.id: r.active for r in store.list_runs()}  # one read (and one reap) per poll
+        executor.reap(store)  # one reap and one read per poll
+        active = {r.id: r.active for r in store.list_runs()}
         for i, (run_id, t) in list(launched.items()):
             if i not in first and store.metrics(run_id, "step"):
                 first[i] = now - t
@@ -201,7 +203,7 @@ def server_cpu(n: int, runs_dir: Path, seconds: float = 30.0, client: str = "ses
         os.nice(10)  # from here on, this process and what it starts (the clients) yield to the server
         for w in runs.RunStore(runs_dir).workers():
             psutil.Process(w["pid"]).nice(10)
-        ids = [runs.launch(student_config(i, "default", "same", strategy="partial", epochs=20), runs_dir,
+        ids = [launcher.launch(student_config(i, "default", "same", strategy="partial", epochs=20), runs_dir,
                            owner=f"student{i + 1}") for i in range(n)]
         paths = [f"train?run={run_id}&student=student{i + 1}" for i, run_id in enumerate(ids)]
         follow = _follow_in_chromium if client == "chromium" else _follow_in_sessions
@@ -282,7 +284,7 @@ def shut_down(runs_dir: Path) -> None:
             store.request_stop(r.id, teacher=True)
     executor.stop_pool(store)
     if os.environ.get("TL_EXECUTOR") == "ray":  # the host's thread that follows this runs folder's runs
-        executor.get_executor(runs_dir).close()
+        launcher.get_executor(runs_dir).close()
 
 
 def scenario(name: str, fn, args, workers: int) -> dict:
@@ -324,7 +326,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workload", choices=("default", "mixed", "both"), default="both")
     ap.add_argument("--arrival", type=float, default=10.0, help="students arrive uniformly over this many seconds")
     ap.add_argument("--executor", choices=("local", "ray", "process"), default="local")
-    ap.add_argument("--workers", type=int, nargs="+", default=[executor.DEFAULT_CPU_WORKERS],
+    ap.add_argument("--workers", type=int, nargs="+", default=[policy.DEFAULT_CPU_WORKERS],
                     help="warm CPU workers (TL_WORKERS); several values: one pass each")
     ap.add_argument("--seeds", choices=("same", "distinct"), default="same",
                     help="same: every student the default seed (a class); distinct: one seed each")

@@ -38,7 +38,9 @@ from torchvision import transforms  # noqa: E402
 
 from tl_core.models import backbones
 from tl_core import data
+from tl_core.devices import cores  # noqa: E402
 from tl_core.training import trainer as training  # noqa: E402
+from tl_core.training.config import TrainConfig  # noqa: E402
 
 
 class PeakRSS:
@@ -119,7 +121,7 @@ def plain_loop(root: Path, epochs: int, image_size: int, finetune: bool) -> dict
 
 
 def tl_run(epochs: int, image_size: int, val_fraction: float, **kw) -> dict:
-    cfg = training.TrainConfig(backbone="mobilenetv2", data="animal_shapes", per_class=100, val_fraction=val_fraction,
+    cfg = TrainConfig(backbone="mobilenetv2", data="animal_shapes", per_class=100, val_fraction=val_fraction,
                                image_size=image_size, epochs=epochs, batch_size=32, seed=0, **kw)
     t0 = time.perf_counter()
     s = training.fit(cfg)
@@ -129,12 +131,12 @@ def tl_run(epochs: int, image_size: int, val_fraction: float, **kw) -> dict:
 
 
 def first_metric_latency(image_size: int) -> dict:
-    """Seconds from ``runs.launch`` until the store holds the default feature-extraction run's first
+    """Seconds from ``launcher.launch`` until the store holds the default feature-extraction run's first
     per-step loss row, and its first epoch row."""
     from _latency import first_metric
 
     with tempfile.TemporaryDirectory(prefix="tl_bench_runs_") as tmp:
-        cfg = training.TrainConfig(backbone="mobilenetv2", data="animal_shapes", per_class=100,
+        cfg = TrainConfig(backbone="mobilenetv2", data="animal_shapes", per_class=100,
                                    image_size=image_size, epochs=3, seed=0)
         return first_metric(cfg, tmp)
 
@@ -195,7 +197,7 @@ def main(argv=None) -> int:
         return whole_process(args.epochs, args.image_size)
     if args.quick:
         args.epochs, args.finetune_epochs = 5, 1
-    threads = args.threads or training._cores()
+    threads = args.threads or cores()
     torch.set_num_threads(threads)
 
     ds = data.load_dataset("animal_shapes")

@@ -9,7 +9,7 @@
     Goal: >= 10x faster, with a validation accuracy no lower.
 (b) Full fine-tuning throughput (training texts per second, validation excluded) of tl_core against the
     same plain loop training every weight (``--plain full``). Goal: >= 0.95x.
-(c) The default text run (``config.default_text_config()``) launched through ``runs.launch``: seconds
+(c) The default text run (``config.default_text_config()``) launched through ``launcher.launch``: seconds
     until its first metric row (a training step) is in the run store, from a cold worker pool and from a
     warm one. Goal: <= 5 s.
 
@@ -165,7 +165,7 @@ def plain_process(mode: str, epochs: int, tokens: int, split_file: Path, threads
 
 
 def first_metric(runs_dir: str, wait_epoch: bool = True, timeout: float = 600) -> dict:
-    """Seconds from ``runs.launch(default_text_config())`` to its first step row and (``wait_epoch``) its
+    """Seconds from ``launcher.launch(default_text_config())`` to its first step row and (``wait_epoch``) its
     first epoch row in the store; the run is then stopped."""
     from _latency import first_metric as latency
     from tl_core.training.config import default_text_config
@@ -176,12 +176,12 @@ def first_metric(runs_dir: str, wait_epoch: bool = True, timeout: float = 600) -
 def launch_latency(runs_dir: str, wait_epoch: bool) -> dict:
     """Cold (the first launch starts the worker pool) and warm (the pool is up), then the pool is stopped."""
     from tl_core.runs import executor
-    from tl_core.runs import store as runs
+    from tl_core.runs.store import RunStore
 
     try:
         return {"cold": first_metric(runs_dir, wait_epoch), "warm": first_metric(runs_dir, wait_epoch)}
     finally:
-        store = runs.RunStore(runs_dir)
+        store = RunStore(runs_dir)
         try:
             executor.stop_pool(store)
         finally:

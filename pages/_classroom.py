@@ -11,7 +11,7 @@ import streamlit as st
 
 from tl_core import classroom
 
-from pages import _ui
+from pages import _display, _store
 
 
 def on() -> bool:
@@ -37,7 +37,7 @@ def shows_all() -> bool:
 
 def visible_runs() -> list:
     """The runs this session's pages list (newest first): its own, or all (``shows_all``)."""
-    store = _ui.store()
+    store = _store.store()
     return store.list_runs() if shows_all() else store.list_runs(owner=owner())
 
 
@@ -52,7 +52,7 @@ def may_stop(info) -> bool:
 def stop(run_id: str) -> None:
     """A Stop button's callback: the store refuses another student's run (the message is kept for the page)."""
     try:
-        _ui.store().request_stop(run_id, **classroom.stop_rights(owner(), is_teacher()))
+        _store.store().request_stop(run_id, **classroom.stop_rights(owner(), is_teacher()))
         st.session_state.pop("stop_error", None)
     except (PermissionError, KeyError) as exc:
         st.session_state["stop_error"] = str(exc).strip("'\"")
@@ -60,7 +60,7 @@ def stop(run_id: str) -> None:
 
 def stop_error() -> None:
     if st.session_state.get("stop_error"):
-        st.error(_ui.plain(st.session_state.pop("stop_error")))
+        st.error(_display.plain(st.session_state.pop("stop_error")))
 
 
 # ------------------------------------------------------------------ name and password
@@ -150,7 +150,7 @@ def gate() -> None:
             st.form_submit_button("Join the class", type="primary", key="join", on_click=_join,
                                   icon=":material/login:")
         if st.session_state.get("name_error"):
-            st.error(_ui.plain(st.session_state["name_error"]))
+            st.error(_display.plain(st.session_state["name_error"]))
         st.subheader("Teacher?")
         teacher_form("gate")
         st.stop()

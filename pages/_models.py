@@ -18,29 +18,31 @@ ATTENTION_TOKENS = 32  # tokens of an example sentence in the attention pictures
 @st.cache_resource(show_spinner="Loading the trained model…", max_entries=3)
 def run_model(run_dir: str):
     """(fine-tuned model, TrainConfig, class names) of a finished run, in eval mode."""
-    from tl_core.training import trainer as training
+    from tl_core.training.checkpoint import load_model
 
-    return training.load_model(run_dir)
+    return load_model(run_dir)
 
 
 @st.cache_resource(show_spinner="Rebuilding the model as it was before training…", max_entries=3)
 def initial_model(run_dir: str):
     """The run's starting point: the pretrained backbone with the same freshly initialised head (same seed),
     or the same random initialisation for a scratch run."""
-    from tl_core.training import trainer as training
+    from tl_core.models.arch import build_arch
+    from tl_core.training.trainer import seed_everything
 
     _, cfg, class_names = run_model(run_dir)
-    training._seed_everything(cfg.seed)
-    model, _ = training._build_arch(cfg.backbone, len(class_names), cfg.effective_weights, cfg.weights_file)
+    seed_everything(cfg.seed)
+    model, _ = build_arch(cfg.backbone, len(class_names), cfg.effective_weights, cfg.weights_file)
     return model.eval()
 
 
 @st.cache_resource(show_spinner="Reading the run's data…", max_entries=3)
 def run_data(run_dir: str) -> dict:
+    from tl_core.models.arch import data_config_for
     from tl_core.training import trainer as training
 
     model, cfg, _ = run_model(run_dir)
-    return training.prepare(cfg, training.data_config_for(cfg.backbone, model))
+    return training.prepare(cfg, data_config_for(cfg.backbone, model))
 
 
 @st.cache_data(show_spinner="Classifying validation images…", max_entries=3)
@@ -66,7 +68,7 @@ def layer_maps(model, hier, x, layers: list[str], channels: dict | None = None) 
     Pass the returned channels back to show the same channels of another model."""
     import torch
 
-    from tl_core.training import trainer as training
+    from tl_core.training import telemetry
 
     raw, handles = {}, []
     for name in layers:
@@ -89,9 +91,9 @@ def layer_maps(model, hier, x, layers: list[str], channels: dict | None = None) 
     maps, used = {}, {}
     prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
     for name, t in raw.items():
-        m = training._to_map(t.float(), prefix)
+        m = telemetry.to_map(t.float(), prefix)
         if m is not None:
-            maps[name], used[name] = training.snapshot_maps(m, (channels or {}).get(name))
+            maps[name], used[name] = telemetry.snapshot_maps(m, (channels or {}).get(name))
     return maps, used
 
 
@@ -265,10 +267,10 @@ def attention(run_dir: str, text: str) -> dict:
 
     from tl_core.training import telemetry
     from tl_core.data import texts as text_data
-    from tl_core.models import text as text_models
+    from tl_core.models.backbones import text_tokenizer
 
     model, cfg, _ = run_model(run_dir)
-    tok = text_models.text_tokenizer(cfg.backbone)
+    tok = text_tokenizer(cfg.backbone)
     x = text_data.tokenize([text], tok, min(cfg.max_tokens, ATTENTION_TOKENS))[0]
     tokens = tok.decode_tokens(x[0][x[1].bool()].tolist())
     if not tokens:
@@ -291,10 +293,10 @@ def attention(run_dir: str, text: str) -> dict:
 @st.cache_resource(show_spinner="Reading the word vectors…", max_entries=2)
 def word_vectors(run_dir: str) -> dict:
     """{"before training": WordVectors, "after training": WordVectors} of a GloVe run (50,000 words)."""
-    from tl_core.models import text as text_models
+    from tl_core.models.backbones import text_tokenizer
     from tl_core.models.glove import WordVectors
 
     model, cfg, _ = run_model(run_dir)
-    tok = text_models.text_tokenizer(cfg.backbone)
+    tok = text_tokenizer(cfg.backbone)
     return {"before training": WordVectors.from_model(initial_model(run_dir), tok),
             "after training": WordVectors.from_model(model, tok)}

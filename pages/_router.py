@@ -9,7 +9,7 @@ that legacy mode: a deep link (``/train?run=...``) that is the server's first re
 - ``.streamlit/config.toml`` sets ``client.showSidebarNavigation = false``, so that mode never lists
   the files of ``pages/`` (its navigation is hidden from the first paint);
 - a page that finds the router has not run in this server process (``ensure_routed``, called by
-  ``_ui.start_page``) calls ``st.navigation``, which switches the whole server to app.py's router for
+  ``_inputs.start_page``) calls ``st.navigation``, which switches the whole server to app.py's router for
   good, and reruns: the rerun goes through app.py (wide layout, top navigation) to the same page,
   with the same query parameters.
 """

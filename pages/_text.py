@@ -1,14 +1,13 @@
-"""The pages' text views: the Data page for a text backbone (a built-in set, a CSV upload or a folder of
-.txt files on the server; its report, classes and samples; the backbone's own tokens of an example)
-and the Train page's attention snapshots of a text run. Heavy work lives in tl_core."""
+"""The Data page for a text backbone: a built-in set, a CSV upload or a folder of .txt files on the server;
+its report, classes and samples; the backbone's own tokens of an example. Heavy work lives in tl_core."""
 from __future__ import annotations
 
 import streamlit as st
 
-from pages import _classroom, _ui
+from pages import _backbones, _choices, _classroom, _display, _inputs
 from tl_core import data
 from tl_core.data import texts as text_data
-from tl_core.models import text as text_models
+from tl_core.models.backbones import text_tokenizer
 from tl_core.viz import text as text_visuals
 from tl_core.data import uploads
 
@@ -40,7 +39,7 @@ def _load(source: str, root: str) -> text_data.TextSet:
 @st.cache_data(ttl=300, max_entries=8, show_spinner=False)
 def _token_lengths(source: str, root: str, backbone: str, sample: int = 400) -> list[int]:
     """Tokens per text (before any cut) of up to ``sample`` texts spread over the set."""
-    ds, tok = _load(source, root), text_models.text_tokenizer(backbone)
+    ds, tok = _load(source, root), text_tokenizer(backbone)
     step = max(1, len(ds) // sample)
     return [tok.count(ds.texts[i]) for i in range(0, len(ds), step)][:sample]
 
@@ -53,7 +52,7 @@ def _label(k: str) -> str:
     if k in text_data.TEXT_BUILTIN:
         i = text_data.TEXT_BUILTIN[k]
         return f"{i.name} · {len(i.class_names)} classes · {i.size:,} texts"
-    return f"My texts · {_ui.data_label({'data': k})}"
+    return f"My texts · {_choices.data_label({'data': k})}"
 
 
 def _mine() -> dict[str, str]:
@@ -109,14 +108,14 @@ def _csv_upload(inp: dict) -> None:
         else:
             _chosen(inp, str(stored.path), stored.name, stored.num_classes)
     if st.session_state.get("text_upload_error"):
-        st.error(f"This file cannot be used: {_ui.plain(st.session_state['text_upload_error'])}\n\n"
+        st.error(f"This file cannot be used: {_display.plain(st.session_state['text_upload_error'])}\n\n"
                  "What to do: fix the file and upload it again.")
 
 
 def _folder(inp: dict) -> None:
     root = data.data_root()
-    st.markdown(f"A folder inside the lab's data root (`{_ui.plain(root)}`) with **one sub-folder of .txt files per "
-                "class**, optionally inside `train/` and `val/`.")
+    st.markdown(f"A folder inside the lab's data root (`{_display.plain(root)}`) with **one sub-folder of .txt files "
+                "per class**, optionally inside `train/` and `val/`.")
     path = st.text_input("Folder, relative to the data root", key="text_folder", placeholder="e.g. my_reviews")
     if not path:
         st.info("Type the folder's name to continue, or pick a built-in text set above.")
@@ -124,7 +123,7 @@ def _folder(inp: dict) -> None:
     try:
         ds = text_data.load_text_folder(path, root)
     except data.DataError as exc:
-        st.error(f"This folder cannot be used: {_ui.plain(exc)}\n\nWhat to do: check the name and the layout.")
+        st.error(f"This folder cannot be used: {_display.plain(exc)}\n\nWhat to do: check the name and the layout.")
         return
     _chosen(inp, path, path, ds.num_classes)
 
@@ -139,7 +138,7 @@ def _about(ds: text_data.TextSet, inp: dict) -> None:
         st.caption(f"**Origin:** {info.origin}  \n**Licence:** {info.licence}")
         return
     r = ds.report
-    st.markdown(f"**{_ui.plain(_ui.data_label(inp))}**: {len(ds):,} texts in {ds.num_classes} classes"
+    st.markdown(f"**{_display.plain(_choices.data_label(inp))}**: {len(ds):,} texts in {ds.num_classes} classes"
                 + (" (train/ and val/ folders)" if r and r.has_split else ""))
     if r and r.truncated:
         st.caption(f"{r.truncated:,} texts were longer than {text_data.TextCaps().max_chars:,} characters and were cut.")
@@ -155,16 +154,17 @@ def _split(ds: text_data.TextSet, inp: dict, left):
         c1, c2 = st.columns(2)
         options = [5, 10, 20, 50, 100, 200, 500, 1000]
         if inp.get("per_class") not in options:
-            _ui.set_input("per_class", 500)
+            _inputs.set_input("per_class", 500)
         c1.select_slider("Training texts per class", options, help="Transfer learning shines with little data: "
-                         "try 20 per class, then 500. Validation texts are set aside first.", **_ui.bind("per_class"))
+                         "try 20 per class, then 500. Validation texts are set aside first.",
+                         **_inputs.bind("per_class"))
         c2.slider("Validation share", 0.1, 0.5, step=0.05, disabled=ds.split_hint is not None,
                   help="Held-out texts, never trained on, that measure accuracy. A set with its own test part "
-                       "(fine-food reviews) uses that instead.", **_ui.bind("val_fraction"))
+                       "(fine-food reviews) uses that instead.", **_inputs.bind("val_fraction"))
     try:
         return data.split(ds, float(inp["val_fraction"]), int(inp.get("seed", 0)), int(inp["per_class"]))
     except data.DataError as exc:
-        st.error(_ui.plain(exc))
+        st.error(_display.plain(exc))
         st.stop()
 
 
@@ -199,14 +199,14 @@ def token_chips(shown: dict, max_tokens: int) -> str:
         else:
             alt = alt if tok.startswith("##") else not alt
             kind = "alt" if alt else ""
-        chips.append(f"<span class='tl-tok {kind}'>{_ui.html_text(tok)}<small>{tid}</small></span>")
+        chips.append(f"<span class='tl-tok {kind}'>{_display.html_text(tok)}<small>{tid}</small></span>")
     if shown["cut"]:
         cut = f"<span class='tl-tok cut'>✂ {shown['cut']} cut<small>over {max_tokens}</small></span>"
         at = len(chips) - 1 if shown["tokens"] and shown["tokens"][-1] in SPECIAL else len(chips)
         chips.insert(at, cut)
     if shown["padding"]:
         chips.append(f"<span class='tl-tok pad'>[PAD] × {shown['padding']}<small>id 0, masked</small></span>")
-    chips += [f"<span class='tl-tok unk'>{_ui.html_text(w)}<small>unknown</small></span>"
+    chips += [f"<span class='tl-tok unk'>{_display.html_text(w)}<small>unknown</small></span>"
               for w in list(dict.fromkeys(shown["unknown"]))[:20]]
     return "<div class='tl-toks'>" + "".join(chips) + "</div>"
 
@@ -223,25 +223,26 @@ def _token_stats(inp: dict, bb: dict) -> None:
 def network_view(ds: text_data.TextSet, inp: dict) -> None:
     st.subheader("What the network sees", help="A pretrained language model only knows the tokens of its own "
                  "tokenizer: the text must be split exactly as during pretraining, or the embeddings mean nothing.")
-    bb = _ui.describe(inp["backbone"])
+    bb = _backbones.describe(inp["backbone"])
     p1, p2 = st.columns([2, 5], gap="large")
     with p1:
         st.markdown(f"**{bb['label']}** reads tokens of its own tokenizer: {bb['tokenizer']}.")
         longest = bb.get("input_size") or TOKEN_CHOICES[-1]
         choices = [t for t in TOKEN_CHOICES if t <= longest]
         if inp.get("max_tokens") not in choices:
-            _ui.set_input("max_tokens", min(choices, key=lambda t: abs(t - int(inp.get("max_tokens") or 64))))
+            _inputs.set_input("max_tokens", min(choices, key=lambda t: abs(t - int(inp.get("max_tokens") or 64))))
         st.select_slider("Tokens per text (max_tokens)", choices, help="Longer texts are cut, shorter ones padded. "
-                         "Fewer tokens = much faster on a CPU; more = less of each text is lost.", **_ui.bind("max_tokens"))
+                         "Fewer tokens = much faster on a CPU; more = less of each text is lost.",
+                         **_inputs.bind("max_tokens"))
         _token_stats(inp, bb)
         if not 0 <= st.session_state.get("text_view_index", 0) < len(ds):
             st.session_state["text_view_index"] = 0
         idx = int(st.number_input("Example", 0, len(ds) - 1, key="text_view_index", help="Which text to tokenise."))
     with p2:
         text = ds.texts[idx]
-        shown = text_data.show_tokens(text, text_models.text_tokenizer(inp["backbone"]), int(inp["max_tokens"]))
-        st.markdown(f"**Text** ({_ui.plain(ds.class_names[int(ds.labels[idx])])}): "
-                    f"{_ui.plain(text[:500])}{'…' if len(text) > 500 else ''}")
+        shown = text_data.show_tokens(text, text_tokenizer(inp["backbone"]), int(inp["max_tokens"]))
+        st.markdown(f"**Text** ({_display.plain(ds.class_names[int(ds.labels[idx])])}): "
+                    f"{_display.plain(text[:500])}{'…' if len(text) > 500 else ''}")
         st.markdown(CHIP_CSS + token_chips(shown, int(inp["max_tokens"])), unsafe_allow_html=True)
         st.caption(f"{shown['total']} tokens in all; the network gets {len(shown['ids'])} real tokens"
                    + (f", {shown['cut']} cut at {inp['max_tokens']}" if shown["cut"] else "")
@@ -262,7 +263,7 @@ def data_page(inp: dict) -> None:
     try:
         ds = _load(inp["data"], str(data.data_root()))
     except data.DataError as exc:
-        st.error(f"{_ui.plain(exc)}\n\nWhat to do: pick another text set or upload the file again.")
+        st.error(f"{_display.plain(exc)}\n\nWhat to do: pick another text set or upload the file again.")
         st.stop()
     st.session_state["data_num_classes"] = ds.num_classes
     with right:
@@ -270,40 +271,3 @@ def data_page(inp: dict) -> None:
     train_idx, val_idx = _split(ds, inp, left)
     _samples(ds, train_idx, val_idx)
     network_view(ds, inp)
-
-
-# ------------------------------------------------------------------ the Train page's attention pictures
-
-
-def _layer_label(name: str) -> str:
-    return f"Transformer layer {int(name.split('.')[-1]) + 1}" if name.startswith("layers.") else name
-
-
-def attention_snapshots(store, run_id: str, info) -> None:
-    """Attention maps of the run's probe sentence, early against late layer: after the latest epoch and
-    before training (text runs' snapshots)."""
-    st.markdown("**Attention of one validation sentence**", help="Each row is a token; its colours show which "
-                "tokens it attends to. Early layers attend to neighbours and punctuation (word-level patterns); "
-                "late ones gather the sentence's meaning. Frozen layers' maps do not change.")
-    probe = (info.info or {}).get("snapshot_probe") or {}
-    epochs = store.snapshot_epochs(run_id)
-    if not epochs:
-        st.caption("Appears when the model is loaded.")
-        return
-    pick = [epochs[-1], 0] if epochs[-1] != 0 and 0 in epochs else epochs[-1:]
-    snaps = store.snapshots(run_id, pick)
-    if not any(snaps.values()):
-        st.caption("This backbone has no attention layers (a bag of word vectors): nothing to show here.")
-        return
-    text, tokens = str(probe.get("text", "")), probe.get("tokens") or []
-    st.caption(f"“{_ui.plain(text[:300])}{'…' if len(text) > 300 else ''}”: its first {len(tokens)} tokens, as the "
-               "backbone's tokenizer cut them; each map is the mean over the most varied attention heads.")
-    tabs = st.tabs([f"after epoch {e}" if e else "before training" for e in pick])
-    for tab, epoch in zip(tabs, pick):
-        layers = list(snaps[epoch])
-        shown = {k: snaps[epoch][k] for k in dict.fromkeys([layers[0], layers[-1]])}
-        with tab:
-            st.plotly_chart(text_visuals.attention_figure(shown, tokens,
-                                                          {k: _layer_label(k) for k in shown}),
-                            key=f"att_{run_id}_{epoch}", width="stretch")
-

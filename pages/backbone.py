@@ -2,17 +2,15 @@
 import pandas as pd
 import streamlit as st
 
-from pages import _ui
+from pages import _backbone_panels, _backbones, _choices, _display, _inputs
 from tl_core.models import backbones
-from tl_core.export import codegen
-from tl_core.export import notebook
 from tl_core.models import strategies
 from tl_core.models import surgery
 from tl_core.viz import text as text_visuals
 from tl_core.viz import figures as visuals
 from tl_core.models.strategies import STRATEGIES
 
-inp = _ui.start_page()
+inp = _inputs.start_page()
 st.title("1 · Backbone")
 INTRO = {
     "image": "A pretrained network already knows **edges and textures in its early blocks** and **object parts in "
@@ -20,12 +18,12 @@ INTRO = {
     "text": "A pretrained language model already knows **words, word pieces and syntax in its early layers** and "
             "**the meaning of whole sentences in its late layers**.",
 }
-st.markdown(f"{INTRO[_ui.modality(inp)]} Choose what to keep (**freeze** ❄) and what to adapt to your data "
+st.markdown(f"{INTRO[_choices.modality(inp)]} Choose what to keep (**freeze** ❄) and what to adapt to your data "
             "(**train** ⚡).")
-_ui.modality_note()
+_choices.modality_note()
 
 # ------------------------------------------------------------------ choose the backbone
-rows = {r["key"]: r for r in _ui.catalogue_rows()}
+rows = {r["key"]: r for r in _backbones.catalogue_rows()}
 if inp["backbone"] not in rows:
     inp["backbone"] = "mobilenetv2"
 
@@ -33,98 +31,44 @@ if inp["backbone"] not in rows:
 def _backbone_changed():
     inp["plan"], inp["weights_file"] = None, None
     st.session_state["plan_version"] = st.session_state.get("plan_version", 0) + 1
-    _ui.fit_data_to_backbone(st.session_state.get("backbone_modality", "image"))
+    _choices.fit_data_to_backbone(st.session_state.get("backbone_modality", "image"))
 
 
 def _option(k: str) -> str:
     r = rows[k]
     kind = "text · " if r.get("modality") == "text" else ""
-    return f"{r['label']}  ·  {kind}{visuals.fmt_count(r['params'])} params  ·  {_ui.WEIGHT_BADGE[r['weights']][0]}"
-
-
-def _badges(info: dict, status) -> None:
-    """Weights, modality, family and input size of the picked backbone."""
-    text = info.get("modality") == "text"
-    cols = st.columns([1, 1, 1, 1, 2])
-    with cols[0]:
-        _ui.weights_badge(status.kind)
-    with cols[1]:
-        st.badge("text" if text else "image", icon=":material/article:" if text else ":material/image:",
-                 color="blue" if text else "gray")
-    with cols[2]:
-        st.badge(info["family"], color="gray")
-    with cols[3]:
-        st.badge(f"≤ {info['input_size']} tokens" if text and info["input_size"] else "any length" if text
-                 else f"{info['input_size']} px", color="gray")
-    st.caption(info["description"] + (f" Tokenizer: {info['tokenizer']}. Weights: {info['package']} "
-                                      f"({info['licence']})." if text else ""))
-
-
-def _weights_upload(key: str, info: dict) -> None:
-    """Image backbones only: a weights file of the user's, checked against the architecture before use."""
-    with st.expander("Use your own weights file (.safetensors or .pth state_dict)"):
-        up = st.file_uploader("Weights for this architecture", type=["safetensors", "pth", "pt", "bin"],
-                              key="weights_upload",
-                              help="Loaded safely: safetensors, or torch.load(weights_only=True). Never a pickle.")
-        if up is not None and st.session_state.get("weights_upload_done") != up.file_id:
-            st.session_state["weights_upload_done"] = up.file_id
-            suffix = ".safetensors" if up.name.endswith(".safetensors") else ".pth"
-            path = _ui.upload_path("weights", suffix)
-            path.write_bytes(up.getvalue())
-            with st.spinner("Checking that the weights fit the architecture…"):
-                try:
-                    backbones.read_state_dict(path)
-                    backbones.create_model(key, num_classes=_ui.num_classes(inp), weights="pretrained",
-                                           weights_file=path)
-                except Exception as exc:  # WeightsError, safetensors header errors, ...
-                    path.unlink(missing_ok=True)
-                    st.session_state["weights_upload_error"] = str(exc)
-                else:
-                    st.session_state.pop("weights_upload_error", None)
-                    inp["weights_file"] = str(path)
-                    st.session_state["weights_uploaded"] = True
-                    st.rerun()
-        if st.session_state.get("weights_upload_error"):
-            st.error(
-                f"These weights cannot be used: {_ui.plain(st.session_state['weights_upload_error'])}\n\n"
-                f"What to do: upload the state_dict of a {info['timm_name']} model (timm key names), saved with "
-                "`safetensors.torch.save_file(model.state_dict(), ...)` or `torch.save(model.state_dict(), ...)`."
-            )
-        if inp.get("weights_file"):
-            st.success("Using your uploaded weights for this backbone.")
-            if st.button("Stop using my file", key="weights_clear"):
-                inp["weights_file"] = None
-                st.rerun()
+    weights = _display.WEIGHT_BADGE[r["weights"]][0]
+    return f"{r['label']}  ·  {kind}{visuals.fmt_count(r['params'])} params  ·  {weights}"
 
 
 left, right = st.columns([3, 2], gap="large")
 with left:
-    st.session_state["backbone_modality"] = _ui.modality(inp)  # what the data fits, before a change
+    st.session_state["backbone_modality"] = _choices.modality(inp)  # what the data fits, before a change
     key = st.selectbox(
         "Backbone", list(rows), format_func=_option,
         help="Image backbones are timm architectures; text backbones (marked 'text') read tokens. 'bundled · "
              "offline' weights ship with the lab; others need a download (or your own file), or can only start "
              "from random weights. Switching between images and texts switches the data set too.",
-        **_ui.bind("backbone", on_change=_backbone_changed),
+        **_inputs.bind("backbone", on_change=_backbone_changed),
     )
     info = rows[key]
     text = info.get("modality") == "text"
     status = backbones.weight_status(key, inp.get("weights_file"))
-    _badges(info, status)
+    _backbone_panels.badges(info, status)
 
-    can_pretrain = status.kind != "random" and (status.kind != "download" or _ui.online())
+    can_pretrain = status.kind != "random" and (status.kind != "download" or _backbones.online())
     if st.session_state.pop("weights_uploaded", False):
-        _ui.set_input("weights", "pretrained")
+        _inputs.set_input("weights", "pretrained")
     if not can_pretrain and inp["weights"] == "pretrained":
-        _ui.set_input("weights", "random")
+        _inputs.set_input("weights", "random")
     st.radio(
         "Start from", ["pretrained", "random"], horizontal=True,
         format_func={"pretrained": "pretrained weights (transfer)", "random": "random weights (from scratch)"}.get,
         help="Random weights = the 'from scratch' baseline: same architecture, nothing learned yet.",
-        **_ui.bind("weights"),
+        **_inputs.bind("weights"),
     )
     # choosing pretrained weights that only a download can give is the consent to download them
-    _ui.set_input("allow_download", can_pretrain and status.kind == "download" and inp["weights"] == "pretrained")
+    _inputs.set_input("allow_download", can_pretrain and status.kind == "download" and inp["weights"] == "pretrained")
     if inp["allow_download"]:
         st.info(f"The pretrained weights will be downloaded from {status.source} when the run starts.")
     if not can_pretrain:
@@ -135,16 +79,16 @@ with left:
         )
 
     if not text:
-        _weights_upload(key, info)
+        _backbone_panels.weights_upload(inp, key, info)
 
 # ------------------------------------------------------------------ hierarchy + plan
 try:
     with st.spinner("Reading the backbone's layers…"):
-        hier = _ui.hierarchy_for(key, _ui.sample_size(inp), _ui.num_classes(inp))
+        hier = _backbones.hierarchy_for(key, _choices.sample_size(inp), _choices.num_classes(inp))
 except Exception as exc:
-    st.error(f"Could not build {_ui.plain(info['label'])}: {_ui.plain(exc)}. Pick another backbone.")
+    st.error(f"Could not build {_display.plain(info['label'])}: {_display.plain(exc)}. Pick another backbone.")
     st.stop()
-plan = _ui.current_plan(inp, hier)
+plan = _choices.current_plan(inp, hier)
 counts = visuals.plan_counts(hier, plan)
 names = hier.block_names
 ROWS = text_visuals.text_block_rows if text else visuals.block_rows  # text: embeddings, Transformer layers, head
@@ -160,10 +104,10 @@ def _preset(strategy: str) -> None:
     inp["strategy"] = strategy
     inp["lr"] = None
     if strategy == "scratch":
-        _ui.set_input("weights", "random")
+        _inputs.set_input("weights", "random")
     elif inp["weights"] == "random" and can_pretrain:
-        _ui.set_input("weights", "pretrained")
-    _set_plan(_ui.strategy_phases(inp, hier, with_plan=False)[0][2])
+        _inputs.set_input("weights", "pretrained")
+    _set_plan(_choices.strategy_phases(inp, hier, with_plan=False)[0][2])
 
 
 def _toggle(block: str) -> None:
@@ -185,9 +129,10 @@ with right:
     st.metric("Trainable parameters", f"{visuals.fmt_count(counts['trainable'])} of {visuals.fmt_count(counts['total'])}",
               help="Parameters that receive gradients and change during training. Frozen ones keep their "
                    "pretrained values.")
-    _ui.meter(counts["trainable"], counts["total"], f"{counts['frozen_blocks']} of {counts['blocks']} blocks frozen")
-    _ui.legend()
-    st.caption(f"Strategy: **{_ui.strategy_label(inp['strategy'])}** · "
+    _display.meter(counts["trainable"], counts["total"],
+                   f"{counts['frozen_blocks']} of {counts['blocks']} blocks frozen")
+    _display.legend()
+    st.caption(f"Strategy: **{_display.strategy_label(inp['strategy'])}** · "
                f"{STRATEGIES[inp['strategy']].summary}")
 
 st.subheader("Layer hierarchy", help="Bar height = parameters (log scale): late blocks hold most of the "
@@ -206,7 +151,7 @@ def _chart_clicked() -> None:
         st.session_state["block_pick"] = points[0]["customdata"][0]
 
 
-phases = _ui.strategy_phases(inp, hier)
+phases = _choices.strategy_phases(inp, hier)
 shown = plan
 if len(phases) > 1:
     view = st.segmented_control(
@@ -268,7 +213,8 @@ def _editor_changed() -> None:
 
 
 lr = inp["lr"] if inp.get("lr") else strategies.default_lr(inp["strategy"], inp.get("optimizer", "adamw"),
-                                                           _ui.modality(inp))
+                                                           _choices.modality(inp))
+lr_key = f"base_lr_{_choices.modality(inp)}_{inp['strategy']}"
 ed_col, lr_col = st.columns([5, 4], gap="large")
 with ed_col:
     df = pd.DataFrame({
@@ -293,48 +239,12 @@ with ed_col:
     )
 with lr_col:
     st.number_input("Base learning rate", min_value=1e-6, max_value=1.0, value=float(lr), format="%.0e",
-                    step=1e-4, key=f"base_lr_{_ui.modality(inp)}_{inp['strategy']}",
-                    help="Each block learns at base LR × its multiplier; frozen blocks do not learn at all.",
-                    on_change=lambda: inp.update(lr=float(st.session_state[f"base_lr_{_ui.modality(inp)}_"
-                                                                           f"{inp['strategy']}"])))
+                    step=1e-4, key=lr_key, on_change=lambda: inp.update(lr=float(st.session_state[lr_key])),
+                    help="Each block learns at base LR × its multiplier; frozen blocks do not learn at all.")
     lr_chart = text_visuals.text_lr_figure if text else visuals.lr_figure
     st.plotly_chart(lr_chart(hier, plan, lr), key="lr_chart", width="stretch")
 
 # ------------------------------------------------------------------ show the code
-
-
-def _code_inputs() -> dict:
-    """The inputs dict for codegen: a user's text file or folder as the server path the code can read."""
-    from tl_core import data
-    from tl_core.data import texts as text_data
-
-    if not text or inp["data"] in text_data.TEXT_BUILTIN:
-        return inp
-    try:
-        return {**inp, "data": str(data.resolve_data_path(inp["data"]))}
-    except data.DataError:
-        return inp
-
-
-def _show_code() -> None:
-    lib = "transformers" if key == "minilm_l6" else "numpy" if text else "timm"
-    with st.expander(f":material/code: Show the code: these choices in plain PyTorch + {lib}"):
-        spec = backbones.get_spec(key)
-        bb = {**info, "pretrained_tag": spec.pretrained_tag, "torchvision_weights": spec.torchvision_weights,
-              "weights_file": spec.weights_file, "num_classes": spec.num_classes}
-        code = codegen.generate_code(_code_inputs(), hier, bb, _ui.num_classes(inp), phases=phases, lr=lr)
-        if text:
-            st.download_button(":material/download: Download as a Python script", data=code, on_click="ignore",
-                               file_name=f"{key}-{inp['strategy']}.py", mime="text/x-python", key="code_download")
-        else:
-            st.download_button(":material/download: Download as a Jupyter notebook", on_click="ignore",
-                               data=lambda: notebook.notebook(inp, hier=hier), file_name=notebook.filename(inp),
-                               mime="application/x-ipynb+json", key="notebook_download",
-                               help="The whole run as a notebook: the same data, split, seed, freeze plan, "
-                                    "parameter groups and schedule, in plain PyTorch + timm.")
-        st.code(code, language="python")
-
-
-_show_code()
+_backbone_panels.show_code(inp, key, info, hier, phases, lr)
 
 st.page_link("pages/data.py", label="Next: choose the data →", icon=":material/image:")

@@ -5,16 +5,17 @@ In classroom mode only the teacher opens it (with the password); without a passw
 queued or running, every 10 s otherwise (so a student's new run appears without a click)."""
 import streamlit as st
 
-from pages import _classroom, _ui
+from pages import _classroom, _display, _inputs, _store
 from tl_core import classroom
+from tl_core.runs.executor import reap
 from tl_core.viz import figures as visuals
 
 ACTIVE_EVERY, IDLE_EVERY = 2.0, 10.0
 GROUP_LABELS = {"strategy": "strategy", "depth": "frozen depth", "seed": "seed"}
 PERCENT = st.column_config.NumberColumn(format="percent")
 
-_ui.start_page()
-store = _ui.store()
+_inputs.start_page()
+store = _store.store()
 CLASS = _classroom.on()
 st.title("Class board" if CLASS else "All runs")
 if CLASS and not _classroom.is_teacher():
@@ -40,6 +41,7 @@ def _stop_any(runs) -> None:
 
 
 def board(group_by: str) -> None:
+    reap(store)  # runs whose worker died end as failed
     runs = store.list_runs()
     active = any(r.active for r in runs)
     if (REFRESH == ACTIVE_EVERY) != active:
@@ -52,7 +54,7 @@ def board(group_by: str) -> None:
     st.caption(classroom.board_summary(b))
     students = sorted({s for s in b.runs["student"] if s})
     if students:
-        st.caption("Students: " + _ui.plain(", ".join(students)))
+        st.caption("Students: " + _display.plain(", ".join(students)))
     if b.pooled.empty:
         st.info("No finished run yet: the pooled result appears when the first run ends.")
     else:

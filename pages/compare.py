@@ -1,11 +1,11 @@
 """Compare page: overlay runs and read off what transfer bought (start, slope, asymptote)."""
 import streamlit as st
 
-from pages import _classroom, _ui
+from pages import _choices, _classroom, _display, _inputs, _store
 from tl_core.viz import figures as visuals
 
-_ui.start_page()
-store = _ui.store()
+_inputs.start_page()
+store = _store.store()
 st.title("4 · Compare")
 st.markdown(
     "Transfer can help a learning curve in three ways: a **higher start** (useful before any training), a "
@@ -57,8 +57,8 @@ for i in picked:
     first = (s.get("phases") or [{}])[0]
     total_blocks = len((curves[labels[i]][-1].get("drift") or {})) if curves[labels[i]] else None
     rows.append({
-        "run": labels[i], "status": r.status, "strategy": _ui.strategy_label(r.config.get("strategy")),
-        "backbone": r.config.get("backbone"), "weights": _weights(r), "data": _ui.data_label(r.config),
+        "run": labels[i], "status": r.status, "strategy": _display.strategy_label(r.config.get("strategy")),
+        "backbone": r.config.get("backbone"), "weights": _weights(r), "data": _choices.data_label(r.config),
         "per class": r.config.get("per_class"),
         "final acc": s.get("final_val_acc"), "best acc": s.get("best_val_acc"),
         "time (s)": round(s["wall_s"], 1) if s.get("wall_s") else None,
@@ -83,7 +83,7 @@ else:
     if by_id[a].config.get("data") != by_id[b].config.get("data"):
         st.warning("These two runs used different data: the comparison is not fair.")
     g = visuals.transfer_gains(curves[labels[a]], curves[labels[b]], "val_acc")
-    st.markdown(f"**{_ui.plain(labels[a])}** (pretrained) vs **{_ui.plain(labels[b])}** (from scratch), "
+    st.markdown(f"**{_display.plain(labels[a])}** (pretrained) vs **{_display.plain(labels[b])}** (from scratch), "
                 f"validation accuracy over "
                 f"the first {g['epochs_compared']} epoch(s):")
     cols = st.columns(3)

@@ -6,12 +6,12 @@ import numpy as np
 import streamlit as st
 import torch
 
-from pages import _classroom, _text, _ui
+from pages import _backbones, _choices, _classroom, _display, _inputs, _text
 from tl_core.models import backbones
 from tl_core import data
 from tl_core.viz import figures as visuals
 
-inp = _ui.start_page()
+inp = _inputs.start_page()
 st.title("2 · Data")
 KINDS = {"image": ":material/image: Images", "text": ":material/article: Texts"}
 
@@ -19,16 +19,17 @@ KINDS = {"image": ":material/image: Images", "text": ":material/article: Texts"}
 def _kind_changed() -> None:
     kind = st.session_state.get("data_kind")
     if kind:
-        _ui.switch_modality(kind)
+        _choices.switch_modality(kind)
 
 
-_ui.fit_data_to_backbone(_ui.modality(inp))  # data of the other kind (an old session): the default of this kind
-st.session_state["data_kind"] = _ui.modality(inp)  # the kind always follows the backbone
+# data of the other kind (an old session): the default of this kind
+_choices.fit_data_to_backbone(_choices.modality(inp))
+st.session_state["data_kind"] = _choices.modality(inp)  # the kind always follows the backbone
 st.segmented_control("Kind of data", list(KINDS), format_func=KINDS.get, key="data_kind", required=True,
                      on_change=_kind_changed, help="Images need an image backbone, texts a text backbone: switching "
                      "picks a matching backbone too (change it on the Backbone page).")
-_ui.modality_note()
-if _ui.modality(inp) == "text":
+_choices.modality_note()
+if _choices.modality(inp) == "text":
     st.markdown("Transfer works best when the new texts resemble what the backbone was pretrained on. Pick a text "
                 "set, check it, and look at **the tokens the network receives**, made by the backbone's own tokenizer.")
     _text.data_page(inp)
@@ -96,7 +97,7 @@ if pick == UPLOAD:
             st.rerun()
     rep = st.session_state.get("upload_report")
     if rep and not rep["ok"]:
-        st.error("This data cannot be used yet:\n\n" + "\n".join(f"- {_ui.plain(e)}" for e in rep["errors"]) +
+        st.error("This data cannot be used yet:\n\n" + "\n".join(f"- {_display.plain(e)}" for e in rep["errors"]) +
                  "\n\nWhat to do: fix the folders in the zip and upload it again.")
         if rep["skipped"]:
             st.dataframe([{"file": f, "why skipped": w} for f, w in rep["skipped"]], hide_index=True, width="stretch")
@@ -107,7 +108,7 @@ try:
     with st.spinner("Loading the images…"):
         ds = data.load_dataset(inp["data"])
 except data.DataError as exc:
-    st.error(f"{_ui.plain(exc)}\n\nWhat to do: pick another dataset or upload the zip again.")
+    st.error(f"{_display.plain(exc)}\n\nWhat to do: pick another dataset or upload the zip again.")
     st.stop()
 st.session_state["data_num_classes"] = ds.num_classes
 
@@ -118,7 +119,8 @@ with right:
         st.caption(f"Similarity to ImageNet: **{info.similarity}**. {info.similarity_note}")
     elif ds.report is not None:
         r = ds.report
-        st.markdown(f"**{_ui.plain(_ui.data_label(inp))}**: {r.num_images:,} images in {len(r.classes)} classes"
+        st.markdown(f"**{_display.plain(_choices.data_label(inp))}**: {r.num_images:,} images in "
+                    f"{len(r.classes)} classes"
                     + (" (train/ and val/ folders)" if r.has_split else ""))
         if r.skipped:
             with st.expander(f"Validation report: {len(r.skipped)} file(s) skipped"):
@@ -131,17 +133,17 @@ with left:
     max_per = int(max(data.class_counts(ds).values()))
     options = [5, 10, 20, 50, 100, 200, 500, 1000]
     if inp.get("per_class") not in options:
-        _ui.set_input("per_class", 100)
+        _inputs.set_input("per_class", 100)
     c1.select_slider("Training images per class", options, help="Transfer learning shines with little data: try "
                      f"20 per class, then 200. This set has at most {max_per} per class (validation images "
-                     "are set aside first).", **_ui.bind("per_class"))
+                     "are set aside first).", **_inputs.bind("per_class"))
     c2.slider("Validation share", 0.1, 0.5, step=0.05, disabled=ds.split_hint is not None,
-              help="Held-out images, never trained on, that measure accuracy.", **_ui.bind("val_fraction"))
+              help="Held-out images, never trained on, that measure accuracy.", **_inputs.bind("val_fraction"))
 
 try:
     train_idx, val_idx = data.split(ds, float(inp["val_fraction"]), int(inp.get("seed", 0)), int(inp["per_class"]))
 except data.DataError as exc:
-    st.error(_ui.plain(exc))
+    st.error(_display.plain(exc))
     st.stop()
 
 g1, g2 = st.columns([3, 2], gap="large")
@@ -174,7 +176,7 @@ inp["augment"] = aug
 st.subheader("What the network sees", help="Pretrained weights expect images resized and normalised exactly "
                                            "as during pretraining. A mismatch silently costs accuracy.")
 dcfg = backbones.data_config(inp["backbone"])
-bb = _ui.describe(inp["backbone"])
+bb = _backbones.describe(inp["backbone"])
 p1, p2, p3 = st.columns([2, 2, 3], gap="large")
 with p1:
     st.markdown(f"**{bb['label']}** was pretrained at **{dcfg['input_size'][1]} px**, "
@@ -182,10 +184,10 @@ with p1:
     st.markdown(f"mean `{[round(m, 3) for m in dcfg['mean']]}`  \nstd `{[round(s, 3) for s in dcfg['std']]}`")
     st.select_slider("Image size fed to the network", [64, 80, 96, 112, 128, 160, 192, 224],
                      help="Smaller = much faster on a CPU; larger = closer to how the backbone was trained.",
-                     **_ui.bind("image_size"))
+                     **_inputs.bind("image_size"))
     st.selectbox("Normalisation", list(data.NORMALIZATIONS), format_func=lambda k: f"{k}: {data.NORMALIZATIONS[k]}",
                  help="Try 'wrong' to see what a preprocessing mismatch does to the input and to accuracy.",
-                 **_ui.bind("normalization"))
+                 **_inputs.bind("normalization"))
     mean, std = data.normalization_stats(dcfg, inp["normalization"])
     if not np.allclose((mean, std), (dcfg["mean"], dcfg["std"]), atol=1e-3):
         st.warning(f"This normalisation (mean {[round(m, 3) for m in mean]}, std {[round(s, 3) for s in std]}) "
@@ -198,7 +200,7 @@ with p2:
     x, picture = data.network_view(ds, int(idx), dcfg, int(inp["image_size"]), inp["normalization"])
     original = ds.images[int(idx)].expand(3, -1, -1).permute(1, 2, 0).numpy()
     st.image([original, picture], caption=[f"stored ({original.shape[0]} px): "
-                                           f"{_ui.plain(ds.class_names[int(ds.labels[int(idx)])])}",
+                                           f"{_display.plain(ds.class_names[int(ds.labels[int(idx)])])}",
                                            f"network input ({picture.shape[0]} px), de-normalised"], width=150)
 with p3:
     st.markdown("**The tensor itself** (per channel, after normalisation)")

@@ -172,16 +172,21 @@ def test_no_private_name_is_used_across_modules_or_from_pages():
 
 @pytest.mark.parametrize("package", sorted(PACKAGES - {"tl_core"}))
 def test_each_package_exports_its_own_public_names(package):
-    """``__all__`` of a package lists names of its own modules only (no re-export of another package)."""
+    """A package's ``__init__`` imports from its own modules only (no re-export of another package's names) and
+    its ``__all__`` lists public names: those its modules define, and the modules themselves."""
+    import importlib
+    import inspect
+
     init = MODULES[package]
-    tree = ast.parse(init.read_text())
-    exported = set()
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
-            exported = set(ast.literal_eval(node.value))
-    assert exported, f"{init} has no __all__"
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            source = absolute(package, node.level, node.module)
-            assert source.startswith(package + "."), f"{init} imports from {source}, outside {package}"
-    assert not [n for n in exported if n.startswith("_")]
+    for node in ast.walk(ast.parse(init.read_text())):
+        if isinstance(node, (ast.ImportFrom, ast.Import)):
+            source = absolute(package, node.level, node.module) if isinstance(node, ast.ImportFrom) else None
+            assert source and source.startswith(package + "."), f"{init}:{node.lineno} imports from outside {package}"
+    exported = importlib.import_module(package).__all__
+    assert exported and not [n for n in exported if n.startswith("_")]
+    for name in exported:
+        value = getattr(importlib.import_module(package), name)
+        if f"{package}.{name}" in MODULES:  # a function must not hide its module's name
+            assert inspect.ismodule(value), f"{package}.{name} is not the module {package}.{name}"
+        elif inspect.isfunction(value) or inspect.isclass(value):
+            assert value.__module__.startswith(package + "."), f"{package}.{name} is from {value.__module__}"

@@ -10,7 +10,7 @@ import sys
 import pytest
 from test_runs import LONG, ROOT, _cli, cfg, finished, store, wait_until  # noqa: F401  (store: a fixture)
 
-from tl_core.runs import executor
+from tl_core.runs import executor, launcher, policy
 from tl_core.runs import store as runs
 from tl_core.runs.store import RunStore
 
@@ -24,14 +24,14 @@ def queue_order(store, device="cpu"):
 # --- the fair queue --------------------------------------------------------------------------------
 def test_round_robin_puts_every_owners_kth_run_before_anyones_next(monkeypatch):
     monkeypatch.setenv("TL_MAX_CPU_RUNS", "1")
-    rr = executor.RoundRobinQueue()
+    rr = policy.RoundRobinQueue()
     queued = [("a1", "ann"), ("a2", "ann"), ("a3", "ann"), ("b1", "bob"), ("n1", None), ("b2", "bob"), ("n2", None)]
     assert rr.order(queued) == ["a1", "b1", "n1", "a2", "b2", "n2", "a3"]
     assert rr.position("b1", queued) == 2 and rr.position("a3", queued) == 7 and rr.position("x", queued) is None
     assert rr.order(["x", "y", "z"]) == ["x", "y", "z"]  # no owners: one owner, FIFO
     assert rr.may_start("b1", "cpu", queued, running=0) is False  # one CPU slot: a1 first
     assert rr.may_start("a1", "cpu", queued, running=0) and not rr.may_start("a1", "cpu", queued, running=1)
-    assert isinstance(executor.POLICY, executor.RoundRobinQueue)
+    assert isinstance(policy.POLICY, policy.RoundRobinQueue)
 
 
 def test_a_lab_of_many_runs_does_not_hold_the_class_back(store, monkeypatch):
@@ -97,14 +97,14 @@ def test_an_older_store_gets_the_owner_column(tmp_path):
 # --- executors ---------------------------------------------------------------------------------------
 def test_the_executor_is_chosen_by_tl_executor_and_ray_is_imported_only_for_ray(tmp_path, monkeypatch):
     monkeypatch.delenv("TL_EXECUTOR", raising=False)
-    assert isinstance(executor.get_executor(tmp_path / "runs"), executor.LocalExecutor)
+    assert isinstance(launcher.get_executor(tmp_path / "runs"), executor.LocalExecutor)
     monkeypatch.setenv("TL_EXECUTOR", "process")
-    assert isinstance(executor.get_executor(tmp_path / "runs"), executor.ProcessExecutor)
+    assert isinstance(launcher.get_executor(tmp_path / "runs"), executor.ProcessExecutor)
     monkeypatch.setenv("TL_EXECUTOR", "bogus")
     with pytest.raises(ValueError, match="TL_EXECUTOR='bogus' is not an executor"):
-        executor.get_executor(tmp_path / "runs")
-    code = ("import sys; from tl_core import executor, runs; executor.get_executor(sys.argv[1]); "
-            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith(('ray.', 'tl_core.ray'))))")
+        launcher.get_executor(tmp_path / "runs")
+    code = ("import sys; from tl_core.runs import launcher; launcher.get_executor(sys.argv[1]); "
+            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith(('ray.', 'tl_core.runs.ray'))))")
     p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "runs")], capture_output=True, text=True,
                        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "TL_EXECUTOR": "local"}, timeout=120)
     assert p.returncode == 0 and p.stdout.strip() == "[]", p.stderr
@@ -113,7 +113,7 @@ def test_the_executor_is_chosen_by_tl_executor_and_ray_is_imported_only_for_ray(
 @pytest.mark.slow
 def test_one_process_per_run_is_still_there(store, monkeypatch):
     monkeypatch.setenv("TL_EXECUTOR", "process")
-    run_id = runs.launch(cfg(), store.runs_dir, owner="ann")
+    run_id = launcher.launch(cfg(), store.runs_dir, owner="ann")
     run = finished(store, run_id)
     assert run.status == "completed", run.reason
     assert run.executor == "process" and store.workers() == []
@@ -128,11 +128,11 @@ def pool_pids(store):
 @pytest.mark.slow
 def test_a_warm_worker_holds_the_queued_runs_they_take_turns_and_a_failing_one_is_survived(store, monkeypatch):
     monkeypatch.setenv("TL_MAX_CPU_RUNS", "1")
-    long = runs.launch(cfg(name="long", **LONG), store.runs_dir, owner="ann")
+    long = launcher.launch(cfg(name="long", **LONG), store.runs_dir, owner="ann")
     ex = executor.LocalExecutor(store)
     broken = store.create({**cfg().to_dict(), "data": "no_such_dataset"}, owner="bob")  # passes no validation
     ex.submit(broken)
-    short = runs.launch(cfg(name="short"), store.runs_dir, owner="cy")
+    short = launcher.launch(cfg(name="short"), store.runs_dir, owner="cy")
     (worker,) = pool_pids(store)
     run = finished(store, short)
     assert run.status == "completed", run.reason
@@ -142,7 +142,7 @@ def test_a_warm_worker_holds_the_queued_runs_they_take_turns_and_a_failing_one_i
     failed = store.get(broken)
     assert failed.status == "failed" and "no_such_dataset" in failed.reason and failed.pid == worker
     assert store.request_stop(long, by="ann") == "running" and finished(store, long).status == "stopped"
-    assert pool_pids(store) == [worker] and executor.pid_alive(worker)[0]  # still there, waiting for more
+    assert pool_pids(store) == [worker] and policy.pid_alive(worker)[0]  # still there, waiting for more
     (row,) = store.workers("cpu")
     assert row["runs"] == 3
     assert "claimed by warm worker" in store.log_path(short).read_text()
@@ -164,9 +164,9 @@ def test_cpu_runs_share_the_cores(store, monkeypatch):
 @pytest.mark.slow
 def test_the_pool_grows_with_the_queue_and_trains_runs_side_by_side(store, monkeypatch):
     monkeypatch.setenv("TL_WORKERS", "2")
-    long = runs.launch(cfg(**LONG), store.runs_dir, owner="ann")
+    long = launcher.launch(cfg(**LONG), store.runs_dir, owner="ann")
     assert len(store.workers("cpu")) == 1  # one run: one worker
-    short = runs.launch(cfg(), store.runs_dir, owner="bob")
+    short = launcher.launch(cfg(), store.runs_dir, owner="bob")
     assert len(store.workers("cpu")) == 2
     done = finished(store, short)
     assert done.status == "completed", done.reason
@@ -178,13 +178,13 @@ def test_the_pool_grows_with_the_queue_and_trains_runs_side_by_side(store, monke
 @pytest.mark.slow
 def test_a_killed_warm_worker_is_replaced_on_the_next_submit_and_its_run_fails(store, monkeypatch):
     monkeypatch.setenv("TL_WORKERS", "1")
-    doomed = runs.launch(cfg(**LONG), store.runs_dir)
+    doomed = launcher.launch(cfg(**LONG), store.runs_dir)
     wait_until(lambda: store.metrics(doomed, "step"))
     (worker,) = pool_pids(store)
     assert store.get(doomed).pid == worker
     os.kill(worker, signal.SIGKILL)
-    wait_until(lambda: not executor.pid_alive(worker)[0])
-    after = runs.launch(cfg(), store.runs_dir)  # the next submit notices and starts a new worker
+    wait_until(lambda: not policy.pid_alive(worker)[0])
+    after = launcher.launch(cfg(), store.runs_dir)  # the next submit notices and starts a new worker
     run = store.get(doomed)
     assert run.status == "failed" and "unexpectedly" in run.reason and "signal 9" in run.reason
     assert store.metrics(doomed, "step")  # what was recorded stays

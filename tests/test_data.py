@@ -19,6 +19,7 @@ from PIL import Image
 from tl_core.models import backbones
 from tl_core import cli
 from tl_core import data
+from tl_core.data import builtin
 from tl_core.data.transforms import Augment
 from tl_core.data.sources import Caps
 from tl_core.data.errors import DataError
@@ -33,9 +34,9 @@ def cache_in_tmp(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TL_CACHE_DIR", str(tmp_path_factory.mktemp("tl_cache")))
         mp.delenv("TL_DATA_ROOT", raising=False)
-        data._builtin_arrays.cache_clear()
+        builtin.builtin_arrays.cache_clear()
         yield
-        data._builtin_arrays.cache_clear()
+        builtin.builtin_arrays.cache_clear()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -122,11 +123,11 @@ def test_faces_are_first_half():
 
 def test_builtin_disk_cache_is_fast_and_pickle_free():
     first = data.load_dataset("animal_shapes")
-    cached = Path(os.environ["TL_CACHE_DIR"]) / "datasets" / f"animal_shapes-v{data._CACHE_VERSION}.npz"
+    cached = Path(os.environ["TL_CACHE_DIR"]) / "datasets" / f"animal_shapes-v{builtin._CACHE_VERSION}.npz"
     assert cached.is_file()
     with np.load(cached, allow_pickle=False) as z:  # plain arrays, no pickle needed
         assert z["images"].shape == (len(first), 28, 28)
-    data._builtin_arrays.cache_clear()
+    builtin.builtin_arrays.cache_clear()
     t = time.perf_counter()
     again = data.load_dataset("animal_shapes")
     elapsed = time.perf_counter() - t
@@ -144,7 +145,7 @@ def test_unpickler_allows_numpy_arrays_only(tmp_path):
     good = tmp_path / "good.gz"
     with gzip.open(good, "wb") as f:
         pickle.dump(np.arange(6, dtype=np.uint8).reshape(2, 3), f)
-    assert data._read_pickled_array(good).tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert builtin._read_pickled_array(good).tolist() == [[0, 1, 2], [3, 4, 5]]
 
     class Evil:
         def __reduce__(self):
@@ -154,7 +155,7 @@ def test_unpickler_allows_numpy_arrays_only(tmp_path):
     with gzip.open(bad, "wb") as f:
         pickle.dump(Evil(), f)
     with pytest.raises(pickle.UnpicklingError, match="only numpy arrays"):
-        data._read_pickled_array(bad)
+        builtin._read_pickled_array(bad)
 
 
 # --------------------------------------------------------------------------- splits
@@ -509,7 +510,7 @@ def test_sample_grid_and_counts():
 
 
 def test_wrong_normalisation_hurts_lite0_on_imagenet_photos():
-    files = sorted(glob.glob(str(data._package_dir("foolbox") / "data" / "imagenet_*.jpg")))
+    files = sorted(glob.glob(str(builtin._package_dir("foolbox") / "data" / "imagenet_*.jpg")))
     assert len(files) == 20
     images = [data.image_tensor(data.read_image(f)) for f in files]
     labels = torch.tensor([int(re.search(r"_(\d+)\.jpg$", f).group(1)) for f in files])

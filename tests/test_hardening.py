@@ -389,7 +389,7 @@ def test_resolve_accepts_named_files_and_text_csv_uses_it(root, tmp_path):
 from tl_core.training import estimate
 from tl_core import limits  # noqa: E402
 from tl_core.training.config import TrainConfig  # noqa: E402
-from tl_core.labs.config import LabConfig  # noqa: E402
+from tl_core.labs.registry import LabConfig  # noqa: E402
 
 
 def cli(*args, cwd, env=None):

@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 from tl_core.models import surgery
 from tl_core.runs import worker
-from tl_core.models.arch import load_model
+from tl_core.training.checkpoint import load_model
 from tl_core.runs.store import RunStore
 
 from test_text_training import reviews  # noqa: F401  (the fixture: a data root holding reviews.csv)

@@ -14,6 +14,7 @@ import torch
 
 from tl_core.models import backbones
 from tl_core import labs
+from tl_core.runs.policy import DIED
 from tl_core.runs.store import RunStore
 
 TINY_KEY = "tiny_cnn"
@@ -29,9 +30,9 @@ def tiny_backbone():
         data_config={"input_size": [3, 32, 32], "interpolation": "bilinear", "mean": [0.5, 0.5, 0.5],
                      "std": [0.5, 0.5, 0.5], "crop_pct": 1.0})
     backbones.save_local_backbone(model, spec)
-    backbones._data_config.cache_clear()
+    backbones.forget(TINY_KEY)
     yield TINY_KEY
-    backbones._data_config.cache_clear()
+    backbones.forget(TINY_KEY)
 
 
 def tiny(lab: str, **kw) -> labs.LabConfig:
@@ -359,7 +360,7 @@ def test_lab_whose_process_died_is_marked_failed(tiny_backbone):
     proc.wait()
     (labs.lab_dir(state["id"]) / "lab.pid").write_text(str(proc.pid))
     assert labs.read_state(state["id"])["status"] == "failed"
-    assert labs.list_labs(lab="bn")[0]["reason"] == labs.runs_mod.DIED
+    assert labs.list_labs(lab="bn")[0]["reason"] == DIED
     labs.stop_lab(state["id"])  # nothing left waiting: its runs are cancelled
     store = RunStore()
     assert {store.get(r["run_id"]).status for r in state["runs"]} == {"stopped"}

@@ -74,7 +74,7 @@ def test_tiny_lab_launched_from_the_page_completes_with_chart_and_verdict():
         data_config={"input_size": [3, 32, 32], "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3,
                      "crop_pct": 1.0})
     backbones.save_local_backbone(timm.create_model("test_resnet", num_classes=10), spec)
-    backbones._data_config.cache_clear()
+    backbones.forget("tiny_cnn")
     at = _page(lab="normalization", backbone="tiny_cnn", data="digits8", per_class="4", image_size="32",
                epochs="1", batch_size="16", seeds="1")
     assert at.session_state["labcfg_normalization"]["backbone"] == "tiny_cnn"

@@ -159,7 +159,7 @@ def weights_file(path: Path) -> Path:
 
 
 def test_runs_land_on_both_nodes_and_stream_into_the_hosts_store(cluster, host, tmp_path):
-    from tl_core.models.arch import load_model
+    from tl_core.training.checkpoint import load_model
 
     store, ex = host
     user_folder(tmp_path / "data")
@@ -196,15 +196,15 @@ def test_runs_land_on_both_nodes_and_stream_into_the_hosts_store(cluster, host, 
 
 
 def test_a_remote_run_launched_with_TL_EXECUTOR_ray_stops_within_a_few_batches(host, monkeypatch):
-    from tl_core.runs import executor
+    from tl_core.runs import launcher
 
     store, _ = host
     monkeypatch.setenv("TL_EXECUTOR", "ray")
-    run_id = executor.launch(cfg(**LONG), store.runs_dir)  # what the Train page calls
+    run_id = launcher.launch(cfg(**LONG), store.runs_dir)  # what the Train page calls
     assert store.get(run_id).executor == "ray"
     wait_until(lambda: len(store.metrics(run_id, "step")) >= 2)
     at = store.metrics(run_id, "step")[-1]["step"]
-    assert executor.get_executor(store.runs_dir).stop(run_id) == "running"
+    assert launcher.get_executor(store.runs_dir).stop(run_id) == "running"
     run = finished(store, run_id)
     assert run.status == "stopped" and "stop" in run.reason, run.reason
     last = store.metrics(run_id, "step")[-1]["step"]

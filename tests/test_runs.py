@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tl_core.runs import store as runs
+from tl_core.runs import executor, launcher, policy
 from tl_core.runs.store import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,8 +44,6 @@ def store(tmp_path, monkeypatch):
     for run in s.list_runs():  # cancel what waits, so that nothing restarts the warm pool
         if run.status == "queued":
             s.request_stop(run.id, teacher=True)
-    from tl_core.runs import executor
-
     executor.stop_pool(s)
     for run in s.list_runs():  # never leave a worker behind
         if run.active and run.pid and run.pid != os.getpid():
@@ -57,7 +55,13 @@ def store(tmp_path, monkeypatch):
 
 
 def finished(store, run_id):
-    return wait_until(lambda: (lambda r: r if not r.active else None)(store.get(run_id)))
+    """The run once it has ended, reaped as a page does (a run whose worker died ends as failed)."""
+    def ended():
+        executor.reap(store)
+        run = store.get(run_id)
+        return None if run.active else run
+
+    return wait_until(ended)
 
 
 # --- the store alone (no training) ----------------------------------------------------------------
@@ -139,25 +143,25 @@ def test_a_dead_or_silent_worker_is_marked_failed(store):
     store.attach_worker(dead, gone.pid)
     store.attach_worker(silent, os.getpid())
     store._q("UPDATE runs SET status='running', heartbeat=? WHERE id=?", (time.time() - 120, silent))
+    assert store.get(dead).status == "queued"  # a read does not reap
+    assert sorted(store.reap()) == sorted([dead, silent])
     assert store.get(dead).status == "failed" and "unexpectedly" in store.get(dead).reason
     assert store.get(silent).status == "failed" and "heartbeat" in store.get(silent).reason
     assert RunStore(store.runs_dir).get(dead).status == "failed"  # persisted
 
 
 def test_queue_policy_liveness_and_executor_behind_the_store(store):
-    """The store keeps rows; tl_core.runs.executor decides queue order, slots and when a worker is dead."""
-    from tl_core.runs import executor
-
-    assert runs.launch is executor.launch and runs.device_limit is executor.device_limit  # still importable
-    fifo = executor.FifoQueue()
+    """The store keeps rows; tl_core.runs.policy decides queue order, slots and when a worker is dead."""
+    assert callable(launcher.launch) and policy.device_limit("cuda:0") == 1  # each from its own module
+    fifo = policy.FifoQueue()
     assert fifo.position("b", ["a", "b"]) == 2 and fifo.position("gone", ["a"]) is None
     assert fifo.may_start("a", "cpu", ["a", "b"], running=0)
     assert not fifo.may_start("b", "cpu", ["a", "b"], running=0) and not fifo.may_start("a", "cpu", ["a"], running=1)
     now = time.time()
-    assert executor.why_dead(None, None, created=now, now=now) is None  # its worker may still be starting
-    assert "never started" in executor.why_dead(None, None, created=now - 1000, now=now)
-    assert executor.why_dead(os.getpid(), now, created=now, now=now) is None
-    assert "heartbeat" in executor.why_dead(os.getpid(), now - 100, created=now, now=now)
+    assert policy.why_dead(None, None, created=now, now=now) is None  # its worker may still be starting
+    assert "never started" in policy.why_dead(None, None, created=now - 1000, now=now)
+    assert policy.why_dead(os.getpid(), now, created=now, now=now) is None
+    assert "heartbeat" in policy.why_dead(os.getpid(), now - 100, created=now, now=now)
     run_id = store.create({"device": "cpu"})
     store.attach_worker(run_id, os.getpid())
     worker: executor.Executor = executor.ProcessExecutor(store)
@@ -169,11 +173,11 @@ def test_queue_policy_liveness_and_executor_behind_the_store(store):
 def test_runs_queue_and_complete_with_metrics_snapshots_and_model(store, monkeypatch):
     """Limit 1: the second run waits as queued (position 1) while the first trains; a second
     reader follows the first run incrementally; both complete with everything stored."""
-    from tl_core.training import trainer as training
+    from tl_core.training.checkpoint import load_model
 
     monkeypatch.setenv("TL_MAX_CPU_RUNS", "1")
-    first = runs.launch(cfg(epochs=2, name="first"), store.runs_dir)
-    second = runs.launch(cfg(), store.runs_dir)
+    first = launcher.launch(cfg(epochs=2, name="first"), store.runs_dir)
+    second = launcher.launch(cfg(), store.runs_dir)
     reader, seen, after = RunStore(store.runs_dir), [], 0
     queued_while_running = False
     while store.get(first).active:
@@ -194,7 +198,7 @@ def test_runs_queue_and_complete_with_metrics_snapshots_and_model(store, monkeyp
     assert run.summary["status"] == "completed" and run.summary["confusion"]
     snaps = store.snapshots(first)
     assert 0 in snaps and all(a.dtype == np.uint8 and a.ndim == 3 for a in snaps[0].values())
-    model, saved_cfg, class_names = training.load_model(store.model_dir(first))
+    model, saved_cfg, class_names = load_model(store.model_dir(first))
     assert saved_cfg.name == "first" and len(class_names) == 10
     assert finished(store, second).status == "completed"
     assert store.get(second).started >= run.finished - 1
@@ -202,7 +206,7 @@ def test_runs_queue_and_complete_with_metrics_snapshots_and_model(store, monkeyp
 
 @pytest.mark.slow
 def test_stop_ends_a_run_within_a_batch_and_keeps_its_metrics(store):
-    run_id = runs.launch(cfg(**LONG), store.runs_dir)
+    run_id = launcher.launch(cfg(**LONG), store.runs_dir)
     wait_until(lambda: store.metrics(run_id, "step"))
     assert store.request_stop(run_id) == "running"
     run = finished(store, run_id)
@@ -217,7 +221,7 @@ def test_stop_ends_a_run_within_a_batch_and_keeps_its_metrics(store):
 
 @pytest.mark.slow
 def test_a_killed_worker_ends_as_failed_with_a_reason(store):
-    run_id = runs.launch(cfg(**LONG), store.runs_dir)
+    run_id = launcher.launch(cfg(**LONG), store.runs_dir)
     wait_until(lambda: store.metrics(run_id, "step"))
     os.kill(store.get(run_id).pid, signal.SIGKILL)
     run = finished(store, run_id)
@@ -227,7 +231,7 @@ def test_a_killed_worker_ends_as_failed_with_a_reason(store):
 
 @pytest.mark.slow
 def test_a_nan_loss_ends_as_diverged_with_advice(store):
-    run_id = runs.launch(cfg(lr=1e38, optimizer="sgd", epochs=2), store.runs_dir)
+    run_id = launcher.launch(cfg(lr=1e38, optimizer="sgd", epochs=2), store.runs_dir)
     run = finished(store, run_id)
     assert run.status == "diverged", run.reason
     assert "learning rate" in run.reason

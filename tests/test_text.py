@@ -8,12 +8,13 @@ import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 
 from tl_core import data
-from tl_core.models import surgery
+from tl_core.models import backbones, surgery
 from tl_core.data import texts as text_data
 from tl_core.models import text as text_models
 from tl_core.models import glove as word_vectors
 from tl_core.data import uploads
 from tl_core.data.errors import DataError
+from tl_core.training import trainer
 
 REVIEWS = ["this coffee is wonderful, rich and smooth; i buy it every month",
            "stale crackers, broken in the box and they tasted of cardboard",
@@ -131,7 +132,7 @@ def test_attention_maps(minilm, tok):
 
 
 def test_scratch_minilm_has_the_same_architecture_and_new_weights(minilm):
-    scratch = text_models.create_text_model("minilm_l6", 2, weights="random")
+    scratch = backbones.create_text_model("minilm_l6", 2, weights="random")
     assert [n for n, _ in scratch.named_parameters()] == [n for n, _ in minilm.named_parameters()]
     w = "layers.0.attention.self.query.weight"
     assert not torch.equal(scratch.state_dict()[w], minilm.state_dict()[w])
@@ -151,8 +152,8 @@ def test_glove_analogy_and_nearest_words():
 
 
 def test_glove_bag_of_embeddings_model():
-    model = text_models.create_text_model("glove_50d", 3)
-    glove_tok = text_models.text_tokenizer("glove_50d")
+    model = backbones.create_text_model("glove_50d", 3)
+    glove_tok = backbones.text_tokenizer("glove_50d")
     x = text_data.tokenize(["I don't like it, zzqqxx!", "Great coffee"], glove_tok, 8)
     assert glove_tok.decode_tokens(x[0, 0][x[0, 1].bool()].tolist()) == ["i", "do", "n't", "like", "it", ",", "!"]
     assert text_data.show_tokens("Great zzqqxx coffee", glove_tok, 8)["unknown"] == ["zzqqxx"]
@@ -299,7 +300,7 @@ def test_lab_config_max_tokens_round_trips_and_reaches_the_runs(tmp_path):
 def test_prewarm_loads_what_the_default_text_run_needs(tok):
     """The warm worker's head start: afterwards the default run's texts are tokenised already (the memo
     gives the tokenizer's own output) and the weights are in memory."""
-    took = text_models.prewarm()
+    took = trainer.prewarm()
     assert set(took) == {"import", "tokenizer", "weights", "texts", "forward"}
     food = text_data.load_text_builtin("fine_food")
     memo = text_models.minilm_tokenizer()._memo[64]

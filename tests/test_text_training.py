@@ -15,7 +15,7 @@ from tl_core.data import texts as text_data
 from tl_core.models import text as text_models
 from tl_core.training.config import TrainConfig, default_text_config
 from tl_core.training.trainer import EVENTS, METRICS, Trainer, prepare
-from tl_core.models.arch import load_model, save_model
+from tl_core.training.checkpoint import load_model, save_model
 
 ENCODER = ["stem", *[f"layers.{i}" for i in range(6)]]
 

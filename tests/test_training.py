@@ -13,7 +13,7 @@ from tl_core.training.trainer import CancelFit, Trainer, fit, prepare
 from tl_core.progress import ConsoleProgress
 from tl_core.training.config import TrainConfig
 from tl_core.devices import device_plan
-from tl_core.models.arch import load_model, save_model
+from tl_core.training.checkpoint import load_model, save_model
 
 
 def tiny(**kw) -> TrainConfig:

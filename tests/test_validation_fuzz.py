@@ -15,7 +15,7 @@ from tl_core.training import estimate
 from tl_core import labs
 from tl_core import limits
 from tl_core.training.config import TrainConfig
-from tl_core.labs.config import LabConfig
+from tl_core.labs.registry import LabConfig
 
 FUZZ = settings(max_examples=200, derandomize=True, deadline=None, database=None,
                 suppress_health_check=list(HealthCheck))

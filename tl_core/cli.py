@@ -172,11 +172,14 @@ def _follow(store, run_id: str, log, foreground: bool = False) -> bool:
 
     from tqdm import tqdm
 
+    from tl_core.runs.executor import reap
+
     bar, last_step, last_epoch, last_status, stopping = None, 0, 0, None, False
     tty = sys.stderr.isatty()
     try:
         while True:
             try:
+                reap(store)  # a worker that died: its run ends as failed
                 run = store.get(run_id)
                 if (run.status, run.reason) != last_status and run.active and run.reason:
                     print(f"[{run_id}] {run.status}: {run.reason}", file=sys.stderr)
@@ -226,12 +229,15 @@ def _run_summary(run) -> dict:
 
 
 def _store(args):
-    """The run store of ``--runs-dir``; a damaged one is rebuilt, and that is said in one line on stderr."""
+    """The run store of ``--runs-dir``, reaped (``executor.reap``); a damaged one is rebuilt, and that is said
+    in one line on stderr."""
+    from tl_core.runs.executor import reap
     from tl_core.runs.store import RunStore
 
     store = RunStore(args.runs_dir)
     if store.recovered:
         print(f"note: {store.recovered}", file=sys.stderr)
+    reap(store)
     return store
 
 
@@ -261,7 +267,7 @@ def _train_here(store, cfg) -> str:
 
 
 def cmd_train(args) -> int:
-    from tl_core.runs.executor import check_config, launch
+    from tl_core.runs.launcher import check_config, launch
 
     cfg = _train_config(args)  # bad arguments end here, before a run exists
     check_config(cfg)

@@ -29,6 +29,13 @@ def resolve_device(name: str = "auto") -> str:
     return name
 
 
+def device_key(name: str | None) -> str:
+    """The device a run will use as the run store's concurrency key: ``cpu``, ``cuda:N`` or ``mps`` (never raises)."""
+    name = (name or "auto").strip().lower()
+    name = resolve_device(name) if name == "auto" else name
+    return "cuda:0" if name == "cuda" else name
+
+
 def cores() -> int:
     """CPU cores this process may use."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

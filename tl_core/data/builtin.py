@@ -146,7 +146,7 @@ def cache_dir() -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def _builtin_arrays(key: str) -> tuple[torch.Tensor, torch.Tensor]:
+def builtin_arrays(key: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Decoded built-in set: from the .npz cache when present, else from its package (then cached)."""
     path = cache_dir() / "datasets" / f"{key}-v{_CACHE_VERSION}.npz"
     try:

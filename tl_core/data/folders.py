@@ -4,7 +4,7 @@ One sub-folder per class, optionally inside ``train/`` and ``val/``, as a folder
 data root or as a ``.zip``. Only regular files are read; links are followed only while they
 stay inside the data root. Unreadable files, special files and links that lead outside are
 skipped and listed in a :class:`ValidationReport`; unusable data shows as the report's errors.
-The scan (:func:`_scan_layout`) and the usability rules serve text data too.
+The scan (:func:`scan_layout`) and the usability rules serve text data too.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tl_core.data.errors import DataError
-from tl_core.data.images import _fit_square, open_image, read_image
-from tl_core.data.sources import Caps, data_root_dir, extracted, file_kind, inside, resolve_data_path
+from tl_core.data.images import fit_square, open_image, read_image
+from tl_core.data.sources import Caps, data_root_dir, extracted, file_kind, inside, resolve_data_path, upload_name
 
 VAL_DIR_NAMES = ("val", "valid", "validation")
 _JUNK_NAMES = {"__MACOSX", "Thumbs.db", "desktop.ini"}
@@ -147,7 +147,7 @@ def _list_files(root: Path, caps, report: ValidationReport, bound: Path,
     return files
 
 
-def _scan_layout(folder: Path, caps, name: str, bound: Path, report_type: type = ValidationReport,
+def scan_layout(folder: Path, caps, name: str, bound: Path, report_type: type = ValidationReport,
                  follow_links: bool = True):
     """Find the layout, the classes and each file's class. Returns (report, [(file, relative name,
     label, from val/)]), or (report, None) when a cap stops the listing (the error is in the report).
@@ -175,15 +175,15 @@ def _scan_layout(folder: Path, caps, name: str, bound: Path, report_type: type =
     return report, placed
 
 
-def _scan_folder(folder: Path, caps: Caps, store_size: int, name: str, bound: Path):
+def scan_folder(folder: Path, caps: Caps, store_size: int, name: str, bound: Path):
     """Validate and decode an ImageFolder tree. Returns (report, images [N,S,S,3], labels, is_val)."""
-    report, placed = _scan_layout(folder, caps, name, bound)
+    report, placed = scan_layout(folder, caps, name, bound)
     if placed is None:
         return report, None, None, None
     found, side = _read_headers(placed, caps, store_size, report)
     images, labels, is_val = _decode(found, side, caps, report)
     report.skipped.sort()
-    report.errors += _usability_errors(report, caps)
+    report.errors += usability_errors(report, caps)
     return report, images, labels, is_val
 
 
@@ -210,7 +210,7 @@ def _decode(found: list[tuple[Path, str, int, bool]], side: int, caps: Caps, rep
     images, labels, is_val = [], [], []
     for path, rel, label, val in found:
         try:
-            images.append(_fit_square(read_image(path, caps, draft_size=side), side))
+            images.append(fit_square(read_image(path, caps, draft_size=side), side))
         except DataError as exc:
             report.skipped.append((rel, str(exc)))
             continue
@@ -226,7 +226,7 @@ _NO_IMAGES = ("no images found; expected one sub-folder of images per class (Ima
               "optionally inside train/ and val/")
 
 
-def _usability_errors(report: ValidationReport, caps, noun: str = "image", empty: str = _NO_IMAGES) -> list[str]:
+def usability_errors(report: ValidationReport, caps, noun: str = "image", empty: str = _NO_IMAGES) -> list[str]:
     """Why the data cannot train a classifier ([] when it can): nothing usable (``empty``), a single
     class, too many classes (caps with ``max_classes``), a class under ``min_per_class``, an empty
     half of a train/ val/ split. ``noun`` is what is counted ("image", "text")."""
@@ -251,24 +251,22 @@ def _usability_errors(report: ValidationReport, caps, noun: str = "image", empty
     return errors
 
 
-def _read_user_data(path: Path, caps: Caps, store_size: int, bound: Path, name: str | None = None):
+def read_user_data(path: Path, caps: Caps, store_size: int, bound: Path, name: str | None = None):
     """Scan a resolved folder (links followed inside ``bound``) or zip: (report, images, labels, is_val)."""
     name = name or path.name
     if path.is_dir():
-        return _scan_folder(path, caps, store_size, name, bound)
+        return scan_folder(path, caps, store_size, name, bound)
     with contextlib.ExitStack() as stack:
         try:
             tmp = stack.enter_context(extracted(path, caps))
         except DataError as exc:
             return ValidationReport([], {}, [], [str(exc)], False, source=name), None, None, None
-        return _scan_folder(tmp, caps, store_size, name, tmp)
+        return scan_folder(tmp, caps, store_size, name, tmp)
 
 
 def check_data(path: str | Path, data_root: str | Path | None = None, caps: Caps = Caps()) -> ValidationReport:
     """The validation report of a folder or zip: classes, counts, skipped files and why, errors.
     Raises DataError only for a path that cannot be read at all (outside the data root, missing).
     ``data_root=UNRESTRICTED`` (the command line) reads any path."""
-    from tl_core.data.uploads import upload_name
-
     resolved = resolve_data_path(path, data_root)
-    return _read_user_data(resolved, caps, 160, data_root_dir(data_root), upload_name(resolved))[0]
+    return read_user_data(resolved, caps, 160, data_root_dir(data_root), upload_name(resolved))[0]

@@ -89,7 +89,7 @@ def image_tensor(im: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
 
 
-def _fit_square(im: Image.Image, side: int) -> np.ndarray:
+def fit_square(im: Image.Image, side: int) -> np.ndarray:
     """Centre crop to a square and resize to ``side`` (the shorter side is kept whole)."""
     return np.asarray(ImageOps.fit(im, (side, side), Image.Resampling.BICUBIC))
 

@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tl_core.data.builtin import BUILTIN, _builtin_arrays
+from tl_core.data.builtin import BUILTIN, builtin_arrays
 from tl_core.data.errors import DataError
-from tl_core.data.folders import ValidationReport, _read_user_data
-from tl_core.data.sources import Caps, data_root_dir, resolve_data_path
-from tl_core.data.uploads import upload_name
+from tl_core.data.folders import ValidationReport, read_user_data
+from tl_core.data.sources import Caps, data_root_dir, resolve_data_path, upload_name
 
 
 @dataclass
@@ -38,7 +37,7 @@ class ImageSet:
 
 def _load_user(path: Path, caps: Caps, store_size: int, bound: Path) -> ImageSet:
     shown = upload_name(path)  # an upload is named after the user's own file, never the generated one
-    report, images, labels, is_val = _read_user_data(path, caps, store_size, bound, shown)
+    report, images, labels, is_val = read_user_data(path, caps, store_size, bound, shown)
     if not report.ok:
         raise DataError(f"{shown or path.name}: " + "; ".join(report.errors))
     return ImageSet(
@@ -59,7 +58,7 @@ def load_dataset(source: str, data_root: str | Path | None = None, store_size: i
     data, with the report's errors in the message. Built-in tensors are shared with an
     in-process cache: do not modify them in place."""
     if source in BUILTIN:
-        images, labels = _builtin_arrays(source)
+        images, labels = builtin_arrays(source)
         return ImageSet(images, labels, list(BUILTIN[source].class_names), BUILTIN[source].name)
     try:
         path = resolve_data_path(source, data_root)

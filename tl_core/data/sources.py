@@ -5,14 +5,19 @@ paths outside the root are refused (every component resolved, links included), o
 files are opened (a FIFO would block), unsafe zip entries are refused and sizes are capped
 (:class:`Caps`). The data root is the rule for paths typed into the web page; the command line
 passes :data:`UNRESTRICTED`, since its user owns the machine and may read any path.
+Stored uploads (``<data root>/uploads``, saved by ``tl_core.data.uploads``) are found here too.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
+import re
 import shutil
 import stat
 import tempfile
+import unicodedata
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,7 +181,7 @@ def safe_extract_zip(zip_path: str | Path | BinaryIO, dest_dir: str | Path, caps
     return dest
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -193,7 +198,7 @@ def clean_stale_extractions(folder: str | Path | None = None) -> list[Path]:
     gone = []
     for p in base.glob(f"{_EXTRACT_PREFIX}*_*"):
         pid = p.name[len(_EXTRACT_PREFIX):].split("_", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)) and p.is_dir() and not p.is_symlink():
+        if pid.isdigit() and not pid_alive(int(pid)) and p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
             gone.append(p)
     return gone
@@ -206,3 +211,71 @@ def extracted(zip_path: str | Path | BinaryIO, caps: Caps = Caps()):
     clean_stale_extractions()
     with tempfile.TemporaryDirectory(prefix=f"{_EXTRACT_PREFIX}{os.getpid()}_") as tmp:
         yield safe_extract_zip(zip_path, tmp, caps)
+
+
+UPLOAD_FORMAT = "tl_lab.upload/1"
+UPLOAD_ID = re.compile(r"^[0-9a-f]{12}$")
+KINDS = {".zip": "zip", ".csv": "csv"}  # what an upload can be: a zip of images, a CSV of texts
+
+
+@dataclass(frozen=True)
+class Upload:
+    id: str
+    name: str  # the user's own file name, shown instead of the generated one
+    owner: str | None
+    path: Path  # the stored zip (or CSV): what load_dataset (load_text_dataset) and check_data take
+    size: int  # bytes once unpacked: what counts against the quota
+    created: float  # seconds since the epoch
+    num_images: int = 0  # images, or texts of a CSV
+    num_classes: int = 0
+
+    @property
+    def kind(self) -> str:
+        """"zip" (images) or "csv" (texts)."""
+        return KINDS[self.path.suffix]
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "path": str(self.path)}
+
+
+def uploads_dir(data_root: str | Path | None = None) -> Path:
+    """Where dataset uploads live: ``<data root>/uploads``."""
+    return data_root_dir(data_root) / "uploads"
+
+
+def clean_name(name: str) -> str:
+    """The last part of the user's file name, without control or format characters, at most 120 long."""
+    base = str(name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(ch for ch in base if not unicodedata.category(ch).startswith("C")).strip()
+    return base[:120] or "upload.zip"
+
+
+def read_sidecar(sidecar: Path) -> Upload | None:
+    """The Upload an upload's JSON sidecar describes; None when it is not one of ours, or damaged."""
+    try:
+        meta = json.loads(read_regular(sidecar, 65_536))
+        if meta.get("format") != UPLOAD_FORMAT or meta.get("id") != sidecar.stem:
+            return None
+        owner, kind = meta.get("owner"), meta.get("kind", "zip")
+        if kind not in KINDS.values():
+            return None
+        return Upload(sidecar.stem, clean_name(meta["name"]), owner if isinstance(owner, str) else None,
+                      sidecar.with_suffix(f".{kind}"), int(meta["size"]), float(meta["created"]),
+                      int(meta.get("num_images", 0)), int(meta.get("num_classes", 0)))
+    except (DataError, OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # never shown
+
+
+def find_upload(path: str | Path) -> Upload | None:
+    """The upload stored at ``path`` (its zip or CSV), or None when ``path`` is not an upload."""
+    p = Path(path)
+    if p.suffix not in KINDS or not UPLOAD_ID.match(p.stem) or p.parent.name != "uploads" or not p.is_file():
+        return None
+    found = read_sidecar(p.with_suffix(".json"))
+    return found if found is not None and found.path.name == p.name else None
+
+
+def upload_name(path: str | Path) -> str | None:
+    """The user's own file name of the upload at ``path``; None when ``path`` is not an upload."""
+    found = find_upload(path)
+    return found.name if found else None

@@ -9,7 +9,7 @@ folder must sit inside the data root, sizes and row counts are capped, texts lon
 ``max_chars`` are cut, rows or files that cannot be used are skipped and listed in the report
 (:class:`TextReport`), and unusable data raises ``DataError`` with one line saying what to do.
 
-Tokenising (:func:`tokenize`) uses the backbone's own tokenizer (``tl_core.models.text.text_tokenizer``)
+Tokenising (:func:`tokenize`) uses the backbone's own tokenizer (``tl_core.models.backbones.text_tokenizer``)
 and gives the packed ``[N, 2, L]`` model input; :func:`show_tokens` shows what one text becomes.
 """
 from __future__ import annotations
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
+from tl_core.data import builtin, sets
 from tl_core.data.errors import DataError
-from tl_core.data.folders import ValidationReport, _scan_layout, _usability_errors
-from tl_core.data.sources import data_root_dir, extracted, read_regular, resolve_data_path
-from tl_core.data.uploads import upload_name
+from tl_core.data.folders import ValidationReport, scan_layout, usability_errors
+from tl_core.data.sources import data_root_dir, extracted, read_regular, resolve_data_path, upload_name
 
 _NO_TEXTS = "no usable texts (every one was empty or skipped); see the skipped list"
 TEXT_COLUMNS = ("text", "review", "content", "body", "sentence", "document", "message")
@@ -146,7 +146,7 @@ def _finish(texts: list[str], labels: list[int], is_val: list[bool], report: Tex
         report.counts[report.classes[label]] += 1
         if val:
             report.val_counts[report.classes[label]] += 1
-    report.errors += _usability_errors(report, caps, "text", _NO_TEXTS)
+    report.errors += usability_errors(report, caps, "text", _NO_TEXTS)
     if report.errors:
         raise DataError(f"{name}: " + "; ".join(report.errors))
     return TextSet(texts, torch.tensor(labels, dtype=torch.int64), list(report.classes), name, report,
@@ -248,7 +248,7 @@ def load_text_csv(source: str | Path | bytes, name: str | None = None, text_colu
 def _read_text_folder(folder: Path, caps: TextCaps, name: str, bound: Path, fallback: str | None = None):
     """One sub-folder of ``.txt`` files per class (optionally inside train/ and val/): (texts,
     labels, is_val, report). Only regular files are read; links, devices and pipes are skipped."""
-    report, placed = _scan_layout(folder, caps, name, bound, TextReport, follow_links=False)
+    report, placed = scan_layout(folder, caps, name, bound, TextReport, follow_links=False)
     if placed is None:
         raise DataError(f"{name}: " + "; ".join(report.errors))
     texts, labels, is_val = [], [], []
@@ -346,10 +346,7 @@ def take(ds: TextSet, rows: torch.Tensor) -> TextSet:
 def subset_classes(ds: TextSet, classes: list[str]) -> TextSet:
     """Only the texts of ``classes``, relabelled 0..k-1 in the given order: ``data.subset_classes`` run
     on the row numbers (its checks and messages too: DataError naming an unknown class)."""
-    from tl_core.data.sets import ImageSet
-    from tl_core.data.sets import subset_classes as subset_rows
-
-    rows = subset_rows(ImageSet(torch.arange(len(ds)), ds.labels, ds.class_names, ds.name), classes)
+    rows = sets.subset_classes(sets.ImageSet(torch.arange(len(ds)), ds.labels, ds.class_names, ds.name), classes)
     return dataclasses.replace(take(ds, rows.images), labels=rows.labels, class_names=list(classes))
 
 
@@ -373,16 +370,14 @@ def probe_text(ds: TextSet, rows: torch.Tensor, tokenizer, max_len: int = 32, lo
 def data_modality(source: str) -> str | None:
     """"text" for a built-in text set or a ``.csv`` file, "image" for a built-in image set; None for a
     folder or zip (only reading it tells)."""
-    from tl_core.data.builtin import BUILTIN
-
     if source in TEXT_BUILTIN or str(source).lower().endswith(".csv"):
         return "text"
-    return "image" if source in BUILTIN else None
+    return "image" if source in builtin.BUILTIN else None
 
 
 def tokenize(texts: TextSet | list[str], tokenizer, max_tokens: int) -> torch.Tensor:
     """The packed model input ``[N, 2, max_tokens]`` (token ids, attention mask) of every text, made
-    by the backbone's own ``tokenizer`` (``tl_core.models.text.text_tokenizer(key)``)."""
+    by the backbone's own ``tokenizer`` (``tl_core.models.backbones.text_tokenizer(key)``)."""
     if not isinstance(max_tokens, int) or max_tokens < 2:
         raise ValueError(f"max_tokens must be a whole number >= 2, not {max_tokens!r}")
     return tokenizer.encode(list(texts.texts if isinstance(texts, TextSet) else texts), max_tokens)

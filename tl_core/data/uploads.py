@@ -5,10 +5,10 @@ An upload is a zip of images (or a CSV of texts) in ``<data root>/uploads`` name
 file name, the owner (``None`` outside classroom mode), the unpacked size and what the check found.
 :func:`save_upload` checks the zip in a temporary folder first (safe extraction, every image
 decoded, the usability rules), :func:`save_text_upload` reads the CSV with the text checks
-(``text_data.load_text_csv``); both store only what passed: a rejected upload (a bomb, an empty or
+(``texts.load_text_csv``); both store only what passed: a rejected upload (a bomb, an empty or
 unusable file, over the quota) leaves nothing behind. The unpacked size of each owner's uploads,
 images and texts together, is held to a quota (``limits.Limits.upload_quota_mb``, 2000 MB unless a
-teacher raises it).
+teacher raises it). Finding a stored one (``Upload``, ``find_upload``, ``upload_name``) lives in ``sources``.
 
 A process killed while writing leaves ``<id>.<pid>.partial`` (and ``tl_zip_<pid>_*`` extraction
 folders in the temp folder); the next call of any process removes them.
@@ -16,93 +16,26 @@ folders in the temp folder); the next call of any process removes them.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import io
 import json
 import os
-import re
 import threading
 import time
-import unicodedata
 import uuid
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from tl_core import limits
 from tl_core.data.errors import DataError
-from tl_core.data.folders import ValidationReport, _scan_folder
-from tl_core.data.sources import Caps, _pid_alive, clean_stale_extractions, data_root_dir, extracted, read_regular
+from tl_core.data.folders import ValidationReport, scan_folder
+from tl_core.data.sources import (KINDS, UPLOAD_FORMAT, UPLOAD_ID, Caps, Upload, clean_name, clean_stale_extractions,
+                                  extracted, find_upload, pid_alive, read_sidecar, uploads_dir)
+from tl_core.data.texts import TextCaps, TextReport, load_text_csv
 
-_FORMAT = "tl_lab.upload/1"
-_ID = re.compile(r"^[0-9a-f]{12}$")
-KINDS = {".zip": "zip", ".csv": "csv"}  # what an upload can be: a zip of images, a CSV of texts
 _ACTIVE: set[str] = set()  # ids this process is writing now (its threads share the pid)
 _ACTIVE_LOCK = threading.Lock()
-
-
-@dataclass(frozen=True)
-class Upload:
-    id: str
-    name: str  # the user's own file name, shown instead of the generated one
-    owner: str | None
-    path: Path  # the stored zip (or CSV): what load_dataset (load_text_dataset) and check_data take
-    size: int  # bytes once unpacked: what counts against the quota
-    created: float  # seconds since the epoch
-    num_images: int = 0  # images, or texts of a CSV
-    num_classes: int = 0
-
-    @property
-    def kind(self) -> str:
-        """"zip" (images) or "csv" (texts)."""
-        return KINDS[self.path.suffix]
-
-    def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "path": str(self.path)}
-
-
-def uploads_dir(data_root: str | Path | None = None) -> Path:
-    """Where dataset uploads live: ``<data root>/uploads``."""
-    return data_root_dir(data_root) / "uploads"
-
-
-def _clean_name(name: str) -> str:
-    """The last part of the user's file name, without control or format characters, at most 120 long."""
-    base = str(name or "").replace("\\", "/").rsplit("/", 1)[-1]
-    base = "".join(ch for ch in base if not unicodedata.category(ch).startswith("C")).strip()
-    return base[:120] or "upload.zip"
-
-
-def _read_sidecar(sidecar: Path) -> Upload | None:
-    try:
-        meta = json.loads(read_regular(sidecar, 65_536))
-        if meta.get("format") != _FORMAT or meta.get("id") != sidecar.stem:
-            return None
-        owner, kind = meta.get("owner"), meta.get("kind", "zip")
-        if kind not in KINDS.values():
-            return None
-        return Upload(sidecar.stem, _clean_name(meta["name"]), owner if isinstance(owner, str) else None,
-                      sidecar.with_suffix(f".{kind}"), int(meta["size"]), float(meta["created"]),
-                      int(meta.get("num_images", 0)), int(meta.get("num_classes", 0)))
-    except (DataError, OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None  # not one of ours, or damaged: never shown
-
-
-def find_upload(path: str | Path) -> Upload | None:
-    """The upload stored at ``path`` (its zip or CSV), or None when ``path`` is not an upload."""
-    p = Path(path)
-    if p.suffix not in KINDS or not _ID.match(p.stem) or p.parent.name != "uploads" or not p.is_file():
-        return None
-    found = _read_sidecar(p.with_suffix(".json"))
-    return found if found is not None and found.path.name == p.name else None
-
-
-def upload_name(path: str | Path) -> str | None:
-    """The user's own file name of the upload at ``path``; None when ``path`` is not an upload."""
-    found = find_upload(path)
-    return found.name if found else None
 
 
 @contextlib.contextmanager
@@ -125,11 +58,11 @@ def _clean(folder: Path) -> list[Path]:
         mine = pid == str(os.getpid())
         with _ACTIVE_LOCK:
             busy = uid in _ACTIVE
-        if not pid.isdigit() or (mine and not busy) or (not mine and not _pid_alive(int(pid))):
+        if not pid.isdigit() or (mine and not busy) or (not mine and not pid_alive(int(pid))):
             p.unlink(missing_ok=True)
             gone.append(p)
     for sidecar in folder.glob("*.json"):
-        if _ID.match(sidecar.stem) and not any(sidecar.with_suffix(s).exists() for s in KINDS):
+        if UPLOAD_ID.match(sidecar.stem) and not any(sidecar.with_suffix(s).exists() for s in KINDS):
             sidecar.unlink(missing_ok=True)
             gone.append(sidecar)
     return gone
@@ -160,7 +93,7 @@ def list_uploads(owner: str | None = None, data_root: str | Path | None = None,
 
 
 def _stored(folder: Path) -> list[Upload]:
-    return [u for u in map(_read_sidecar, folder.glob("*.json")) if u and u.path.is_file()]
+    return [u for u in map(read_sidecar, folder.glob("*.json")) if u and u.path.is_file()]
 
 
 def uploads_used(owner: str | None, data_root: str | Path | None = None) -> int:
@@ -182,7 +115,7 @@ def _check_zip(raw: bytes, shown: str, caps: Caps) -> tuple[ValidationReport, in
                         "images per class) and upload the .zip.")
     with extracted(io.BytesIO(raw), caps) as tmp:
         size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
-        return _scan_folder(tmp, caps, 160, shown, tmp)[0], size
+        return scan_folder(tmp, caps, 160, shown, tmp)[0], size
 
 
 def _read(content: bytes | BinaryIO, cap: int) -> bytes:
@@ -215,7 +148,7 @@ def save_upload(content: bytes | BinaryIO, name: str, owner: str | None = None, 
     ``(upload, report)``: the stored Upload and the validation report, or ``(None, report)`` with
     the reasons in ``report.errors`` (each says what to do) when the zip is refused; then nothing
     is left in the uploads folder. ``quota_mb`` defaults to ``limits.current().upload_quota_mb``."""
-    shown = _clean_name(name)
+    shown = clean_name(name)
     folder = uploads_dir(data_root)
     raw, quota, refuse = _read(content, caps.max_total_bytes), _quota(quota_mb), _refuser(shown, ValidationReport)
     if len(raw) > caps.max_total_bytes:
@@ -248,7 +181,7 @@ def _commit(raw: bytes, shown: str, owner: str | None, folder: Path, size: int, 
             upload = Upload(uid, shown, owner, folder / f"{uid}.{kind}", size, time.time(),
                             report.num_images if count is None else count,
                             len(report.classes) if classes is None else classes)
-            meta = {"format": _FORMAT, **upload.to_dict(), "kind": kind, "zip_bytes": len(raw)}
+            meta = {"format": UPLOAD_FORMAT, **upload.to_dict(), "kind": kind, "zip_bytes": len(raw)}
             meta.pop("path")
             (folder / f"{uid}.json").write_text(json.dumps(meta, indent=1))
             os.replace(partial, upload.path)
@@ -262,15 +195,13 @@ def _commit(raw: bytes, shown: str, owner: str | None, folder: Path, size: int, 
 def save_text_upload(content: bytes | BinaryIO, name: str, owner: str | None = None, *,
                      data_root: str | Path | None = None, caps=None,
                      quota_mb: int | None = None) -> tuple[Upload | None, ValidationReport]:
-    """Check an uploaded CSV of texts (``text_data.load_text_csv``: columns, encoding, classes, caps)
+    """Check an uploaded CSV of texts (``texts.load_text_csv``: columns, encoding, classes, caps)
     and store it when usable, like :func:`save_upload`: under a generated name, with the owner and the
     user's own file name in its sidecar, held to the same upload quota. Returns ``(upload, report)``:
     the report is the text set's ``TextReport`` (skipped rows, texts cut), or, when refused, a report
-    whose ``errors`` say why and what to do; then nothing is stored. ``caps``: ``text_data.TextCaps``."""
-    from tl_core.data.texts import TextCaps, TextReport, load_text_csv
-
+    whose ``errors`` say why and what to do; then nothing is stored. ``caps``: ``texts.TextCaps``."""
     caps = caps or TextCaps()
-    shown = _clean_name(name if str(name or "").lower().endswith(".csv") else f"{name or 'upload'}.csv")
+    shown = clean_name(name if str(name or "").lower().endswith(".csv") else f"{name or 'upload'}.csv")
     raw, quota, refuse = _read(content, caps.max_total_bytes), _quota(quota_mb), _refuser(shown, TextReport)
     if len(raw) > caps.max_total_bytes:
         return refuse(f"{shown} is over the max_total_bytes cap of {caps.max_total_bytes:,} bytes. "
@@ -290,7 +221,7 @@ def delete_upload(upload: Upload | str | Path, owner: str | None = None,
     if not isinstance(upload, Upload):
         text = str(upload)
         sidecar = uploads_dir(data_root) / f"{text}.json"
-        upload = (_read_sidecar(sidecar) if _ID.match(text) and sidecar.is_file() else None) or find_upload(text)
+        upload = (read_sidecar(sidecar) if UPLOAD_ID.match(text) and sidecar.is_file() else None) or find_upload(text)
         if upload is None:
             return False
     if owner is not None and upload.owner != owner:

@@ -2,18 +2,18 @@
 PyTorch + numpy (GloVe word vectors).
 
 ``text_sections`` returns the script as (title, code) sections like ``codegen.code_sections`` does for
-an image run, and reuses its freeze-plan, optimiser, schedule and training-loop sections: the same
-``BLOCKS`` / ``PHASES`` / ``apply_phase`` code, with the block names of the lab's hierarchy
-(``stem``, ``layers.0`` .. ``layers.5``, ``head``) mapped onto the plain model's modules. The text
-variants are the model (the encoder, mean pooling over the real tokens, a linear head), the
-tokenisation (the backbone's own tokenizer) and the data (the texts, a seeded split, loaders of
+an image run, and reuses the freeze-plan, optimiser, schedule and training-loop sections both share
+(``tl_core.export.sections``): the same ``BLOCKS`` / ``PHASES`` / ``apply_phase`` code, with the block
+names of the lab's hierarchy (``stem``, ``layers.0`` .. ``layers.5``, ``head``) mapped onto the plain
+model's modules. The text variants are the model (the encoder, mean pooling over the real tokens, a linear
+head), the tokenisation (the backbone's own tokenizer) and the data (the texts, a seeded split, loaders of
 token ids and attention masks). ``codegen.code_sections`` calls this for a text backbone.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from tl_core.export import codegen
+from tl_core.export import sections
 from tl_core.data import texts as text_data
 from tl_core.models import glove as word_vectors
 
@@ -146,7 +146,7 @@ def encode(texts):
 
 def _tokens_code(backbone: Mapping) -> str:
     if backbone["key"] == "glove_50d":
-        return _GLOVE_TOKENS.format(pattern=word_vectors._WORDS.pattern)
+        return _GLOVE_TOKENS.format(pattern=word_vectors.WORD_PATTERN.pattern)
     return _MINILM_TOKENS
 
 
@@ -267,12 +267,12 @@ def _data_code(cfg: Mapping) -> str:
 def _with(code: str, changes: list[tuple[str, str]]) -> str:
     for old, new in changes:
         if old not in code:
-            raise RuntimeError(f"codegen's training loop changed: {old!r} is no longer in it")
+            raise RuntimeError(f"the shared training loop changed: {old!r} is no longer in it")
         code = code.replace(old, new)
     return code
 
 
-TRAIN_LOOP_CODE = _with(codegen.TRAIN_LOOP_CODE, [
+TRAIN_LOOP_CODE = _with(sections.TRAIN_LOOP_CODE, [
     ("for x, y in train_loader:\n                x, y = x.to(device), y.to(device)",
      "for ids, mask, y in train_loader:\n                ids, mask, y = ids.to(device), mask.to(device), y.to(device)"),
     ("loss_fn(model(x), y)", "loss_fn(model(ids, mask), y)"),
@@ -296,21 +296,21 @@ def plain_module(member: str, key: str) -> str:
     return member
 
 
-def text_sections(cfg: Mapping, hier, backbone: Mapping, num_classes: int, phases: codegen.Phases,
-                  lr: float) -> list[codegen.Section]:
+def text_sections(cfg: Mapping, hier, backbone: Mapping, num_classes: int, phases: sections.Phases,
+                  lr: float) -> list[sections.Section]:
     """The text script as (title, code) sections; arguments as ``codegen.code_sections`` (``backbone``:
     ``backbones.describe(key)`` of a text backbone; ``cfg["data"]`` a built-in text set or a path)."""
     members = {b: [plain_module(m, backbone["key"]) for m in mods]
-               for b, mods in codegen._block_members(hier).items()}
-    phase_list = [codegen._phase_entry(n, e, p) for n, e, p in phases]
+               for b, mods in sections.block_members(hier).items()}
+    phase_list = [sections.phase_entry(n, e, p) for n, e, p in phases]
     return [
         ("Setup", _setup_code(cfg, backbone, num_classes, lr)),
         ("Model", _model_code(cfg, backbone)),
         ("Tokenisation", _tokens_code(backbone)),
         ("Data", _data_code(cfg)),
-        ("Freeze plan", codegen._freeze_plan_code(members, phase_list)),
-        ("Optimiser and parameter groups", codegen._optimizer_code(str(cfg.get("optimizer", "adamw")).lower())),
-        ("Learning-rate schedule", codegen.SCHEDULE_CODE),
+        ("Freeze plan", sections.freeze_plan_code(members, phase_list)),
+        ("Optimiser and parameter groups", sections.optimizer_code(str(cfg.get("optimizer", "adamw")).lower())),
+        ("Learning-rate schedule", sections.SCHEDULE_CODE),
         ("Training loop", TRAIN_LOOP_CODE),
         ("Run", RUN_CODE),
     ]

@@ -221,7 +221,7 @@ torch.manual_seed(SEED)
 
 def _remote_code(spec: backbones.BackboneSpec) -> str | None:
     """An expression that downloads (once, then caches) the pretrained state dict of ``spec``."""
-    url = backbones._torchvision_url(spec)
+    url = backbones.torchvision_url(spec)
     if url:
         return f"torch.hub.load_state_dict_from_url({url!r}, map_location='cpu', weights_only=True)"
     if spec.pretrained_tag:
@@ -235,7 +235,7 @@ def _pretrained_code(spec: backbones.BackboneSpec, cfg: TrainConfig, create: str
     with its pretrained head, loaded, then given a fresh head: the random generator is used the same
     way, so the new head starts from the same weights."""
     status = backbones.weight_status(cfg.backbone, cfg.weights_file)
-    url = backbones._torchvision_url(spec)
+    url = backbones.torchvision_url(spec)
     torchvision_layout = bool(url) and (status.kind == "bundled" or status.source.endswith(url.rsplit("/", 1)[-1]))
     other_layout = status.kind == "bundled" and spec.bundled.convert not in (None, "torchvision_in_order")
     local = status.kind in ("user", "bundled", "cached") and not other_layout

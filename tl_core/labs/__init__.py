@@ -7,43 +7,46 @@ table, a plotly figure (means with a band over the seeds) and a "what we measure
 the measured outcome in numbers, compares it with the prediction (a 95% bootstrap interval of the
 paired difference over the seeds) and says so when they disagree.
 
-    labs = race | freeze_depth | yosinski | quadrant | bn | normalization
+    labs = race | freeze_depth | yosinski | quadrant | bn | normalization | what_changed | text_race
 
-The package:
+The package, bottom up (each module imports only those above it in this list):
 
-- ``config``: ``LabConfig`` (JSON / URL query round trips, validation against ``tl_core.limits``),
-  ``LabInfo``, ``PRESETS``, ``default_config``, the ready-made configs in ``labs/*.json``;
-- ``plan``: ``LabRun``, ``plan_runs``, helpers plans share, building lab weights files;
-- ``runner``: lab folders and state, ``launch_lab`` / ``execute`` / ``stop_lab`` / ``run_lab``, ``records``,
-  ``progress``, ``result``, the ``python -m tl_core.labs`` command line;
-- ``analysis``: ``LabResult`` and the helpers every lab's analysis shares (grouping records by seed, bands);
 - ``stats``: the bootstrap interval and the verdict rule (``paired``, ``VERDICT_RULE``);
-- one module per lab (``race``, ``freeze_depth``, ``yosinski``, ``quadrant``, ``bn``, ``normalization``):
-  its ``INFO``, preset ``defaults``, ``plan`` and ``analyse``; ``registry`` builds ``LABS`` from them.
+- ``analysis``: ``LabResult`` and the helpers every lab's analysis shares (grouping records by seed, bands,
+  ``finish_text``, ``pct``...);
+- ``config``: ``LabSettings`` (the fields, validation against ``tl_core.limits``), ``LabInfo``, ``PRESETS``;
+- ``plan``: ``LabRun``, the helpers plans share (``run_config``, ``depth_groups``...), building weights files;
+- one module per lab (``race``, ``freeze_depth``, ``yosinski``, ``quadrant``, ``bn``, ``normalization``,
+  ``what_changed``, ``text_race``): its ``INFO``, preset ``defaults``, ``plan`` and ``analyse``;
+- ``registry``: ``LABS`` from those modules, and what needs to know every lab: ``LabConfig`` (JSON / URL
+  query round trips, the lab's own check), ``default_config``, ``plan_runs``, ``analyse``, the ready-made
+  configs in ``labs/*.json``;
+- ``runner``: lab folders and state, ``launch_lab`` / ``execute`` / ``stop_lab`` / ``run_lab``, ``records``,
+  ``progress``, ``result``, the ``python -m tl_core.labs`` command line.
 """
-from tl_core.runs import store as runs_mod
-from tl_core.labs.stats import TOL
+from tl_core.labs.stats import TOL, VERDICT_RULE, Paired, Spread, bootstrap_interval, paired, spread, tol_rule
 from tl_core.labs.analysis import LabResult, base_key, by_seed, result_csv, seed_of
+from tl_core.labs.config import PRESETS, LabInfo, LabSettings, check_run_count, decode_value, encode_value
+from tl_core.labs.plan import LabRun, depth_groups, mix_state_dicts, pair_split
 from tl_core.labs.bn import analyse_bn, frozen_bn_drift
-from tl_core.labs.config import PRESETS, LabConfig, LabInfo, check_run_count, decode_value, default_config, encode_value, load_config_file, ready_made, ready_made_dir
 from tl_core.labs.freeze_depth import analyse_freeze_depth
 from tl_core.labs.normalization import analyse_normalization, normalization_views
-from tl_core.labs.plan import LabRun, depth_groups, mix_state_dicts, pair_split, plan_runs
 from tl_core.labs.quadrant import analyse_quadrant, textbook_choice
 from tl_core.labs.race import analyse_race, epochs_to_reach, race_benefits
-from tl_core.labs.registry import LABS, analyse
-from tl_core.labs.runner import ACTIVE, LAB_LOG, LAB_STATE, STOP_FILE, create_lab, execute, lab_dir, labs_dir, launch_lab, list_labs, main, progress, read_state, records, result, run_lab, stop_lab
-from tl_core.labs.stats import VERDICT_RULE, Paired, Spread, bootstrap_interval, paired, spread, tol_rule
 from tl_core.labs.yosinski import YOSINSKI_PAPER, analyse_yosinski, yosinski_backbone_keys, yosinski_classes
+from tl_core.labs.registry import (LABS, LabConfig, analyse, default_config, load_config_file, plan_runs, ready_made,
+                                   ready_made_dir)
+from tl_core.labs.runner import (ACTIVE, LAB_LOG, LAB_STATE, STOP_FILE, create_lab, execute, lab_dir, labs_dir,
+                                 launch_lab, list_labs, main, progress, read_state, records, result, run_lab, stop_lab)
 
 __all__ = [
     "ACTIVE", "LABS", "LAB_LOG", "LAB_STATE", "PRESETS", "STOP_FILE", "TOL", "VERDICT_RULE", "YOSINSKI_PAPER",
-    "LabConfig", "LabInfo", "LabResult", "LabRun", "Paired", "Spread",
+    "LabConfig", "LabInfo", "LabResult", "LabRun", "LabSettings", "Paired", "Spread",
     "analyse", "analyse_bn", "analyse_freeze_depth", "analyse_normalization", "analyse_quadrant", "analyse_race",
     "analyse_yosinski", "base_key", "bootstrap_interval", "by_seed", "check_run_count", "create_lab",
     "decode_value", "default_config", "depth_groups", "encode_value", "epochs_to_reach", "execute",
     "frozen_bn_drift", "lab_dir", "labs_dir", "launch_lab", "list_labs", "load_config_file", "main",
     "mix_state_dicts", "normalization_views", "pair_split", "paired", "plan_runs", "progress", "race_benefits",
-    "read_state", "ready_made", "ready_made_dir", "records", "result", "result_csv", "run_lab", "runs_mod",
+    "read_state", "ready_made", "ready_made_dir", "records", "result", "result_csv", "run_lab",
     "seed_of", "spread", "stop_lab", "textbook_choice", "tol_rule", "yosinski_backbone_keys", "yosinski_classes",
 ]

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from tl_core.labs.stats import TOL, VERDICT_RULE, Paired, spread, verdict_of
+from tl_core.labs.stats import Paired, interval_text, paired, spread, verdict_of
 
 # accuracy columns whose names carry no "acc" (yosinski's variants, the race's first epoch)
 _ACC_COLUMNS = ("BnB", "BnB+", "AnB", "AnB+", "baseline B", "start (epoch 1)")
@@ -100,7 +100,6 @@ def by_seed(recs: list[dict]) -> tuple[dict[int, dict[str, dict]], list[str]]:
     return dict(sorted(out.items())), missing
 
 
-
 def runs_by_key(groups: dict[int, dict[str, dict]]) -> dict[str, list[dict]]:
     """``by_seed``'s groups turned around: each run key with its records, one per seed."""
     runs: dict[str, list[dict]] = {}
@@ -108,6 +107,7 @@ def runs_by_key(groups: dict[int, dict[str, dict]]) -> dict[str, list[dict]]:
         for key, r in g.items():
             runs.setdefault(key, []).append(r)
     return runs
+
 
 def over_seeds(groups: dict[int, dict], fn) -> dict:
     """{key: [value of each seed that has it]} from ``fn(seed's group) -> {key: value}``."""
@@ -121,8 +121,6 @@ def over_seeds(groups: dict[int, dict], fn) -> dict:
 
 def paired_over(groups: dict[int, dict], fn, single_rule=None) -> Paired | None:
     """``stats.paired`` of ``fn(seed's group)`` over the seeds where it is not None (None: no seed)."""
-    from tl_core.labs.stats import paired
-
     diffs = [d for d in (fn(g) for g in groups.values()) if d is not None]
     return paired(diffs, single_rule) if diffs else None
 
@@ -132,13 +130,11 @@ def paired_best(groups: dict[int, dict], better: str, worse: str,
     """The claim "run ``better`` reaches a higher best accuracy than run ``worse``", paired over the seeds
     that have both: (``stats.paired`` of the differences, mean best of ``better``, of ``worse``); None
     when no seed has both."""
-    from tl_core.labs.stats import paired
-
     both = [g for g in groups.values() if better in g and worse in g]
     if not both:
         return None
-    p = paired([_best(g[better]) - _best(g[worse]) for g in both], single_rule)
-    return p, mean_of([_best(g[better]) for g in both]), mean_of([_best(g[worse]) for g in both])
+    p = paired([best(g[better]) - best(g[worse]) for g in both], single_rule)
+    return p, mean_of([best(g[better]) for g in both]), mean_of([best(g[worse]) for g in both])
 
 
 def mean_of(values: Sequence[float] | None) -> float | None:
@@ -147,8 +143,6 @@ def mean_of(values: Sequence[float] | None) -> float | None:
 
 def put_mean(row: dict, name: str, values: Sequence[float] | None, multi: bool, **fmt) -> dict:
     """``row[name]`` = the mean over seeds; with several seeds also ``row[name + INTERVAL]`` (text)."""
-    from tl_core.labs.stats import interval_text
-
     row[name] = mean_of(values)
     if multi:
         row[name + INTERVAL] = interval_text(spread(values or []), **fmt)
@@ -161,32 +155,32 @@ def mean_curve(curves: Sequence[Sequence[float]]) -> list[float]:
     return [float(np.mean([c[i] for c in curves if len(c) > i])) for i in range(n)]
 
 
-def _accs(rec: dict) -> list[float]:
+def accs(rec: dict) -> list[float]:
     return [float(m["val_acc"]) for m in rec.get("epochs", []) if m.get("val_acc") is not None]
 
 
-def _best(rec: dict | None) -> float | None:
-    a = _accs(rec) if rec else []
+def best(rec: dict | None) -> float | None:
+    a = accs(rec) if rec else []
     return max(a) if a else None
 
 
-def _n_of(key: str) -> int:
+def n_of(key: str) -> int:
     """The depth n of a run key such as "frozen:3" or "AnB+:2"."""
     return int(key.rsplit(":", 1)[1])
 
 
-def _wall_s(rec: dict) -> float:
+def wall_s(rec: dict) -> float:
     return round(rec["summary"].get("wall_s") or 0, 1)
 
 
 # ----------------------------------------------------------------------------- text
 
 
-def _pct(v: float | None) -> str:
+def pct(v: float | None) -> str:
     return "–" if v is None else f"{v:.1%}"
 
 
-def _pts(v: float) -> str:
+def pts(v: float) -> str:
     return f"{v * 100:+.1f} pts"
 
 
@@ -201,7 +195,7 @@ def _mark(agrees: bool | None, seeds: int, basis: str | None = None) -> str:
     return f"{word} ({basis})"
 
 
-def _finish_text(headline: str, checks: list[dict], missing: list[str], seeds: int = 1) -> tuple[str, bool | None]:
+def finish_text(headline: str, checks: list[dict], missing: list[str], seeds: int = 1) -> tuple[str, bool | None]:
     """The "what we measured" text and the overall verdict (None: no check decided). ``seeds``: how
     many seeds the checks pool (1: single-seed rule; more: bootstrap intervals)."""
     lines = [headline, ""] if headline else []
@@ -230,14 +224,14 @@ def _finish_text(headline: str, checks: list[dict], missing: list[str], seeds: i
 # ----------------------------------------------------------------------------- figures
 
 
-def _legend_below(fig: go.Figure) -> go.Figure:
+def legend_below(fig: go.Figure) -> go.Figure:
     """Many traces: the legend goes under the plot, where it cannot cover the title."""
     fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.16, xanchor="left", x=0),
                       margin=dict(l=10, r=10, t=60, b=10))
     return fig
 
 
-def _accuracy_axes(fig: go.Figure, title: str = "validation accuracy") -> None:
+def accuracy_axes(fig: go.Figure, title: str = "validation accuracy") -> None:
     """Epochs on x, accuracy 0..100% on y."""
     fig.update_xaxes(title="epoch", dtick=1)
     fig.update_yaxes(title=title, range=[0, 1.02], tickformat=".0%")
@@ -255,17 +249,17 @@ def add_band(fig: go.Figure, x: Sequence, ys: Sequence[Sequence[float | None]], 
     with several seeds, the min–max band behind it. ``line_kw``: passed to ``add_scatter`` (line, marker,
     mode, showlegend, legendgroup...)."""
     cols = [[v[i] for v in ys if i < len(v) and v[i] is not None] for i in range(len(x))]
-    pts = [(xi, c) for xi, c in zip(x, cols) if c]
-    xs = [p[0] for p in pts]
+    points = [(xi, c) for xi, c in zip(x, cols) if c]
+    xs = [p[0] for p in points]
     kw = {"mode": "lines+markers", "legendgroup": name, **line_kw}
     if len(ys) > 1 and xs:
-        lo, hi = [min(c) for _, c in pts], [max(c) for _, c in pts]
+        lo, hi = [min(c) for _, c in points], [max(c) for _, c in points]
         fig.add_scatter(x=xs + xs[::-1], y=hi + lo[::-1], mode="lines", fill="toself", fillcolor=_rgba(colour, 0.18),
                         line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=kw["legendgroup"],
                         name=f"{name}: min–max over {len(ys)} seeds", row=row, col=col)
     kw.setdefault("line", {})
     kw["line"] = {"color": colour, **kw["line"]}
-    fig.add_scatter(x=xs, y=[float(np.mean(c)) for _, c in pts], name=name, row=row, col=col, **kw)
+    fig.add_scatter(x=xs, y=[float(np.mean(c)) for _, c in points], name=name, row=row, col=col, **kw)
     return fig
 
 
@@ -274,7 +268,7 @@ def seeds_note(n: int) -> str:
     return "" if n <= 1 else f" · mean of {n} seeds, band: min–max"
 
 
-def _empty(msg: str) -> LabResult:
+def empty(msg: str) -> LabResult:
     fig = go.Figure()
     fig.add_annotation(text=msg, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
     return LabResult(pd.DataFrame(), fig, msg, None)

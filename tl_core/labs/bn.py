@@ -9,8 +9,10 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from tl_core.labs.stats import TOL
-from tl_core.labs.analysis import LabResult, _accs, _best, _empty, _finish_text, _legend_below, _pct, _pts, _wall_s, add_band, base_label, by_seed, mean_of, paired_best, put_mean, runs_by_key, seeds_note
-from tl_core.labs.config import COMMON_FIELDS, LabConfig, LabInfo
+from tl_core.labs.analysis import (LabResult, accs, add_band, base_label, best, by_seed, empty, finish_text,
+                                   legend_below, mean_of, paired_best, pct, pts, put_mean, runs_by_key, seeds_note,
+                                   wall_s)
+from tl_core.labs.config import COMMON_FIELDS, LabInfo, LabSettings
 from tl_core.labs.plan import LabRun, run_config
 
 INFO = LabInfo(
@@ -25,12 +27,12 @@ INFO = LabInfo(
 )
 
 
-def defaults(c: LabConfig, gpu: bool) -> None:
+def defaults(c: LabSettings, gpu: bool) -> None:
     c.per_class, c.image_size, c.epochs, c.lr = (30, 128, 8, 1e-3) if gpu else (25, 64, 4, 1e-3)
     c.strategies = ["partial"]
 
 
-def plan(cfg: LabConfig, wdir: Path) -> list[LabRun]:
+def plan(cfg: LabSettings, wdir: Path) -> list[LabRun]:
     return [LabRun(f"bn:{mode}", f"BN {mode}", run_config(
         cfg, f"BatchNorm {mode}", strategy="partial", freeze_blocks=cfg.freeze_blocks, bn_mode=mode))
         for mode in ("frozen", "train")]
@@ -58,7 +60,7 @@ def frozen_bn_drift(rec: dict) -> list[float]:
     return out
 
 
-def _figure_and_rows(cfg: LabConfig, runs: dict[str, list[dict]]) -> tuple[go.Figure, list[dict]]:
+def _figure_and_rows(cfg: LabSettings, runs: dict[str, list[dict]]) -> tuple[go.Figure, list[dict]]:
     """``runs``: {key: [its record of each seed]}: mean curves with their bands, and one table row per mode."""
     from tl_core.viz import figures as visuals
 
@@ -68,27 +70,27 @@ def _figure_and_rows(cfg: LabConfig, runs: dict[str, list[dict]]) -> tuple[go.Fi
     seeds = max(len(v) for v in runs.values())
     multi = seeds > 1
     for key, recs in runs.items():
-        accs, drifts = [_accs(r) for r in recs], [frozen_bn_drift(r) for r in recs]
+        curves, drifts = [accs(r) for r in recs], [frozen_bn_drift(r) for r in recs]
         label = base_label(recs[0]["label"])
-        xs = list(range(1, max(map(len, accs)) + 1))
-        add_band(fig, xs, accs, label, colours.get(key), row=1, col=1, legendgroup=key, line=dict(width=3))
+        xs = list(range(1, max(map(len, curves)) + 1))
+        add_band(fig, xs, curves, label, colours.get(key), row=1, col=1, legendgroup=key, line=dict(width=3))
         add_band(fig, xs, drifts, label + " drift", colours.get(key), row=1, col=2, legendgroup=key,
                  showlegend=False, line=dict(width=3, dash="dot"))
         row = {"BatchNorm in frozen blocks": key.split(":")[1]}
-        put_mean(row, "best acc", [_best(r) for r in recs], multi)
-        row.update({"final acc": mean_of([a[-1] for a in accs]),
+        put_mean(row, "best acc", [best(r) for r in recs], multi)
+        row.update({"final acc": mean_of([a[-1] for a in curves]),
                     "max frozen-block BN drift": max((max(d) for d in drifts if d), default=0.0),
                     "frozen blocks": len(_frozen_blocks(recs[0])), "time (s)": round(mean_of(
-                        [_wall_s(r) for r in recs]), 1), "run": ", ".join(r["run_id"] for r in recs)})
+                        [wall_s(r) for r in recs]), 1), "run": ", ".join(r["run_id"] for r in recs)})
         if multi:
             row["seeds"] = len(recs)
         rows.append(row)
     fig.update_yaxes(range=[0, 1.02], tickformat=".0%", row=1, col=1)
     fig.update_yaxes(title="‖μ,σ² − start‖ / ‖start‖", row=1, col=2)
     fig.update_xaxes(title="epoch", dtick=1)
-    visuals._layout(fig, f"BatchNorm in frozen blocks: {cfg.backbone}, partial fine-tuning"
+    visuals.layout(fig, f"BatchNorm in frozen blocks: {cfg.backbone}, partial fine-tuning"
                          f"{seeds_note(seeds)}", height=460)
-    return _legend_below(fig), rows
+    return legend_below(fig), rows
 
 
 def _drift_check(claim: str, recs: list[dict], ok) -> dict:
@@ -112,15 +114,15 @@ def _checks(groups: dict[int, dict[str, dict]]) -> list[dict]:
     if cmp:
         p, bf, bt = cmp
         checks.append({"claim": "BN train costs accuracy (the frozen features shift under the head)",
-                       "measured": f"best acc train {_pct(bt)} vs frozen {_pct(bf)} ({p.describe(_pts, sign=-1)})",
+                       "measured": f"best acc train {pct(bt)} vs frozen {pct(bf)} ({p.describe(pts, sign=-1)})",
                        "agrees": p.agrees})
     return checks
 
 
-def analyse_bn(cfg: LabConfig, recs: list[dict]) -> LabResult:
+def analyse_bn(cfg: LabSettings, recs: list[dict]) -> LabResult:
     groups, missing = by_seed(recs)
     if not groups:
-        return _empty("No finished runs yet.")
+        return empty("No finished runs yet.")
     runs = runs_by_key(groups)
     fig, rows = _figure_and_rows(cfg, runs)
     f, t = runs.get("bn:frozen"), runs.get("bn:train")
@@ -128,9 +130,9 @@ def analyse_bn(cfg: LabConfig, recs: list[dict]) -> LabResult:
     headline = ""
     if f and t:
         headline = (f"Same partial fine-tune, {len(_frozen_blocks(f[0]))} frozen blocks: BN frozen reached "
-                    f"{_pct(mean_of([_best(r) for r in f]))}, BN train {_pct(mean_of([_best(r) for r in t]))}"
+                    f"{pct(mean_of([best(r) for r in f]))}, BN train {pct(mean_of([best(r) for r in t]))}"
                     + (f" (means of {len(groups)} seeds)." if len(groups) > 1 else "."))
-    text, agrees = _finish_text(headline, checks, missing, len(groups))
+    text, agrees = finish_text(headline, checks, missing, len(groups))
     if f and t and checks[-1]["agrees"] is None:
         text += (f"\n\nThe accuracy difference is within {TOL * 100:.0f} pts: on this data the drift did not "
                  "change the result measurably, but the frozen blocks did change." if len(groups) == 1 else
@@ -139,5 +141,5 @@ def analyse_bn(cfg: LabConfig, recs: list[dict]) -> LabResult:
     return LabResult(pd.DataFrame(rows), fig, text, agrees, checks, {"seeds": list(groups)})
 
 
-def analyse(cfg: LabConfig, recs: list[dict], state: dict | None = None) -> LabResult:
+def analyse(cfg: LabSettings, recs: list[dict], state: dict | None = None) -> LabResult:
     return analyse_bn(cfg, recs)

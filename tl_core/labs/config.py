@@ -1,21 +1,19 @@
-"""A lab's configuration: ``LabConfig``, its JSON and URL-query round trips, the presets and ``LabInfo``.
+"""A lab's settings: ``LabSettings`` (the fields, the training seeds, the checks every lab shares), the URL
+form of a field's value, ``LabInfo`` and the presets.
 
-What each lab is (``LabInfo``) and its preset defaults live in the lab's own module; this module reads
-them through the registry (``registry.LABS``, ``registry.module``) when a method runs, never at import.
+What each lab is (``LabInfo``) and its preset defaults live in the lab's own module; ``registry.LabConfig``
+(the settings that know their lab: presets, JSON and URL round trips, the lab's own check) reads them there.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
-from urllib.parse import parse_qsl, urlencode
 
 from tl_core import limits
 
 PRESETS = ("default", "gpu")
 
-# the LabConfig fields every lab uses (a lab's LabInfo.fields starts with these)
+# the fields every lab uses (a lab's LabInfo.fields starts with these)
 COMMON_FIELDS = ("backbone", "data", "per_class", "image_size", "epochs", "batch_size", "lr", "val_fraction",
                  "seed", "seeds", "only_seed", "device")
 
@@ -26,7 +24,7 @@ class LabInfo:
     title: str
     question: str
     prediction: str
-    fields: tuple[str, ...]  # LabConfig fields this lab uses (the query string carries only these)
+    fields: tuple[str, ...]  # the fields this lab uses (the query string carries only these)
     timing: str  # what keeps the default under 5 minutes on a 2-core CPU
     tag: str | None = None  # the lab's name in its run names ("lab freeze-depth · ..."); None: the id
 
@@ -35,19 +33,8 @@ class LabInfo:
         return self.tag or self.id
 
 
-def _labs() -> dict[str, LabInfo]:
-    from tl_core.labs.registry import LABS
-
-    return LABS
-
-
-def _check_lab(lab) -> None:
-    if lab not in _labs():
-        raise ValueError(f"unknown lab {lab!r}; choose one of: {', '.join(_labs())}")
-
-
 @dataclass
-class LabConfig:
+class LabSettings:
     """Everything a lab needs. Fields a lab does not use are ignored by it (and left out of its query)."""
 
     lab: str = "race"
@@ -82,67 +69,8 @@ class LabConfig:
     # bn
     freeze_blocks: int | None = None
 
-    # --- JSON
-    def to_dict(self, compact: bool = False) -> dict:
-        """All fields; ``compact``: only ``lab``, ``preset`` and the fields this lab uses (the rest come
-        back from the preset's defaults in ``from_dict``)."""
-        d = dataclasses.asdict(self)
-        if compact:
-            keep = ("lab", "preset") + _labs()[self.lab].fields
-            d = {k: d[k] for k in keep}
-        return d
-
-    def to_json(self, indent: int | None = 2, compact: bool = True) -> str:
-        return json.dumps(self.to_dict(compact=compact), indent=indent)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LabConfig":
-        limits.check_fields(cls, d, "lab config")
-        lab = d.get("lab", "race")
-        _check_lab(lab)
-        base = default_config(lab, d.get("preset", "default")).to_dict()
-        base.update(d)
-        return cls(**base)
-
-    @classmethod
-    def from_json(cls, text: str) -> "LabConfig":
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"not a lab configuration (invalid JSON: {exc})") from None
-        if not isinstance(d, dict):
-            raise ValueError("not a lab configuration (expected a JSON object)")
-        return cls.from_dict(d)
-
-    # --- URL query string
-    def to_query(self) -> dict[str, str]:
-        """The fields this lab uses as strings (``st.query_params.from_dict`` / ``urlencode``)."""
-        out = {"lab": self.lab, "preset": self.preset}
-        for name in _labs()[self.lab].fields:
-            out[name] = encode_value(name, getattr(self, name))
-        return out
-
-    def to_query_string(self) -> str:
-        return urlencode(self.to_query(), safe=",")
-
-    @classmethod
-    def from_query(cls, query) -> "LabConfig":
-        """From a mapping of strings (``st.query_params``) or a query string; missing fields take the
-        lab's preset defaults, unknown keys are ignored (the URL may carry other pages' parameters)."""
-        if isinstance(query, str):
-            query = dict(parse_qsl(query.lstrip("?"), keep_blank_values=True))
-        query = {k: (v[-1] if isinstance(v, list) else v) for k, v in dict(query).items()}
-        lab = query.get("lab", "race")
-        _check_lab(lab)
-        cfg = default_config(lab, query.get("preset", "default"))
-        names = {f.name for f in dataclasses.fields(cls)} - {"lab", "preset"}
-        for key, text in query.items():
-            if key in names:
-                try:
-                    setattr(cfg, key, decode_value(key, text))
-                except ValueError as exc:
-                    raise ValueError(f"query parameter {key}={text!r}: {exc}") from None
-        return cfg
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
     def run_seeds(self) -> list[int]:
         """The training seeds this lab runs: seed, seed+1, ..., seed+seeds-1, or only seed+only_seed."""
@@ -151,13 +79,11 @@ class LabConfig:
         return [self.seed + i for i in range(self.seeds)]
 
     # --- checks
-    def validate(self) -> "LabConfig":
+    def validate(self) -> "LabSettings":
         """Raise ValueError with one clear line for the first bad field: the checks every lab shares
-        (bounds from ``limits.current()``), then the lab's own ``check(cfg)``. Returns self."""
+        (bounds from ``limits.current()``; ``registry.LabConfig`` adds the lab's own). Returns self."""
         from tl_core.models import strategies
-        from tl_core.labs.registry import module
 
-        _check_lab(self.lab)
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {', '.join(PRESETS)}, not {self.preset!r}")
         limits.check_types(self)
@@ -168,21 +94,18 @@ class LabConfig:
         if self.target_acc is not None:
             limits.check_float("target_acc", self.target_acc, 0, 1, lo_open=True)
         self._check_sources()
-        check = getattr(module(self.lab), "check", None)
-        if check is not None:
-            check(self)
         return self
 
     def _check_sources(self) -> None:
         """Backbone, data, domains and device through TrainConfig's own checks, then the estimate of the
         lab's heaviest run (the backbone trained, the largest size) before any plan or forward pass."""
+        from tl_core.models.arch import modality
         from tl_core.training import config
-        from tl_core.training import estimate
-        from tl_core.models import arch as models
+        from tl_core.training.estimate import check as check_estimate
 
         lim = limits.current()
         config.check_backbone(self.backbone, lim)
-        kind = models.modality(self.backbone)
+        kind = modality(self.backbone)
         for source in dict.fromkeys([self.data, *(self.domains if self.lab == "quadrant" else [])]):
             config.check_data_source(source, None, kind)
         config.check_device(self.device)
@@ -193,7 +116,7 @@ class LabConfig:
                                    epochs=max(self.epochs, self.source_epochs),
                                    batch_size=self.batch_size, val_fraction=self.val_fraction, strategy="full",
                                    device=self.device)
-        estimate.check(heavy, lim)
+        check_estimate(heavy, lim)
 
     def _check_bounds(self) -> None:
         lim = limits.current()
@@ -221,7 +144,7 @@ class LabConfig:
             limits.check_int("only_seed (a seed index)", self.only_seed, 0, self.seeds - 1)
 
 
-def check_run_count(cfg: LabConfig, per_seed: int, detail: str = "") -> None:
+def check_run_count(cfg: LabSettings, per_seed: int, detail: str = "") -> None:
     """Refuse (one line) a lab whose ``per_seed`` runs times its seeds exceed ``limits.max_lab_runs``."""
     k = len(cfg.run_seeds())
     total, limit = per_seed * k, limits.current().max_lab_runs
@@ -231,7 +154,7 @@ def check_run_count(cfg: LabConfig, per_seed: int, detail: str = "") -> None:
                          "use fewer settings or seeds, or run one seed per student (only_seed)")
 
 
-def check_two_strategies(cfg: LabConfig) -> None:
+def check_two_strategies(cfg: LabSettings) -> None:
     """For the labs that compare strategies (a lab module's ``check``)."""
     if len(cfg.strategies) < 2:
         raise ValueError("pick at least two strategies")
@@ -243,11 +166,11 @@ _NONE_WORD = {"per_class": "all", "source_per_class": "all", "sizes": "all", "on
 
 
 def _field_types() -> dict[str, str]:
-    return {f.name: str(f.type) for f in dataclasses.fields(LabConfig)}
+    return {f.name: str(f.type) for f in dataclasses.fields(LabSettings)}
 
 
 def encode_value(name: str, value) -> str:
-    """A LabConfig field's value as it stands in the URL ("all"/"auto" for None, lists comma-separated)."""
+    """A lab field's value as it stands in the URL ("all"/"auto" for None, lists comma-separated)."""
     none = _NONE_WORD.get(name, "auto")
     if value is None:
         return none
@@ -276,45 +199,3 @@ def decode_value(name: str, text: str):
     if kind.startswith("float"):
         return float(text)
     return text
-
-
-# ----------------------------------------------------------------------------- presets
-
-
-def default_config(lab: str, preset: str = "default") -> LabConfig:
-    """The lab's default (<= 5 min on a 2-core CPU) or its bigger GPU configuration."""
-    from tl_core.labs.registry import module
-
-    _check_lab(lab)
-    if preset not in PRESETS:
-        raise ValueError(f"preset must be one of {', '.join(PRESETS)}, not {preset!r}")
-    gpu = preset == "gpu"
-    c = LabConfig(lab=lab, preset=preset)
-    module(lab).defaults(c, gpu)
-    if gpu:
-        c.val_fraction = 0.2
-    return c
-
-
-# ----------------------------------------------------------------------------- ready-made files
-
-
-def load_config_file(path) -> LabConfig:
-    return LabConfig.from_json(Path(path).read_text())
-
-
-def ready_made_dir() -> Path:
-    """The repository's ``labs/`` folder (beside ``tl_core/``)."""
-    return Path(__file__).resolve().parents[2] / "labs"
-
-
-def ready_made() -> dict[str, LabConfig]:
-    """The lab configs shipped in ``labs/*.json`` (name → config); unreadable files are skipped."""
-    out = {}
-    folder = ready_made_dir()
-    for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            out[p.stem] = load_config_file(p)
-        except (ValueError, OSError):
-            continue
-    return out

@@ -7,11 +7,11 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from tl_core.labs.stats import TOL
-from tl_core.labs.analysis import LabResult, _best, _empty, _finish_text, _legend_below, _n_of, _pct, _pts, add_band, by_seed, mean_of, put_mean, seeds_note
-from tl_core.labs.config import COMMON_FIELDS, LabConfig, LabInfo
-from tl_core.labs.plan import LabRun, _blocks_in, _depths, depth_groups, run_config
-from tl_core.labs.stats import paired
+from tl_core.labs.stats import TOL, paired
+from tl_core.labs.analysis import (LabResult, add_band, best, by_seed, empty, finish_text, legend_below, mean_of, n_of,
+                                   pct, pts, put_mean, seeds_note)
+from tl_core.labs.config import COMMON_FIELDS, LabInfo, LabSettings
+from tl_core.labs.plan import LabRun, blocks_in, depth_groups, depths, run_config
 
 INFO = LabInfo(
     "freeze_depth", "Freeze-depth sweep",
@@ -26,25 +26,25 @@ INFO = LabInfo(
 )
 
 
-def defaults(c: LabConfig, gpu: bool) -> None:
+def defaults(c: LabSettings, gpu: bool) -> None:
     c.per_class, c.image_size, c.epochs, c.lr = (30, 128, 8, 1e-3) if gpu else (25, 64, 4, 1e-3)
     c.depths = None if gpu else [0, 1, 3, 5, 7, 9]
 
 
-def meta(cfg: LabConfig) -> dict:
+def meta(cfg: LabSettings) -> dict:
     """Saved in the lab's state at creation: the analysis needs the number of block groups."""
     return {"n_groups": len(depth_groups(cfg.backbone, cfg.image_size))}
 
 
-def plan(cfg: LabConfig, wdir: Path) -> list[LabRun]:
+def plan(cfg: LabSettings, wdir: Path) -> list[LabRun]:
     groups = depth_groups(cfg.backbone, cfg.image_size)
     N = len(groups)
     out = []
-    for n in _depths(cfg, N, 0):
-        k = _blocks_in(groups, n)
+    for n in depths(cfg, N, 0):
+        k = blocks_in(groups, n)
         out.append(LabRun(f"frozen:{n}", f"frozen n={n}", run_config(
             cfg, f"first {n} groups frozen", strategy="partial", freeze_blocks=k)))
-    for n in _depths(cfg, N, 0):
+    for n in depths(cfg, N, 0):
         if n == N:
             continue  # copying every group and fine-tuning all = "frozen:0" (full fine-tuning)
         if n == 0:
@@ -60,7 +60,7 @@ def plan(cfg: LabConfig, wdir: Path) -> list[LabRun]:
 # ----------------------------------------------------------------------------- analysis (pure)
 
 
-def _figure(cfg: LabConfig, frozen: dict[int, list], copy: dict[int, list], n_groups: int, seeds: int) -> go.Figure:
+def _figure(cfg: LabSettings, frozen: dict[int, list], copy: dict[int, list], n_groups: int, seeds: int) -> go.Figure:
     """``frozen`` / ``copy``: {n: [best accuracy of each seed]}; the mean line and the min–max band."""
     from tl_core.viz import figures as visuals
 
@@ -74,8 +74,8 @@ def _figure(cfg: LabConfig, frozen: dict[int, list], copy: dict[int, list], n_gr
                      marker=dict(size=10, symbol=symbol))
     fig.update_xaxes(title=f"n = pretrained block groups (of {n_groups})", dtick=1)
     fig.update_yaxes(title="best validation accuracy", range=[0, 1.02], tickformat=".0%")
-    visuals._layout(fig, f"Freeze depth: {cfg.backbone} on {cfg.data}{seeds_note(seeds)}", height=480)
-    return _legend_below(fig)
+    visuals.layout(fig, f"Freeze depth: {cfg.backbone} on {cfg.data}{seeds_note(seeds)}", height=480)
+    return legend_below(fig)
 
 
 def _by_seed_lists(pts: dict[int, dict[int, float]], xs: list[int]) -> list[list[float | None]]:
@@ -105,15 +105,15 @@ def _checks(frozen: dict[int, dict[int, float]], copy: dict[int, dict[int, float
         if diffs:
             p = paired(diffs, lambda d: d > TOL)
             checks.append({"claim": "freezing the deepest groups costs accuracy (late features are task-specific)",
-                           "measured": f"n={nmax} frozen: {_pct(mean[nmax])}, {_fall(p)} below the best frozen "
-                                       f"depth ({_pct(top)} at n={max(ok, key=lambda n: mean[n])})",
+                           "measured": f"n={nmax} frozen: {pct(mean[nmax])}, {_fall(p)} below the best frozen "
+                                       f"depth ({pct(top)} at n={max(ok, key=lambda n: mean[n])})",
                            "agrees": p.agrees})
     lo, hi = min(copy, default=0), max(copy, default=0)
     if len(copy) >= 2 and _diffs(copy, hi, lo):
         p = paired(_diffs(copy, hi, lo), lambda d: d > TOL)
         cm = {n: mean_of(list(copy[n].values())) for n in (lo, hi)}
         checks.append({"claim": "copying more pretrained groups helps (vs re-initialising them)",
-                       "measured": f"copy n={lo}: {_pct(cm[lo])} → n={hi}: {_pct(cm[hi])} ({p.describe(_pts)})",
+                       "measured": f"copy n={lo}: {pct(cm[lo])} → n={hi}: {pct(cm[hi])} ({p.describe(pts)})",
                        "agrees": p.agrees})
     return checks, general_upto
 
@@ -121,7 +121,7 @@ def _checks(frozen: dict[int, dict[int, float]], copy: dict[int, dict[int, float
 def _fall(p) -> str:
     """How far the deepest freeze lies below the best shallower one: "14.4 pts" (single seed: the fall
     from the best depth, never negative) or "+14.4 pts [95%: ...]"."""
-    return f"{max(p.mean, 0) * 100:.1f} pts" if p.single else p.describe(_pts)
+    return f"{max(p.mean, 0) * 100:.1f} pts" if p.single else p.describe(pts)
 
 
 def _table(frozen: dict, copy: dict, seeds: int) -> pd.DataFrame:
@@ -134,7 +134,7 @@ def _table(frozen: dict, copy: dict, seeds: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def analyse_freeze_depth(cfg: LabConfig, recs: list[dict], n_groups: int | None = None) -> LabResult:
+def analyse_freeze_depth(cfg: LabSettings, recs: list[dict], n_groups: int | None = None) -> LabResult:
     groups, missing = by_seed(recs)
     frozen: dict[int, dict[int, float]] = {}
     copy: dict[int, dict[int, float]] = {}
@@ -142,13 +142,13 @@ def analyse_freeze_depth(cfg: LabConfig, recs: list[dict], n_groups: int | None 
         for key, r in g.items():
             kind = frozen if key.startswith("frozen:") else copy if key.startswith("copy:") else None
             if kind is not None:
-                kind.setdefault(_n_of(key), {})[seed] = _best(r)
+                kind.setdefault(n_of(key), {})[seed] = best(r)
     if n_groups is None:
         n_groups = len(depth_groups(cfg.backbone, cfg.image_size))
     if 0 in frozen:  # copying every group and fine-tuning all of them is full fine-tuning
         copy.setdefault(n_groups, dict(frozen[0]))
     if not frozen and not copy:
-        return _empty("No finished runs yet.")
+        return empty("No finished runs yet.")
     fig = _figure(cfg, frozen, copy, n_groups, len(groups))
     checks, general_upto = _checks(frozen, copy)
     headline = ""
@@ -157,11 +157,11 @@ def analyse_freeze_depth(cfg: LabConfig, recs: list[dict], n_groups: int | None 
                     f"groups: up to there the pretrained features are general enough for {cfg.data}.")
         if len(groups) > 1:
             headline += f" (On the mean of {len(groups)} seeds.)"
-    text, agrees = _finish_text(headline, checks, missing, len(groups))
+    text, agrees = finish_text(headline, checks, missing, len(groups))
     return LabResult(_table(frozen, copy, len(groups)), fig, text, agrees, checks,
                      {"general_upto": general_upto, "seeds": list(groups)})
 
 
-def analyse(cfg: LabConfig, recs: list[dict], state: dict | None = None) -> LabResult:
+def analyse(cfg: LabSettings, recs: list[dict], state: dict | None = None) -> LabResult:
     """Uses the number of block groups saved in the lab's state (``meta``) when there is one."""
     return analyse_freeze_depth(cfg, recs, n_groups=(state or {}).get("meta", {}).get("n_groups") or None)

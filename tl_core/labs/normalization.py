@@ -7,8 +7,9 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from tl_core.labs.stats import TOL
-from tl_core.labs.analysis import LabResult, _accs, _accuracy_axes, _best, _empty, _finish_text, _pct, _wall_s, add_band, base_label, by_seed, mean_of, paired_best, put_mean, runs_by_key, seeds_note
-from tl_core.labs.config import COMMON_FIELDS, LabConfig, LabInfo
+from tl_core.labs.analysis import (LabResult, accs, accuracy_axes, add_band, base_label, best, by_seed, empty,
+                                   finish_text, mean_of, paired_best, pct, put_mean, runs_by_key, seeds_note, wall_s)
+from tl_core.labs.config import COMMON_FIELDS, LabInfo, LabSettings
 from tl_core.labs.plan import LabRun, run_config
 
 INFO = LabInfo(
@@ -23,7 +24,7 @@ INFO = LabInfo(
 )
 
 
-def defaults(c: LabConfig, gpu: bool) -> None:
+def defaults(c: LabSettings, gpu: bool) -> None:
     c.backbone = "efficientnet_lite0"
     c.per_class, c.image_size, c.epochs = (30, 128, 8) if gpu else (25, 64, 4)
     c.strategies = ["feature_extraction"]
@@ -33,12 +34,12 @@ def _label(norm: str) -> str:
     return "own mean/std" if norm == "backbone" else "wrong mean/std"
 
 
-def plan(cfg: LabConfig, wdir: Path) -> list[LabRun]:
+def plan(cfg: LabSettings, wdir: Path) -> list[LabRun]:
     return [LabRun(f"norm:{norm}", _label(norm), run_config(
         cfg, _label(norm), strategy="feature_extraction", normalization=norm)) for norm in ("backbone", "wrong")]
 
 
-def normalization_views(cfg: LabConfig, index: int = 0) -> dict:
+def normalization_views(cfg: LabSettings, index: int = 0) -> dict:
     """The same sample as the network gets it with its own and with the wrong normalisation:
     {mode: {"tensor": [3,S,S], "picture": HxWx3 uint8, "mean", "std", "stats": (mean, std) used}}."""
     from tl_core.models import backbones
@@ -57,28 +58,28 @@ def normalization_views(cfg: LabConfig, index: int = 0) -> dict:
 # ----------------------------------------------------------------------------- analysis (pure)
 
 
-def analyse_normalization(cfg: LabConfig, recs: list[dict]) -> LabResult:
+def analyse_normalization(cfg: LabSettings, recs: list[dict]) -> LabResult:
     from tl_core.viz import figures as visuals
 
     groups, missing = by_seed(recs)
     if not groups:
-        return _empty("No finished runs yet.")
+        return empty("No finished runs yet.")
     runs = runs_by_key(groups)
     multi = len(groups) > 1
     fig = go.Figure()
     rows = []
     colours = {"norm:backbone": visuals.VAL, "norm:wrong": "#D62728"}
     for key, rs in runs.items():
-        accs = [_accs(r) for r in rs]
-        add_band(fig, list(range(1, max(map(len, accs)) + 1)), accs, base_label(rs[0]["label"]), colours.get(key),
+        curves = [accs(r) for r in rs]
+        add_band(fig, list(range(1, max(map(len, curves)) + 1)), curves, base_label(rs[0]["label"]), colours.get(key),
                  line=dict(width=3), marker=dict(size=9))
         row = {"normalisation": base_label(rs[0]["label"])}
-        put_mean(row, "best acc", [_best(r) for r in rs], multi)
-        row.update({"final acc": mean_of([a[-1] for a in accs]),
-                    "time (s)": round(mean_of([_wall_s(r) for r in rs]), 1), "run": ", ".join(r["run_id"] for r in rs)})
+        put_mean(row, "best acc", [best(r) for r in rs], multi)
+        row.update({"final acc": mean_of([a[-1] for a in curves]),
+                    "time (s)": round(mean_of([wall_s(r) for r in rs]), 1), "run": ", ".join(r["run_id"] for r in rs)})
         rows.append(row)
-    _accuracy_axes(fig)
-    visuals._layout(fig, f"Normalisation: {cfg.backbone}'s own mean/std vs a wrong one{seeds_note(len(groups))}",
+    accuracy_axes(fig)
+    visuals.layout(fig, f"Normalisation: {cfg.backbone}'s own mean/std vs a wrong one{seeds_note(len(groups))}",
                     height=420)
     checks, headline = [], ""
     cmp = paired_best(groups, "norm:backbone", "norm:wrong", lambda d: d > TOL)
@@ -86,12 +87,12 @@ def analyse_normalization(cfg: LabConfig, recs: list[dict]) -> LabResult:
         p, own, wrong = cmp
         gap = p.describe(lambda d: f"{d * 100:.1f}") + " pts"
         checks.append({"claim": "the wrong mean/std lowers accuracy",
-                       "measured": f"own {_pct(own)} vs wrong {_pct(wrong)} (gap {gap})", "agrees": p.agrees})
+                       "measured": f"own {pct(own)} vs wrong {pct(wrong)} (gap {gap})", "agrees": p.agrees})
         headline = f"Accuracy gap from normalisation alone: **{p.mean * 100:.1f} points**" + (
             "." if p.single else f" (mean of {p.n} seeds; 95% interval {p.lo * 100:.1f} to {p.hi * 100:.1f}).")
-    text, agrees = _finish_text(headline, checks, missing, len(groups))
+    text, agrees = finish_text(headline, checks, missing, len(groups))
     return LabResult(pd.DataFrame(rows), fig, text, agrees, checks, {"seeds": list(groups)})
 
 
-def analyse(cfg: LabConfig, recs: list[dict], state: dict | None = None) -> LabResult:
+def analyse(cfg: LabSettings, recs: list[dict], state: dict | None = None) -> LabResult:
     return analyse_normalization(cfg, recs)

@@ -1,12 +1,12 @@
-"""A lab's runs: ``LabRun``, ``plan_runs`` (which asks the lab's module for its plan, once per seed), the
-helpers plans share (depth_groups, ...), and the weights files some runs start from (built right before
+"""A lab's runs: ``LabRun``, one seed's copy of a lab's plan (``seeded``), the helpers plans share
+(``run_config``, ``depth_groups``, ...), and the weights files some runs start from (built right before
 they run).
 
-Seeds: a lab module plans ONE seed; ``plan_runs`` repeats that plan for every training seed of
-``LabConfig.run_seeds()``, seed after seed. Each copy trains with its own seed (initialisation, batch
-order, the re-initialised rest of a transfer network) and the split of ``LabConfig.seed`` (TrainConfig's
-``split_seed``), so the seeds are paired. With several seeds a run's key and label carry the seed
-("scratch@s1", "From scratch · seed 1"), its built weights go to ``weights/seed<s>/``.
+Seeds: a lab module plans ONE seed; ``registry.plan_runs`` repeats that plan for every training seed of
+``cfg.run_seeds()``, seed after seed. Each copy trains with its own seed (initialisation, batch order, the
+re-initialised rest of a transfer network) and the split of ``cfg.seed`` (TrainConfig's ``split_seed``), so
+the seeds are paired. With several seeds a run's key and label carry the seed ("scratch@s1", "From scratch ·
+seed 1"), its built weights go to ``weights/seed<s>/``.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tl_core.labs.config import LabConfig, check_run_count
+from tl_core.labs.config import LabSettings
 
 
 @dataclass
@@ -24,9 +24,9 @@ class LabRun:
     label: str  # for people: "scratch", "AnB+ n=2"
     cfg: object  # TrainConfig
     stage: int = 0  # runs of stage s start after every run of stage s-1 has ended
-    build: dict | None = None  # a weights file to build right before the run (see _build_weights)
-    after: str | None = None  # what to do after it: "register_backbone"
-    seed: int | None = None  # its training seed (set by plan_runs)
+    build: dict | None = None  # a weights file to build right before the run (see build_weights)
+    after: str | None = None  # what the lab's after_run does after it: "register_backbone" (yosinski)
+    seed: int | None = None  # its training seed (set by seeded)
 
     def to_dict(self) -> dict:
         return {"key": self.key, "label": self.label, "config": self.cfg.to_dict(), "stage": self.stage,
@@ -43,13 +43,15 @@ def pair_split(train_cfg, split_seed: int) -> None:
         setattr(train_cfg, SPLIT_SEED, split_seed)
 
 
-def _seeded(runs: list[LabRun], cfg: LabConfig, seed: int, index: int) -> list[LabRun]:
-    """One seed's copy of the plan: training seed ``seed``, the lab's split; tagged when the lab has
-    several seeds; stages shifted so that seed after seed runs (stages of one seed keep their order)."""
+def seeded(runs: list[LabRun], cfg: LabSettings, seed: int, index: int, tag: str) -> list[LabRun]:
+    """One seed's copy of the plan: training seed ``seed``, the lab's split, run names "lab <tag> · <label>";
+    tagged when the lab has several seeds; stages shifted so that seed after seed runs (stages of one seed
+    keep their order)."""
     tagged = cfg.seeds > 1
     shift = index * (max((r.stage for r in runs), default=0) + 1)
     for r in runs:
         r.seed, r.cfg.seed, r.stage = seed, seed, r.stage + shift
+        r.cfg.name = f"lab {tag} · {r.cfg.name}"
         pair_split(r.cfg, cfg.seed)
         if tagged:
             r.key, r.label = f"{r.key}@s{seed}", f"{r.label} · seed {seed}"
@@ -59,57 +61,26 @@ def _seeded(runs: list[LabRun], cfg: LabConfig, seed: int, index: int) -> list[L
     return runs
 
 
-def plan_runs(cfg: LabConfig, lab_dir: str | os.PathLike | None = None) -> list[LabRun]:
-    """The lab's runs for every seed, in execution order (seed after seed). ``lab_dir`` is where built
-    weights files will go. Refuses (ValueError, before anything is queued) more than ``max_lab_runs``."""
-    from tl_core.labs.registry import module
-
-    cfg.validate()
-    wdir = Path(lab_dir or ".") / "weights"
-    seeds = cfg.run_seeds()
-    out: list[LabRun] = []
-    for i, seed in enumerate(seeds):
-        runs = module(cfg.lab).plan(cfg, wdir / f"seed{seed}" if cfg.seeds > 1 else wdir)
-        if i == 0:
-            check_run_count(cfg, len(runs))
-            for r in runs:
-                if r.stage == 0 and not r.build:
-                    r.cfg.validate()
-        out += _seeded(runs, cfg, seed, i)
-    return out
-
-
 # ----------------------------------------------------------------------------- helpers of plans
 
 
-def _train_config(**kw):
+def run_config(cfg: LabSettings, label: str, **kw):
+    """The TrainConfig of one run of the lab: the lab's shared settings (same data, split and seed,
+    feature caching on), named ``label``, with ``kw`` overriding. ``seeded`` then gives each seed's copy
+    its training seed and its name "lab <tag> · <label>"."""
     from tl_core.training.config import TrainConfig
 
-    return TrainConfig(**kw)
-
-
-def _base(cfg: LabConfig, lab_label: str, label: str, **kw) -> dict:
-    d = dict(name=f"lab {lab_label} · {label}", backbone=cfg.backbone, data=cfg.data, per_class=cfg.per_class,
-             image_size=cfg.image_size, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-             val_fraction=cfg.val_fraction, seed=cfg.seed, device=cfg.device, cache_features=True)
-    d.update(kw)
-    return d
-
-
-def run_config(cfg: LabConfig, label: str, **kw):
-    """The TrainConfig of one run of the lab: the lab's shared settings (same data, split and seed,
-    feature caching on), named "lab <tag> · <label>", with ``kw`` overriding. ``plan_runs`` then gives
-    each seed's copy its training seed."""
-    from tl_core.labs.registry import LABS
-
-    return _train_config(**_base(cfg, LABS[cfg.lab].run_tag, label, **kw))
+    d = dict(name=label, backbone=cfg.backbone, data=cfg.data, per_class=cfg.per_class, image_size=cfg.image_size,
+             epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, val_fraction=cfg.val_fraction, seed=cfg.seed,
+             device=cfg.device, cache_features=True)
+    return TrainConfig(**{**d, **kw})
 
 
 def _hier(backbone: str, image_size: int, num_classes: int = 2):
     from tl_core.models import surgery
-    from tl_core.training import trainer as training
+    from tl_core.models.arch import build_arch
 
-    model, _ = training._build_arch(backbone, num_classes, "random")
+    model, _ = build_arch(backbone, num_classes, "random")
     return surgery.hierarchy(model, image_size), model
 
 
@@ -119,11 +90,11 @@ def depth_groups(backbone: str, image_size: int) -> list[list[str]]:
     return hier.groups()[:-1]
 
 
-def _blocks_in(groups: list[list[str]], n: int) -> int:
+def blocks_in(groups: list[list[str]], n: int) -> int:
     return sum(len(g) for g in groups[:n])
 
 
-def _depths(cfg: LabConfig, n_groups: int, lo: int) -> list[int]:
+def depths(cfg: LabSettings, n_groups: int, lo: int) -> list[int]:
     ds = list(range(lo, n_groups + 1)) if cfg.depths is None else sorted({int(d) for d in cfg.depths})
     bad = [d for d in ds if not lo <= d <= n_groups]
     if bad:
@@ -177,7 +148,7 @@ def _num_classes(cfg_dict: dict) -> int:
     return len(data.load_dataset(cfg_dict["data"], cfg_dict.get("data_root")).class_names)
 
 
-def _completed_model_dir(run: dict, store):
+def completed_model_dir(run: dict, store):
     """(RunInfo, model folder) of a lab run; the folder is None unless the run completed with a model."""
     info = store.get(run["run_id"])
     model_dir = store.model_dir(run["run_id"])
@@ -201,21 +172,22 @@ def _run_source(build: dict, state: dict, store, num_classes: int, seed: int):
     """"run_prefix": the network an earlier run of the lab trained, and a seeded random one."""
     import torch
 
-    from tl_core.training import trainer as training
+    from tl_core.models.arch import build_arch
+    from tl_core.training.checkpoint import load_model
 
     src = next(r for r in state["runs"] if r["key"] == build["source"])
-    info, model_dir = _completed_model_dir(src, store)
+    info, model_dir = completed_model_dir(src, store)
     if model_dir is None:
         raise RuntimeError(f"needs the {src['label']} network, which did not complete ({info.status}"
                            f"{': ' + info.reason if info.reason else ''})")
-    source, _, _ = training.load_model(model_dir)
+    source, _, _ = load_model(model_dir)
     arch = src["config"]["backbone"]
     torch.manual_seed(seed + 7919)  # the same re-initialised rest for every transfer file of this lab
-    rand, _ = training._build_arch(arch, num_classes, "random")
+    rand, _ = build_arch(arch, num_classes, "random")
     return source, rand, arch
 
 
-def _build_weights(run: dict, state: dict, store) -> None:
+def build_weights(run: dict, state: dict, store) -> None:
     """Create the weights file a run needs (idempotent: an existing file is kept)."""
     build, cfgd = run["build"], run["config"]
     path = Path(build["path"])
@@ -231,35 +203,3 @@ def _build_weights(run: dict, state: dict, store) -> None:
         raise ValueError(f"unknown build kind {build['kind']!r}")
     sd, _ = mix_state_dicts(rand, source.state_dict(), arch, int(cfgd["image_size"]), int(build["n"]))
     _save_sd(sd, path)
-
-
-def _register_backbone(run: dict, state: dict, store) -> str | None:
-    """Save a lab-trained base net as a catalogue backbone (``backbones.save_local_backbone``)."""
-    from tl_core.models import backbones
-    from tl_core.training import trainer as training
-    from tl_core.labs.analysis import base_key
-    from tl_core.labs.yosinski import yosinski_backbone_keys
-
-    info, model_dir = _completed_model_dir(run, store)
-    if model_dir is None:
-        return None
-    model, cfg, class_names = training.load_model(model_dir)
-    key_a, key_b = yosinski_backbone_keys(LabConfig.from_dict(state["config"]))
-    task = "A" if base_key(run["key"]) == "baseA" else "B"
-    key = key_a if task == "A" else key_b
-    dc = training.data_config_for(cfg.backbone, model)
-    dc = {k: list(v) if isinstance(v, tuple) else v for k, v in dc.items()}
-    acc = (info.summary or {}).get("best_val_acc")
-    cat = backbones.catalogue()
-    timm_name = cat[cfg.backbone].timm_name if cfg.backbone in cat else cfg.backbone
-    spec = backbones.BackboneSpec(
-        key=key, label=f"Lab source net {task} ({cfg.backbone})", family="Lab", timm_name=timm_name,
-        num_classes=len(class_names), data_config=dc,
-        description=(f"Trained by the Yosinski lab {state['id']} from scratch on task {task}: "
-                     f"{', '.join(class_names)} ({cfg.data}, {cfg.image_size} px"
-                     + (f", {acc:.1%} validation accuracy" if acc is not None else "") + ")."))
-    backbones.save_local_backbone(model, spec)
-    backbones._data_config.cache_clear()
-    for k in [k for k in training._BLOCK_NAMES if k[0] == key]:
-        del training._BLOCK_NAMES[k]
-    return key

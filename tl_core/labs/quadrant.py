@@ -8,11 +8,10 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from tl_core.labs.analysis import INTERVAL, LabResult, _best, _empty, _finish_text, _pct, _pts, by_seed, mean_of, put_mean
-from tl_core.labs.stats import TOL
-from tl_core.labs.config import COMMON_FIELDS, LabConfig, LabInfo, check_run_count, check_two_strategies
+from tl_core.labs.stats import TOL, paired
+from tl_core.labs.analysis import INTERVAL, LabResult, best, by_seed, empty, finish_text, mean_of, pct, pts, put_mean
+from tl_core.labs.config import COMMON_FIELDS, LabInfo, LabSettings, check_run_count, check_two_strategies
 from tl_core.labs.plan import LabRun, run_config
-from tl_core.labs.stats import paired
 
 INFO = LabInfo(
     "quadrant", "Data size × similarity",
@@ -25,14 +24,14 @@ INFO = LabInfo(
 )
 
 
-def defaults(c: LabConfig, gpu: bool) -> None:
+def defaults(c: LabSettings, gpu: bool) -> None:
     c.strategies = ["feature_extraction", "partial", "full"]
     c.image_size, c.epochs = (96, 6) if gpu else (48, 3)
     c.sizes = [5, 20, 100, None] if gpu else [5, 25, 100]
     c.per_class = None
 
 
-def check(cfg: LabConfig) -> None:
+def check(cfg: LabSettings) -> None:
     from tl_core import data
 
     check_two_strategies(cfg)
@@ -43,7 +42,7 @@ def check(cfg: LabConfig) -> None:
         raise ValueError("quadrant needs at least one size")
 
 
-def plan(cfg: LabConfig, wdir: Path) -> list[LabRun]:
+def plan(cfg: LabSettings, wdir: Path) -> list[LabRun]:
     from tl_core.models.strategies import STRATEGIES
 
     n_dom, n_size, n_strat = len(cfg.domains), len(cfg.sizes), len(cfg.strategies)
@@ -88,7 +87,7 @@ def _cell_check(dom: str, size: str, sim: str, acc: dict[str, dict[int, float]],
         if others and any(s in acc for s in rec) else []
     if diffs:
         p = paired(diffs, lambda d: d >= -TOL)  # one seed: the textbook's choice within TOL of the best
-        ok, detail = p.agrees, "" if p.single else f"; textbook's best minus the others' best {p.describe(_pts)}"
+        ok, detail = p.agrees, "" if p.single else f"; textbook's best minus the others' best {p.describe(pts)}"
     else:  # every strategy is the textbook's (or none ran): nothing to beat
         ok, detail = any(s in acc for s in rec), ""
     row = {"domain": dom, "similarity": sim, "images/class": size}
@@ -96,7 +95,7 @@ def _cell_check(dom: str, size: str, sim: str, acc: dict[str, dict[int, float]],
         put_mean(row, s, list(acc.get(s, {}).values()), len(seeds) > 1)
     row.update({"measured best": best, "textbook": " or ".join(sorted(rec)), "agrees": ok})
     check = {"claim": f"{dom} ({sim}), {size}/class → {' or '.join(sorted(rec))}",
-             "measured": f"best {best} {_pct(mean[best])}" + "".join(f", {s} {_pct(mean[s])}" for s in acc
+             "measured": f"best {best} {pct(mean[best])}" + "".join(f", {s} {pct(mean[s])}" for s in acc
                                                                      if s != best) + detail,
              "agrees": ok}
     return row, check, best, mean[best]
@@ -105,7 +104,7 @@ def _cell_check(dom: str, size: str, sim: str, acc: dict[str, dict[int, float]],
 _MARK = {True: "✔", False: "✖", None: "?"}
 
 
-def _grid(cfg: LabConfig, cells: Cells, similarity: dict[str, str], sizes: list[str]) -> tuple[list, list, dict]:
+def _grid(cfg: LabSettings, cells: Cells, similarity: dict[str, str], sizes: list[str]) -> tuple[list, list, dict]:
     """Table rows, checks, and the heatmaps' values and texts (one row per domain, one column per size)."""
     rows, checks = [], []
     grid: dict[str, list] = {"z": [], "best": [], "book": []}
@@ -131,7 +130,7 @@ def _grid(cfg: LabConfig, cells: Cells, similarity: dict[str, str], sizes: list[
     return rows, checks, grid
 
 
-def _figure(cfg: LabConfig, grid: dict, similarity: dict[str, str], sizes: list[str], seeds: int) -> go.Figure:
+def _figure(cfg: LabSettings, grid: dict, similarity: dict[str, str], sizes: list[str], seeds: int) -> go.Figure:
     from tl_core.viz import figures as visuals
 
     ylabels = [f"{d} ({similarity[d]})" for d in cfg.domains]
@@ -147,11 +146,11 @@ def _figure(cfg: LabConfig, grid: dict, similarity: dict[str, str], sizes: list[
     fig.update_yaxes(showticklabels=False, row=1, col=2)
     rule = "✔ = the textbook's choice is within 2 pts of the best" if seeds <= 1 else \
         "✔ / ✖ / ? = the textbook's choice wins / loses / undecided over the seeds"
-    visuals._layout(fig, f"Data size × domain similarity ({rule})", height=440)
+    visuals.layout(fig, f"Data size × domain similarity ({rule})", height=440)
     return fig
 
 
-def analyse_quadrant(cfg: LabConfig, recs: list[dict], similarity: dict[str, str] | None = None) -> LabResult:
+def analyse_quadrant(cfg: LabSettings, recs: list[dict], similarity: dict[str, str] | None = None) -> LabResult:
     from tl_core import data
 
     similarity = similarity or {d: data.BUILTIN[d].similarity if d in data.BUILTIN else "far" for d in cfg.domains}
@@ -160,9 +159,9 @@ def analyse_quadrant(cfg: LabConfig, recs: list[dict], similarity: dict[str, str
     for seed, g in groups.items():
         for key, r in g.items():
             _, dom, size, strat = key.split(":")
-            cells.setdefault((dom, size), {}).setdefault(strat, {})[seed] = _best(r)
+            cells.setdefault((dom, size), {}).setdefault(strat, {})[seed] = best(r)
     if not cells:
-        return _empty("No finished runs yet.")
+        return empty("No finished runs yet.")
     sizes = ["all" if s is None else str(s) for s in cfg.sizes]
     rows, checks, grid = _grid(cfg, cells, similarity, sizes)
     fig = _figure(cfg, grid, similarity, sizes, len(groups))
@@ -171,10 +170,10 @@ def analyse_quadrant(cfg: LabConfig, recs: list[dict], similarity: dict[str, str
     if len(groups) > 1:
         headline = (f"Over {len(groups)} paired seeds the textbook's choice wins in {n[True]} of {len(checks)} cells, "
                     f"loses in {n[False]} and is undecided in {n[None]}.")
-    text, agrees = _finish_text(headline, checks, missing, len(groups))
+    text, agrees = finish_text(headline, checks, missing, len(groups))
     means = {c: {s: mean_of(list(v.values())) for s, v in acc.items()} for c, acc in cells.items()}
     return LabResult(pd.DataFrame(rows), fig, text, agrees, checks, {"cells": means, "seeds": list(groups)})
 
 
-def analyse(cfg: LabConfig, recs: list[dict], state: dict | None = None) -> LabResult:
+def analyse(cfg: LabSettings, recs: list[dict], state: dict | None = None) -> LabResult:
     return analyse_quadrant(cfg, recs)

@@ -7,11 +7,11 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from tl_core.labs.stats import TOL
-from tl_core.labs.analysis import LabResult, _accs, _accuracy_axes, _empty, _finish_text, _legend_below, _pct, _pts, _wall_s, add_band, base_label, by_seed, mean_curve, mean_of, put_mean, seeds_note
-from tl_core.labs.config import COMMON_FIELDS, LabConfig, LabInfo, check_two_strategies
+from tl_core.labs.stats import TOL, paired, tol_rule
+from tl_core.labs.analysis import (LabResult, accs, accuracy_axes, add_band, base_label, by_seed, empty, finish_text,
+                                   legend_below, mean_curve, mean_of, pct, pts, put_mean, seeds_note, wall_s)
+from tl_core.labs.config import COMMON_FIELDS, LabInfo, LabSettings, check_two_strategies
 from tl_core.labs.plan import LabRun, run_config
-from tl_core.labs.stats import paired, tol_rule
 
 INFO = LabInfo(
     "race", "Strategy race",
@@ -24,17 +24,17 @@ INFO = LabInfo(
 )
 
 
-def defaults(c: LabConfig, gpu: bool) -> None:
+def defaults(c: LabSettings, gpu: bool) -> None:
     c.per_class, c.image_size, c.epochs = (30, 128, 12) if gpu else (25, 64, 6)
 
 
-def check(cfg: LabConfig) -> None:
+def check(cfg: LabSettings) -> None:
     if "scratch" not in cfg.strategies:
         raise ValueError("the race needs the 'scratch' strategy: every benefit is measured relative to it")
     check_two_strategies(cfg)
 
 
-def plan(cfg: LabConfig, wdir: Path) -> list[LabRun]:
+def plan(cfg: LabSettings, wdir: Path) -> list[LabRun]:
     from tl_core.models.strategies import STRATEGIES
 
     out = []
@@ -113,8 +113,8 @@ def _table(groups: dict[int, dict], bens: dict[int, dict], keys: list[str]) -> p
                  signed=True)
         row["best vs scratch (pts)"] = round(row["best vs scratch (pts)"], 1)
         m = recs[0]["summary"]
-        row.update({"final acc": mean_of([_accs(r)[-1] for r in recs]), "time (s)": round(mean_of(
-            [_wall_s(r) for r in recs]), 1), "trainable params": m.get("trainable_params"),
+        row.update({"final acc": mean_of([accs(r)[-1] for r in recs]), "time (s)": round(mean_of(
+            [wall_s(r) for r in recs]), 1), "trainable params": m.get("trainable_params"),
             "total params": m.get("total_params"), "run": ", ".join(r["run_id"] for r in recs)})
         if multi:
             row["seeds"] = len(recs)
@@ -122,13 +122,13 @@ def _table(groups: dict[int, dict], bens: dict[int, dict], keys: list[str]) -> p
     return pd.DataFrame(rows)
 
 
-def _figure(cfg: LabConfig, groups: dict[int, dict], keys: list[str], target: float) -> go.Figure:
+def _figure(cfg: LabSettings, groups: dict[int, dict], keys: list[str], target: float) -> go.Figure:
     from tl_core.viz import figures as visuals
 
     fig = go.Figure()
     for i, k in enumerate(keys):
         recs = [g[k] for g in groups.values() if k in g]
-        ys = [_accs(r) for r in recs]
+        ys = [accs(r) for r in recs]
         scratch = k == "scratch"
         colour = visuals.NEUTRAL if scratch else visuals.RUN_COLOURS[i % len(visuals.RUN_COLOURS)]
         add_band(fig, list(range(1, max(map(len, ys)) + 1)), ys, base_label(recs[0]["label"]), colour,
@@ -137,10 +137,10 @@ def _figure(cfg: LabConfig, groups: dict[int, dict], keys: list[str], target: fl
     fig.add_hline(y=target, line=dict(color=visuals.NEUTRAL, dash="dot", width=1.5),
                   annotation_text=f"target {target:.0%} (scratch's best{mean_note})" if cfg.target_acc is None
                   else f"target {target:.0%}", annotation_position="bottom right")
-    _accuracy_axes(fig)
-    visuals._layout(fig, f"Strategy race: {cfg.backbone} on {cfg.data}, {cfg.per_class or 'all'} images/class, "
+    accuracy_axes(fig)
+    visuals.layout(fig, f"Strategy race: {cfg.backbone} on {cfg.data}, {cfg.per_class or 'all'} images/class, "
                          f"{cfg.image_size} px{seeds_note(len(groups))}", height=520)
-    return _legend_below(fig)
+    return legend_below(fig)
 
 
 def _fewer_epochs(d: float) -> bool | None:
@@ -155,7 +155,7 @@ _CLAIMS = (("start", "higher start", "accuracy after epoch 1", "start_diff", tol
 
 def _detail(key: str, k: str, p, bens: dict[int, dict]) -> str:
     if key != "slope":
-        return f"{k} {p.describe(_pts)}"
+        return f"{k} {p.describe(pts)}"
     if p.single:
         return f"{k} {next(iter(bens.values()))['strategies'][k]['epochs_to_target'] or 'never'}"
     return f"{k} {p.describe(lambda d: f'{d:+.1f}')} epochs sooner"
@@ -187,28 +187,28 @@ def _checks(bens: dict[int, dict], keys: list[str]) -> list[dict]:
     return checks
 
 
-def analyse_race(cfg: LabConfig, recs: list[dict]) -> LabResult:
+def analyse_race(cfg: LabSettings, recs: list[dict]) -> LabResult:
     groups, missing = by_seed(recs)
     groups = {s: g for s, g in groups.items() if "scratch" in g}
     if not groups:
-        return _empty("The race needs a finished 'scratch' run: every benefit is relative to it.")
-    bens = {s: race_benefits({k: _accs(r) for k, r in g.items()}, "scratch", cfg.target_acc)
+        return empty("The race needs a finished 'scratch' run: every benefit is relative to it.")
+    bens = {s: race_benefits({k: accs(r) for k, r in g.items()}, "scratch", cfg.target_acc)
             for s, g in groups.items()}
     keys = list(dict.fromkeys(k for g in groups.values() for k in g))
     checks = _checks(bens, keys)
-    curves = {k: mean_curve([_accs(g[k]) for g in groups.values() if k in g]) for k in keys}
+    curves = {k: mean_curve([accs(g[k]) for g in groups.values() if k in g]) for k in keys}
     best_key = max(curves, key=lambda k: max(curves[k]))
     sc = curves["scratch"]
-    headline = (f"Scratch reached {_pct(sc[0])} after epoch 1 and {_pct(max(sc))} at best; the best strategy was "
-                f"**{best_key}** with {_pct(max(curves[best_key]))} ({_pts(max(curves[best_key]) - max(sc))} vs "
+    headline = (f"Scratch reached {pct(sc[0])} after epoch 1 and {pct(max(sc))} at best; the best strategy was "
+                f"**{best_key}** with {pct(max(curves[best_key]))} ({pts(max(curves[best_key]) - max(sc))} vs "
                 f"scratch).")
     if len(groups) > 1:
         headline += f" (Means of {len(groups)} seeds.)"
-    text, agrees = _finish_text(headline, checks, missing, len(groups))
+    text, agrees = finish_text(headline, checks, missing, len(groups))
     target = mean_of([b["target"] for b in bens.values()])
     return LabResult(_table(groups, bens, keys), _figure(cfg, groups, keys, target), text, agrees, checks,
                      {"benefits": next(iter(bens.values())), "benefits_by_seed": bens, "seeds": list(groups)})
 
 
-def analyse(cfg: LabConfig, recs: list[dict], state: dict | None = None) -> LabResult:
+def analyse(cfg: LabSettings, recs: list[dict], state: dict | None = None) -> LabResult:
     return analyse_race(cfg, recs)

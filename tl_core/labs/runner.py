@@ -25,16 +25,17 @@ import time
 import traceback
 from pathlib import Path
 
-from tl_core.runs import store as runs_mod
+from tl_core.paths import default_runs_dir
+from tl_core.runs import policy
+from tl_core.runs.store import HEARTBEAT_S, RunStore
 from tl_core.labs.analysis import LabResult
-from tl_core.labs.config import LabConfig, load_config_file
-from tl_core.labs.plan import _build_weights, _register_backbone, plan_runs
-from tl_core.labs.registry import analyse, module
+from tl_core.labs.plan import build_weights
+from tl_core.labs.registry import LabConfig, analyse, load_config_file, module, plan_runs
 
 LAB_STATE = "lab.json"
 LAB_LOG = "lab.log"
 STOP_FILE = "STOP"
-ACTIVE = ("queued", "running")
+ACTIVE = ("queued", "running")  # a lab's statuses while it waits or runs (as a run's)
 
 # ----------------------------------------------------------------------------- lab state on disk
 
@@ -72,11 +73,11 @@ def read_state(lab_id: str, runs_dir=None) -> dict:
     state = json.loads((folder / LAB_STATE).read_text())
     pid = _lab_pid(folder, state)
     if state.get("status") in ACTIVE and pid:
-        alive, _ = runs_mod._pid_alive(pid)
+        alive, _ = policy.pid_alive(pid)
         if not alive and state.get("status") in ACTIVE:  # re-read: it may have just finished
             state = json.loads((folder / LAB_STATE).read_text())
             if state.get("status") in ACTIVE:
-                state.update(status="failed", reason=runs_mod.DIED, finished=time.time())
+                state.update(status="failed", reason=policy.DIED, finished=time.time())
                 _write_state(folder, state)
     return state
 
@@ -100,7 +101,7 @@ def list_labs(runs_dir=None, lab: str | None = None, owner: str | None = None) -
 
 def _open_store(store, runs_dir):
     """(store, whether this call opened it and must close it)."""
-    return (store, False) if store is not None else (runs_mod.RunStore(runs_dir), True)
+    return (store, False) if store is not None else (RunStore(runs_dir), True)
 
 
 def create_lab(cfg: LabConfig, runs_dir=None, store=None, owner: str | None = None) -> dict:
@@ -141,7 +142,7 @@ def launch_lab(cfg: LabConfig, runs_dir=None, owner: str | None = None) -> str:
             [sys.executable, "-m", "tl_core.labs", "run", state["id"], "--runs-dir", state["runs_dir"]],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     (folder / "lab.pid").write_text(str(proc.pid))  # read_state notices a process that died early
-    store = runs_mod.RunStore(runs_dir)
+    store = RunStore(runs_dir)
     try:  # the runs belong to this process from now on: the store's reaper watches it
         for r in state["runs"]:
             store.attach_worker(r["run_id"], proc.pid)
@@ -160,7 +161,7 @@ def stop_lab(lab_id: str, runs_dir=None, by: str | None = None, teacher: bool = 
     if owner is not None and by != owner and not teacher:
         raise PermissionError(f"this lab belongs to {owner}; only they or the teacher can stop it")
     (folder / STOP_FILE).touch()
-    store = runs_mod.RunStore(runs_dir or state.get("runs_dir"))
+    store = RunStore(runs_dir or state.get("runs_dir"))
     try:
         # queued ones first, so the lab process never starts another one
         for r in sorted(state["runs"], key=lambda r: store.get(r["run_id"]).status != "queued"):
@@ -195,7 +196,7 @@ def _start_heartbeat(state: dict, store) -> threading.Event:
     done = threading.Event()
 
     def beat():
-        while not done.wait(runs_mod.HEARTBEAT_S):
+        while not done.wait(HEARTBEAT_S):
             for r in state["runs"]:
                 try:
                     store.heartbeat(r["run_id"])
@@ -209,7 +210,7 @@ def _start_heartbeat(state: dict, store) -> threading.Event:
 def _build_before(r: dict, state: dict, store) -> bool:
     """Build the run's starting weights; False (and the run failed) if that did not work."""
     try:
-        _build_weights(r, state, store)
+        build_weights(r, state, store)
     except Exception as exc:
         traceback.print_exc()
         store.finish(r["run_id"], "failed", f"could not build its starting weights: {exc}")
@@ -217,18 +218,9 @@ def _build_before(r: dict, state: dict, store) -> bool:
     return True
 
 
-def _register_after(r: dict, state: dict, store) -> None:
-    try:
-        key = _register_backbone(r, state, store)
-        if key:
-            print(f"[lab] saved backbone {key}", flush=True)
-            state.setdefault("backbones", []).append(key)
-    except Exception:
-        traceback.print_exc()
-
-
 def _after_run(r: dict, state: dict, store) -> None:
-    """The lab module's optional ``after_run(run, state, store)`` (what_changed: measure the run's CKA)."""
+    """The lab module's optional ``after_run(run, state, store)`` (what_changed: measure the run's CKA;
+    yosinski: save a base net as a backbone)."""
     hook = getattr(module(state["lab"]), "after_run", None)
     if hook is not None:
         try:
@@ -252,8 +244,6 @@ def _run_all(folder: Path, state: dict, store) -> None:
         worker.run(store, r["run_id"])
         if _Flag.terminated:
             break
-        if r.get("after") == "register_backbone":
-            _register_after(r, state, store)
         _after_run(r, state, store)
 
 
@@ -311,7 +301,7 @@ def execute(lab_id: str, runs_dir=None, store=None) -> dict:
 
 def run_lab(cfg: LabConfig, runs_dir=None) -> LabResult:
     """Create and execute a lab in this process; returns its analysis."""
-    store = runs_mod.RunStore(runs_dir)
+    store = RunStore(runs_dir)
     try:
         state = create_lab(cfg, runs_dir, store)
         state = execute(state["id"], runs_dir, store)

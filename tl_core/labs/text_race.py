@@ -9,6 +9,7 @@ analysis reads them from the lab's state and computes them itself only when the 
 from __future__ import annotations
 
 import functools
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +18,14 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from tl_core.labs.analysis import LabResult, _accs, _best, _empty, _finish_text, _legend_below, _pct, _pts, _wall_s, by_seed, mean_of, put_mean, seeds_note
-from tl_core.labs.config import LabConfig, LabInfo
-from tl_core.labs.plan import LabRun, pair_split, run_config
 from tl_core.labs.stats import paired
+from tl_core.labs.analysis import (LabResult, accs, best, by_seed, empty, finish_text, legend_below, mean_of, pct, pts,
+                                   put_mean, seeds_note, wall_s)
+from tl_core.labs.config import LabInfo, LabSettings
+from tl_core.labs.plan import LabRun, pair_split, run_config
 
 ENCODER, WORDS = "minilm_l6", "glove_50d"
-TOKENS = {"default": 48, "gpu": 64}  # the token length of each preset (LabConfig.max_tokens)
+TOKENS = {"default": 48, "gpu": 64}  # the token length of each preset (the max_tokens field)
 PARTIAL_FREEZE = 5  # stem + layers.0..3 frozen: layers.4, layers.5 and the head train ("the last two layers")
 # GloVe fine-tuned: the fresh head at 1e-2 (text "full" runs default to 1e-4, made for a Transformer), the
 # word vectors 2.6x slower (ULMFiT's discriminative factor)
@@ -53,7 +55,7 @@ class TextRun:
     key: str
     label: str
     backbone: str
-    strategy: str  # the LabConfig strategy that selects it
+    strategy: str  # the lab's strategy that selects it
     trains: str  # for people: what this run trains
     min_epochs: int = 0  # cheap runs train at least this many epochs: cached frozen features, tiny GloVe
 
@@ -74,12 +76,12 @@ BY_KEY = {r.key: r for r in RUNS}
 TFIDF, MAJORITY = "TF-IDF + logistic regression", "majority class"
 
 
-def tokens(cfg: LabConfig) -> int:
+def tokens(cfg: LabSettings) -> int:
     """The lab's token length: ``cfg.max_tokens`` (the preset sets it: 48, or 64 for the GPU preset)."""
     return int(cfg.max_tokens)
 
 
-def defaults(c: LabConfig, gpu: bool) -> None:
+def defaults(c: LabSettings, gpu: bool) -> None:
     """default: 400 reviews at 48 tokens, 2 epochs, 1 seed (≤ 5 min on 2 cores); gpu: the issue's sizes
     (1,000 reviews, 64 tokens, 3 epochs, 3 seeds)."""
     c.backbone, c.data = ENCODER, "fine_food"
@@ -88,7 +90,7 @@ def defaults(c: LabConfig, gpu: bool) -> None:
     c.max_tokens = TOKENS["gpu" if gpu else "default"]
 
 
-def check(cfg: LabConfig) -> None:
+def check(cfg: LabSettings) -> None:
     from tl_core.data import texts as text_data
 
     if text_data.data_modality(cfg.data) == "image":
@@ -100,12 +102,12 @@ def check(cfg: LabConfig) -> None:
         raise ValueError("pick at least one strategy besides scratch")
 
 
-def selected(cfg: LabConfig) -> list[TextRun]:
+def selected(cfg: LabSettings) -> list[TextRun]:
     """The runs of the lab's strategies: MiniLM for each; feature_extraction and full also run GloVe."""
     return [r for r in RUNS if r.strategy in cfg.strategies]
 
 
-def plan(cfg: LabConfig, wdir: Path) -> list[LabRun]:
+def plan(cfg: LabSettings, wdir: Path) -> list[LabRun]:
     out = []
     for r in selected(cfg):
         kw = dict(backbone=r.backbone, strategy=r.strategy, max_tokens=tokens(cfg),
@@ -121,7 +123,7 @@ def plan(cfg: LabConfig, wdir: Path) -> list[LabRun]:
 # ----------------------------------------------------------------------------- the lines (no network)
 
 
-def split_config(cfg: LabConfig):
+def split_config(cfg: LabSettings):
     """A TrainConfig with the data, split and token length every run of the lab gets."""
     tc = run_config(cfg, "baseline", backbone=WORDS, strategy="feature_extraction", max_tokens=tokens(cfg))
     pair_split(tc, cfg.seed)
@@ -164,7 +166,7 @@ def tfidf_accuracy(train: list[str], train_y, val: list[str], val_y) -> float:
         return float((model.predict(val) == np.asarray(val_y)).mean())
 
 
-def baselines(cfg: LabConfig) -> dict:
+def baselines(cfg: LabSettings) -> dict:
     """TF-IDF + logistic regression and the majority class on the lab's split (the first ``tokens`` words)."""
     s = split_texts(split_config(cfg))
     n = tokens(cfg)
@@ -179,18 +181,18 @@ def baselines(cfg: LabConfig) -> dict:
 
 @functools.lru_cache(maxsize=8)
 def _cached_baselines(cfg_json: str) -> dict:
-    return baselines(LabConfig.from_json(cfg_json))
+    return baselines(LabSettings(**json.loads(cfg_json)))
 
 
-def meta(cfg: LabConfig) -> dict:
+def meta(cfg: LabSettings) -> dict:
     """Saved in the lab's state when it is created: the two lines, computed once."""
     return {"baselines": baselines(cfg)}
 
 
-def lines(cfg: LabConfig, state: dict | None = None) -> dict:
+def lines(cfg: LabSettings, state: dict | None = None) -> dict:
     """The two lines: from the lab's state, else computed (once per configuration)."""
     got = ((state or {}).get("meta") or {}).get("baselines")
-    return got or _cached_baselines(cfg.to_json(compact=False))
+    return got or _cached_baselines(json.dumps(cfg.to_dict()))
 
 
 # ----------------------------------------------------------------------------- analysis (pure)
@@ -205,7 +207,7 @@ CLAIMS = (("full", "scratch", "pretraining helps: MiniLM fine-tuned beats the sa
 def _final(rec: dict) -> float | None:
     """The validation accuracy after the last epoch: no epoch is picked on the validation set (TF-IDF gets
     no such pick either)."""
-    a = _accs(rec)
+    a = accs(rec)
     return a[-1] if a else None
 
 
@@ -227,8 +229,8 @@ def text_checks(groups: dict[int, dict], lines_: dict) -> list[dict]:
             continue
         p = paired([a - b for a, b in pairs])
         a, b = mean_of([a for a, _ in pairs]), mean_of([b for _, b in pairs])
-        checks.append({"claim": claim, "measured": f"{_name(better)} {_pct(a)} vs {_name(worse)} {_pct(b)} "
-                                                   f"({p.describe(_pts)})", "agrees": p.agrees})
+        checks.append({"claim": claim, "measured": f"{_name(better)} {pct(a)} vs {_name(worse)} {pct(b)} "
+                                                   f"({p.describe(pts)})", "agrees": p.agrees})
     return checks
 
 
@@ -241,13 +243,13 @@ def tfidf_vs_frozen(groups: dict[int, dict], lines_: dict) -> str:
     if t > f:
         tuned = [mean_of([_final(g[k]) for g in groups.values() if k in g]) for k in ("partial", "full")]
         tuned = [v for v in tuned if v is not None]
-        after = (f" Fine-tuned, the same encoder reaches {_pct(max(tuned))}: pretraining pays here once the encoder "
+        after = (f" Fine-tuned, the same encoder reaches {pct(max(tuned))}: pretraining pays here once the encoder "
                  "adapts." if tuned else "")
-        return (f"**TF-IDF + logistic regression beats the frozen MiniLM features**: {_pct(t)} vs {_pct(f)} "
-                f"({_pts(t - f)}). That is a finding, not a bug: all-MiniLM-L6-v2 was trained to put sentences of "
+        return (f"**TF-IDF + logistic regression beats the frozen MiniLM features**: {pct(t)} vs {pct(f)} "
+                f"({pts(t - f)}). That is a finding, not a bug: all-MiniLM-L6-v2 was trained to put sentences of "
                 "similar meaning close together, not to tell praise from complaint, while a logistic regression "
                 "on word counts finds the words that carry this task." + after)
-    return f"Frozen MiniLM features beat TF-IDF + logistic regression: {_pct(f)} vs {_pct(t)} ({_pts(f - t)})."
+    return f"Frozen MiniLM features beat TF-IDF + logistic regression: {pct(f)} vs {pct(t)} ({pts(f - t)})."
 
 
 def _rows(groups: dict[int, dict], lines_: dict) -> pd.DataFrame:
@@ -259,11 +261,11 @@ def _rows(groups: dict[int, dict], lines_: dict) -> pd.DataFrame:
             continue
         finals = [_final(x) for x in recs]
         row = {"model": r.label, "key": r.key, "trains": r.trains, "backbone": r.backbone,
-               "epochs": max(len(_accs(x)) for x in recs)}
+               "epochs": max(len(accs(x)) for x in recs)}
         put_mean(row, "final acc", finals, multi)
-        row["best acc"] = mean_of([_best(x) for x in recs])
+        row["best acc"] = mean_of([best(x) for x in recs])
         row["vs TF-IDF (pts)"] = round((row["final acc"] - lines_["tfidf"]) * 100, 1)
-        row.update({"time (s)": round(mean_of([_wall_s(x) for x in recs]), 1),
+        row.update({"time (s)": round(mean_of([wall_s(x) for x in recs]), 1),
                     "trainable params": recs[0]["summary"].get("trainable_params"),
                     "run": ", ".join(x["run_id"] for x in recs)})
         if multi:
@@ -284,7 +286,7 @@ def _colour(key: str) -> str:
     return visuals.NEUTRAL if key == "scratch" else visuals.RUN_COLOURS[0 if key.startswith("glove") else 1]
 
 
-def _figure(cfg: LabConfig, groups: dict[int, dict], lines_: dict) -> go.Figure:
+def _figure(cfg: LabSettings, groups: dict[int, dict], lines_: dict) -> go.Figure:
     """Each run's final accuracy (mean; whiskers: min–max over the seeds), TF-IDF and the majority as lines."""
     from tl_core.viz import figures as visuals
 
@@ -296,23 +298,23 @@ def _figure(cfg: LabConfig, groups: dict[int, dict], lines_: dict) -> go.Figure:
             continue
         m = float(np.mean(finals))
         values += finals
-        fig.add_scatter(x=[r.label], y=[m], mode="markers+text", name=r.label, text=[_pct(m)],
+        fig.add_scatter(x=[r.label], y=[m], mode="markers+text", name=r.label, text=[pct(m)],
                         textposition="middle right", marker=dict(size=16, color=_colour(r.key)),
                         error_y=dict(type="data", symmetric=False, array=[max(finals) - m],
                                      arrayminus=[m - min(finals)], visible=len(finals) > 1))
     for name, acc, dash in ((TFIDF, lines_["tfidf"], "dash"),
                             (f"{MAJORITY} ({lines_['majority_class']})", lines_["majority"], "dot")):
         fig.add_hline(y=acc, line=dict(color=visuals.NEUTRAL, dash=dash, width=2),
-                      annotation_text=f"{name}: {_pct(acc)}", annotation_position="top left")
+                      annotation_text=f"{name}: {pct(acc)}", annotation_position="top left")
     fig.update_yaxes(title="validation accuracy after the last epoch", tickformat=".0%",
                      range=[max(0.0, min(values) - 0.05), min(1.02, max(values) + 0.05)])
     fig.update_layout(showlegend=False)
-    visuals._layout(fig, f"Does pretraining help on text? {cfg.data}, {lines_['n_train']} training texts, "
+    visuals.layout(fig, f"Does pretraining help on text? {cfg.data}, {lines_['n_train']} training texts, "
                          f"{lines_['tokens']} tokens{seeds_note(len(groups))}", height=520)
-    return _legend_below(fig)
+    return legend_below(fig)
 
 
-def _size_note(cfg: LabConfig, lines_: dict) -> str:
+def _size_note(cfg: LabSettings, lines_: dict) -> str:
     if cfg.preset != "default":
         return ""
     return (f"Sized for a 2-core CPU: {lines_['n_train']} training texts, the first {lines_['tokens']} tokens, "
@@ -321,27 +323,27 @@ def _size_note(cfg: LabConfig, lines_: dict) -> str:
             "81.2%) is the GPU preset.")
 
 
-def analyse_text_race(cfg: LabConfig, recs: list[dict], lines_: dict) -> LabResult:
+def analyse_text_race(cfg: LabSettings, recs: list[dict], lines_: dict) -> LabResult:
     """Pure: run records and the two lines (``lines``) → table, figure, verdict."""
     groups, missing = by_seed(recs)
     if not groups:
-        return _empty("No finished runs yet.")
+        return empty("No finished runs yet.")
     checks = text_checks(groups, lines_)
     means = {r.key: mean_of([_final(g[r.key]) for g in groups.values() if r.key in g]) for r in RUNS}
     means = {k: v for k, v in means.items() if v is not None}
     top = max(means, key=means.get)
     headline = (f"After training on {lines_['n_train']} texts, validation on {lines_['n_val']}: TF-IDF + logistic "
-                f"regression {_pct(lines_['tfidf'])}, always answering {lines_['majority_class']!r} "
-                f"{_pct(lines_['majority'])}; the best network was **{BY_KEY[top].label}** with {_pct(means[top])} "
-                f"({_pts(means[top] - lines_['tfidf'])} vs TF-IDF).")
+                f"regression {pct(lines_['tfidf'])}, always answering {lines_['majority_class']!r} "
+                f"{pct(lines_['majority'])}; the best network was **{BY_KEY[top].label}** with {pct(means[top])} "
+                f"({pts(means[top] - lines_['tfidf'])} vs TF-IDF).")
     extra = tfidf_vs_frozen(groups, lines_)
     headline += f"\n\n{extra}" if extra else ""
-    text, agrees = _finish_text(headline, checks, missing, len(groups))
+    text, agrees = finish_text(headline, checks, missing, len(groups))
     note = _size_note(cfg, lines_)
     text += f"\n\n{note}" if note else ""
     return LabResult(_rows(groups, lines_), _figure(cfg, groups, lines_), text, agrees, checks,
                      {"seeds": list(groups), "baselines": lines_, "final": means})
 
 
-def analyse(cfg: LabConfig, recs: list[dict], state: dict | None = None) -> LabResult:
+def analyse(cfg: LabSettings, recs: list[dict], state: dict | None = None) -> LabResult:
     return analyse_text_race(cfg, recs, lines(cfg, state))

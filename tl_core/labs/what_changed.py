@@ -16,10 +16,11 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from tl_core.labs.analysis import INTERVAL, LabResult, _best, _empty, _finish_text, _pct, base_label, by_seed, mean_of, put_mean
-from tl_core.labs.config import COMMON_FIELDS, LabConfig, LabInfo
-from tl_core.labs.plan import LabRun, run_config
 from tl_core.labs.stats import paired, spread, tol_rule
+from tl_core.labs.analysis import (INTERVAL, LabResult, base_label, best, by_seed, empty, finish_text, mean_of, pct,
+                                   put_mean)
+from tl_core.labs.config import COMMON_FIELDS, LabInfo, LabSettings
+from tl_core.labs.plan import LabRun, run_config
 
 INFO = LabInfo(
     "what_changed", "What changed?",
@@ -41,12 +42,12 @@ UNCHANGED = 1e-4  # a frozen block counts as unchanged when its CKA is within th
 CKA_TOL = 0.02  # single seed: a first-third minus last-third difference beyond this decides
 
 
-def defaults(c: LabConfig, gpu: bool) -> None:
+def defaults(c: LabSettings, gpu: bool) -> None:
     c.per_class, c.image_size, c.epochs = (60, 128, 8) if gpu else (25, 64, 6)
     c.strategies = list(STRATEGIES)
 
 
-def plan(cfg: LabConfig, wdir: Path) -> list[LabRun]:
+def plan(cfg: LabSettings, wdir: Path) -> list[LabRun]:
     """One seed: feature extraction, partial and full fine-tuning (BatchNorm of frozen blocks frozen)."""
     from tl_core.models.strategies import STRATEGIES as ALL
 
@@ -71,10 +72,10 @@ def measure(model_dir, max_images: int = CKA_IMAGES) -> dict:
     from tl_core.models import probes
     from tl_core.models import strategies
     from tl_core.models import surgery
-    from tl_core.training import trainer as training
+    from tl_core.training import checkpoint, trainer as training
     from tl_core.viz import figures as visuals
 
-    tuned, cfg, class_names = models.load_model(model_dir)
+    tuned, cfg, class_names = checkpoint.load_model(model_dir)
     prep = training.prepare(cfg, models.data_config_for(cfg.backbone, tuned))
     val = prep["val_idx"]
     if len(val) > max_images:
@@ -122,13 +123,12 @@ def with_cka(recs: list[dict], state: dict | None) -> list[dict]:
     """The records with ``"cka"`` (from ``measure_folder``) where it can be had: records that carry it
     keep theirs; the others are looked up in their run folder, once the lab is no longer running
     (while it runs, its own process measures each run: ``after_run``)."""
-    from tl_core.runs import store as runs_mod
-    from tl_core.labs.runner import ACTIVE
+    from tl_core.runs.store import ACTIVE, RunStore
 
     need = [r for r in recs if "cka" not in r and r.get("status") in ("completed", "stopped")]
     if not need or not state or not state.get("runs_dir"):
         return recs
-    store = runs_mod.RunStore(state["runs_dir"])
+    store = RunStore(state["runs_dir"])
     found: dict[str, dict] = {}
     try:
         for r in need:
@@ -198,12 +198,12 @@ def _row(recs: list[dict], multi: bool) -> dict:
     lows = [v for v in (lowest_frozen(m) for m in ms) if v is not None]
     row.update({"lowest CKA of a frozen block": round(min(lows), 6) if lows else None,
                 "frozen blocks": len(ms[0].get("frozen", [])), "images": ms[0].get("images")})
-    put_mean(row, "best acc", [_best(r) for r in recs], multi)
+    put_mean(row, "best acc", [best(r) for r in recs], multi)
     row["run"] = ", ".join(r["run_id"] for r in recs)
     return row
 
 
-def cka_figure(cfg: LabConfig, runs: dict[str, list[dict]]) -> go.Figure:
+def cka_figure(cfg: LabSettings, runs: dict[str, list[dict]]) -> go.Figure:
     """Grouped bars, one per block per strategy: the mean CKA over the seeds, error bars min–max."""
     from tl_core.viz import figures as visuals
 
@@ -227,7 +227,7 @@ def cka_figure(cfg: LabConfig, runs: dict[str, list[dict]]) -> go.Figure:
     return fig
 
 
-def analyse_what_changed(cfg: LabConfig, recs: list[dict]) -> LabResult:
+def analyse_what_changed(cfg: LabSettings, recs: list[dict]) -> LabResult:
     """Pure: records carrying ``"cka"`` (a ``measure`` result) → table, grouped bars and the verdict."""
     groups, missing = by_seed(recs)
     unmeasured = [r["label"] + (f" ({r['cka_error']})" if r.get("cka_error") else "")
@@ -235,7 +235,7 @@ def analyse_what_changed(cfg: LabConfig, recs: list[dict]) -> LabResult:
     groups = {s: {k: r for k, r in g.items() if r.get("cka")} for s, g in groups.items()}
     groups = {s: g for s, g in groups.items() if g}
     if not groups:
-        return _empty("No finished runs with a CKA measurement yet.")
+        return empty("No finished runs with a CKA measurement yet.")
     runs: dict[str, list[dict]] = {}
     for g in groups.values():
         for key in sorted(g, key=lambda k: STRATEGIES.index(k) if k in STRATEGIES else len(STRATEGIES)):
@@ -247,13 +247,13 @@ def analyse_what_changed(cfg: LabConfig, recs: list[dict]) -> LabResult:
                 "images, block by block (1 = unchanged); mean of the first and the last third of the blocks: "
                 + "; ".join(f"{base_label(rs[0]['label'])} {mean_of([thirds(r['cka'])[0] for r in rs]):.3f} → "
                             f"{mean_of([thirds(r['cka'])[1] for r in rs]):.3f} (best acc "
-                            f"{_pct(mean_of([_best(r) for r in rs]))})" for rs in runs.values()) + ".")
-    text, agrees = _finish_text(headline, checks, missing, len(groups))
+                            f"{pct(mean_of([best(r) for r in rs]))})" for rs in runs.values()) + ".")
+    text, agrees = finish_text(headline, checks, missing, len(groups))
     if unmeasured:
         text += "\n\nNo CKA measurement yet (it needs the run's saved network): " + "; ".join(unmeasured) + "."
     table = pd.DataFrame([_row(rs, multi) for rs in runs.values()])
     return LabResult(table, cka_figure(cfg, runs), text, agrees, checks, {"seeds": list(groups)})
 
 
-def analyse(cfg: LabConfig, recs: list[dict], state: dict | None = None) -> LabResult:
+def analyse(cfg: LabSettings, recs: list[dict], state: dict | None = None) -> LabResult:
     return analyse_what_changed(cfg, with_cka(recs, state))

@@ -7,11 +7,11 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from tl_core.labs.stats import TOL
-from tl_core.labs.analysis import LabResult, _best, _empty, _finish_text, _legend_below, _n_of, _pct, _pts, add_band, by_seed, mean_of, put_mean, seeds_note
-from tl_core.labs.config import COMMON_FIELDS, LabConfig, LabInfo
-from tl_core.labs.plan import LabRun, _blocks_in, _depths, depth_groups, run_config
-from tl_core.labs.stats import paired
+from tl_core.labs.stats import TOL, paired
+from tl_core.labs.analysis import (LabResult, add_band, base_key, best, by_seed, empty, finish_text, legend_below,
+                                   mean_of, n_of, pct, pts, put_mean, seeds_note)
+from tl_core.labs.config import COMMON_FIELDS, LabInfo, LabSettings
+from tl_core.labs.plan import LabRun, blocks_in, completed_model_dir, depth_groups, depths, run_config
 
 INFO = LabInfo(
     "yosinski", "Your own source task (Yosinski 2014)",
@@ -33,7 +33,7 @@ YOSINSKI_PAPER = {
 VARIANTS = ("BnB", "BnB+", "AnB", "AnB+")
 
 
-def defaults(c: LabConfig, gpu: bool) -> None:
+def defaults(c: LabSettings, gpu: bool) -> None:
     c.backbone, c.image_size, c.per_class, c.lr = "test_resnet", 32, 30, 1e-3
     c.epochs, c.source_epochs = (60, 10) if gpu else (24, 4)  # B has 5 batches per epoch
     c.depths = None if gpu else [1, 3, 5]  # every depth is 4 runs: 3 seeds of 14 runs fit in 5 minutes
@@ -42,7 +42,7 @@ def defaults(c: LabConfig, gpu: bool) -> None:
         c.backbone, c.image_size = "resnet10t", 64
 
 
-def check(cfg: LabConfig) -> None:
+def check(cfg: LabSettings) -> None:
     a, b = yosinski_classes(cfg)
     if set(a) & set(b):
         raise ValueError(f"classes A and B must be disjoint; both have {sorted(set(a) & set(b))}")
@@ -50,7 +50,7 @@ def check(cfg: LabConfig) -> None:
         raise ValueError("classes A and B need at least two classes each")
 
 
-def yosinski_classes(cfg: LabConfig) -> tuple[list[str], list[str]]:
+def yosinski_classes(cfg: LabSettings) -> tuple[list[str], list[str]]:
     """Tasks A and B: disjoint halves of the data set's classes (a seeded split unless given)."""
     import random
 
@@ -72,12 +72,12 @@ def yosinski_classes(cfg: LabConfig) -> tuple[list[str], list[str]]:
     return [c for c in names if c in half], [c for c in names if c not in half]
 
 
-def yosinski_backbone_keys(cfg: LabConfig) -> tuple[str, str]:
+def yosinski_backbone_keys(cfg: LabSettings) -> tuple[str, str]:
     """The catalogue keys the base nets A and B are saved under (``after="register_backbone"``)."""
     return "lab_yosinski_A", "lab_yosinski_B"
 
 
-def plan(cfg: LabConfig, wdir: Path) -> list[LabRun]:
+def plan(cfg: LabSettings, wdir: Path) -> list[LabRun]:
     """Stage 0: the base nets A and B (saved as backbones); stage 1: for every depth n, XnB and XnB+ built
     from base X's first n groups (X = B, A)."""
     a, b = yosinski_classes(cfg)
@@ -89,8 +89,8 @@ def plan(cfg: LabConfig, wdir: Path) -> list[LabRun]:
                **base), stage=0, after="register_backbone"),
            LabRun("baseB", "base B (baseline)", run_config(cfg, "base B (baseline)", classes=b, **base),
                   stage=0, after="register_backbone")]
-    for n in _depths(cfg, len(groups), 1):
-        k = _blocks_in(groups, n)
+    for n in depths(cfg, len(groups), 1):
+        k = blocks_in(groups, n)
         for src, key in (("B", key_b), ("A", key_a)):
             path = wdir / f"{src}_first{n}.safetensors"
             build = {"kind": "run_prefix", "source": f"base{src}", "n": n, "path": str(path)}
@@ -101,6 +101,36 @@ def plan(cfg: LabConfig, wdir: Path) -> list[LabRun]:
                     cfg, f"{name} n={n}", backbone=key, weights="pretrained", weights_file=str(path), classes=b,
                     **strat), stage=1, build=build))
     return out
+
+
+def after_run(run: dict, state: dict, store) -> None:
+    """The lab process's step after each run: a base net that completed becomes a catalogue backbone
+    (``backbones.save_local_backbone``, under ``yosinski_backbone_keys``) for the transfer runs."""
+    from tl_core.models import arch, backbones
+    from tl_core.training.checkpoint import load_model
+
+    if run.get("after") != "register_backbone":
+        return
+    info, model_dir = completed_model_dir(run, store)
+    if model_dir is None:
+        return
+    model, cfg, class_names = load_model(model_dir)
+    key_a, key_b = yosinski_backbone_keys(LabSettings(**state["config"]))
+    task = "A" if base_key(run["key"]) == "baseA" else "B"
+    key = key_a if task == "A" else key_b
+    acc = (info.summary or {}).get("best_val_acc")
+    cat = backbones.catalogue()
+    timm_name = cat[cfg.backbone].timm_name if cfg.backbone in cat else cfg.backbone
+    spec = backbones.BackboneSpec(
+        key=key, label=f"Lab source net {task} ({cfg.backbone})", family="Lab", timm_name=timm_name,
+        num_classes=len(class_names), data_config=arch.jsonable_data_config(arch.data_config_for(cfg.backbone, model)),
+        description=(f"Trained by the Yosinski lab {state['id']} from scratch on task {task}: "
+                     f"{', '.join(class_names)} ({cfg.data}, {cfg.image_size} px"
+                     + (f", {acc:.1%} validation accuracy" if acc is not None else "") + ")."))
+    backbones.save_local_backbone(model, spec)
+    arch.forget(key)
+    print(f"[lab] saved backbone {key}", flush=True)
+    state.setdefault("backbones", []).append(key)
 
 
 # ----------------------------------------------------------------------------- analysis (pure)
@@ -137,9 +167,9 @@ def _figure(curves: Curves, base: dict[int, float]) -> go.Figure:
     lo = min([v for pts in curves.values() for by in pts.values() for v in by.values()] + list(base.values()))
     fig.update_yaxes(title="best validation accuracy on task B", tickformat=".0%",
                      range=[max(0.0, lo - 0.1), 1.01])
-    visuals._layout(fig, "Yosinski et al. 2014 in miniature: BnB, BnB+, AnB, AnB+" + seeds_note(len(seeds)),
+    visuals.layout(fig, "Yosinski et al. 2014 in miniature: BnB, BnB+, AnB, AnB+" + seeds_note(len(seeds)),
                     height=520)
-    return _legend_below(fig)
+    return legend_below(fig)
 
 
 def _per_seed(pts: dict[int, dict[int, float]], base: dict[int, float], fn) -> list[float]:
@@ -155,10 +185,10 @@ def _check_anb(a: dict[int, dict[int, float]], base: dict[int, float]) -> dict |
         return None
     p = paired(diffs, lambda d: d > TOL)
     m, b = _means({"AnB": a})["AnB"], mean_of(list(base.values()))
-    measured = f"AnB n={first}: {_pct(m[first])} → n={last}: {_pct(m[last])} ({_pts(m[last] - m[first])}); " \
-               f"baseline {_pct(b)}"
+    measured = f"AnB n={first}: {pct(m[first])} → n={last}: {pct(m[last])} ({pts(m[last] - m[first])}); " \
+               f"baseline {pct(b)}"
     if not p.single:
-        measured += f"; fall at n={last} (below n={first} or the baseline, the larger): {p.describe(_pts)}"
+        measured += f"; fall at n={last} (below n={first} or the baseline, the larger): {p.describe(pts)}"
     return {"claim": "frozen transfer (AnB) falls off in the higher layers", "measured": measured, "agrees": p.agrees}
 
 
@@ -169,10 +199,10 @@ def _check_anb_plus(ap: dict[int, dict[int, float]], base: dict[int, float]) -> 
     p = paired(diffs, lambda d: d >= 0)
     gap = {n: mean_of([ap[n][s] - base[s] for s in ap[n] if s in base]) for n in ap}
     worst = min(gap, key=lambda n: gap[n])
-    measured = ", ".join(f"n={n} {_pts(gap[n])}" for n in sorted(gap)) + \
-        f" vs baseline {_pct(mean_of(list(base.values())))} (worst n={worst})"
+    measured = ", ".join(f"n={n} {pts(gap[n])}" for n in sorted(gap)) + \
+        f" vs baseline {pct(mean_of(list(base.values())))} (worst n={worst})"
     if not p.single:
-        measured += f"; worst depth per seed {p.describe(lambda d: _pts(d - TOL))} (matches: above {_pts(-TOL)})"
+        measured += f"; worst depth per seed {p.describe(lambda d: pts(d - TOL))} (matches: above {pts(-TOL)})"
     return {"claim": "fine-tuned transfer (AnB+) matches or beats the baseline at every depth",
             "measured": measured, "agrees": p.agrees}
 
@@ -188,9 +218,9 @@ def _check_bnb(bb: dict[int, dict[int, float]]) -> dict | None:
     if not diffs:
         return None
     p = paired(diffs, lambda d: True if d > TOL else None)  # one seed: a weak effect is never refuted
-    measured = f"lowest middle point n={dip}: {_pct(m[dip])} vs ends {_pct(min(m[first], m[last]))}"
+    measured = f"lowest middle point n={dip}: {pct(m[dip])} vs ends {pct(min(m[first], m[last]))}"
     if not p.single:
-        measured += f"; dip below the lower end per seed: {p.describe(_pts)}"
+        measured += f"; dip below the lower end per seed: {p.describe(pts)}"
     return {"claim": "frozen self-transfer (BnB) dips in the middle (co-adaptation) — a weaker "
                      "effect, often invisible in small nets", "measured": measured, "agrees": p.agrees}
 
@@ -204,14 +234,14 @@ def _checks(curves: Curves, base: dict[int, float]) -> list[dict]:
     return [c for c in checks if c is not None]
 
 
-def _headline(cfg: LabConfig, curves: Curves, base: float | None, source: float | None) -> str:
+def _headline(cfg: LabSettings, curves: Curves, base: float | None, source: float | None) -> str:
     a, b = yosinski_classes(cfg)
-    headline = (f"Task A ({', '.join(a)}) source net: {_pct(source)}; baseline B ({', '.join(b)}, "
-                f"{cfg.per_class or 'all'} images/class, from scratch): **{_pct(base)}**.")
+    headline = (f"Task A ({', '.join(a)}) source net: {pct(source)}; baseline B ({', '.join(b)}, "
+                f"{cfg.per_class or 'all'} images/class, from scratch): **{pct(base)}**.")
     ap = _means(curves)["AnB+"]
     if ap:
         n_best = max(ap, key=lambda n: ap[n])
-        headline += f" Best AnB+: {_pct(ap[n_best])} at n={n_best}."
+        headline += f" Best AnB+: {pct(ap[n_best])} at n={n_best}."
     return headline
 
 
@@ -226,25 +256,25 @@ def _table(curves: Curves, base: dict[int, float], multi: bool) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def analyse_yosinski(cfg: LabConfig, recs: list[dict]) -> LabResult:
+def analyse_yosinski(cfg: LabSettings, recs: list[dict]) -> LabResult:
     groups, missing = by_seed(recs)
-    base = {s: _best(g["baseB"]) for s, g in groups.items() if "baseB" in g}
-    source = mean_of([_best(g["baseA"]) for g in groups.values() if "baseA" in g])
+    base = {s: best(g["baseB"]) for s, g in groups.items() if "baseB" in g}
+    source = mean_of([best(g["baseA"]) for g in groups.values() if "baseA" in g])
     curves: Curves = {v: {} for v in VARIANTS}
     for s, g in groups.items():
         for key, r in g.items():
             name = key.split(":")[0]
             if name in curves:
-                curves[name].setdefault(_n_of(key), {})[s] = _best(r)
+                curves[name].setdefault(n_of(key), {})[s] = best(r)
     if not base and not any(curves.values()):
-        return _empty("No finished runs yet.")
+        return empty("No finished runs yet.")
     checks = _checks(curves, base)
     b = mean_of(list(base.values()))
-    text, agrees = _finish_text(_headline(cfg, curves, b, source), checks, missing, len(groups))
+    text, agrees = finish_text(_headline(cfg, curves, b, source), checks, missing, len(groups))
     text += "\n\n**The paper:** " + "; ".join(f"{k}: {v}" for k, v in YOSINSKI_PAPER.items()) + "."
     return LabResult(_table(curves, base, len(groups) > 1), _figure(curves, base), text, agrees, checks,
                      {"baseline": b, "source": source, "curves": _means(curves), "seeds": list(groups)})
 
 
-def analyse(cfg: LabConfig, recs: list[dict], state: dict | None = None) -> LabResult:
+def analyse(cfg: LabSettings, recs: list[dict], state: dict | None = None) -> LabResult:
     return analyse_yosinski(cfg, recs)

@@ -1,15 +1,10 @@
-"""Models of a run: build the architecture a config names, its data config, its block names; save a
-trained model (safetensors weights + the JSON config that rebuilds it) and load it back."""
+"""Models of a run: build the architecture a config names, its data config, its block names (saving and
+loading a trained model: ``tl_core.training.checkpoint``)."""
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 from torch import nn
 
-from tl_core.models import backbones
-from tl_core.training import config
-from tl_core.models import surgery
+from tl_core.models import backbones, surgery
 
 
 def is_timm_arch(name: str) -> bool:
@@ -36,7 +31,7 @@ def modality(backbone: str) -> str:
     return cat[backbone].modality if backbone in cat else "image"
 
 
-BLOCK_NAMES: dict[tuple, list[str]] = {}  # (backbone, image_size) -> block names; labs drop entries they replace
+BLOCK_NAMES: dict[tuple, list[str]] = {}  # (backbone, image_size) -> block names (``forget`` drops some)
 
 
 def block_names(backbone: str, image_size: int) -> list[str]:
@@ -46,6 +41,13 @@ def block_names(backbone: str, image_size: int) -> list[str]:
         model, _ = build_arch(backbone, 2, "random")
         BLOCK_NAMES[key] = surgery.hierarchy(model, image_size).block_names
     return BLOCK_NAMES[key]
+
+
+def forget(backbone: str) -> None:
+    """Drop what is cached about ``backbone`` (block names, data config): a lab saved a new one under its key."""
+    backbones.forget(backbone)
+    for key in [k for k in BLOCK_NAMES if k[0] == backbone]:
+        del BLOCK_NAMES[key]
 
 
 def data_config_for(backbone: str, model: nn.Module | None = None) -> dict:
@@ -61,34 +63,3 @@ def data_config_for(backbone: str, model: nn.Module | None = None) -> dict:
 
 def jsonable_data_config(data_cfg: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in data_cfg.items()}
-
-
-def save_model(model: nn.Module, cfg: config.TrainConfig, class_names: list[str], out_dir) -> Path:
-    """Write ``model.safetensors`` (weights) and ``model.json`` (the config that rebuilds it)."""
-    from safetensors.torch import save_file
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(sd, str(out / "model.safetensors"))
-    meta = {"format": "tl_lab.model/1", "config": cfg.to_dict(), "class_names": list(class_names),
-            "num_classes": len(class_names),
-            "timm_name": backbones.get_spec(cfg.backbone).timm_name if cfg.backbone in backbones.catalogue()
-            else cfg.backbone,
-            "data_config": jsonable_data_config(data_config_for(cfg.backbone, model)),
-            "image_size": cfg.image_size, "normalization": cfg.normalization,
-            "modality": cfg.modality, "max_tokens": cfg.max_tokens}
-    (out / "model.json").write_text(json.dumps(meta, indent=2))
-    return out
-
-
-def load_model(out_dir) -> tuple[nn.Module, config.TrainConfig, list[str]]:
-    """Rebuild a saved model (architecture from its config, weights from safetensors), in eval mode."""
-    out = Path(out_dir)
-    meta = json.loads((out / "model.json").read_text())
-    cfg = config.TrainConfig.from_dict(meta["config"])
-    class_names = meta["class_names"]
-    model, _ = build_arch(cfg.backbone, len(class_names), "random")
-    sd = backbones.read_state_dict(out / "model.safetensors")
-    model.load_state_dict(sd, strict=True)
-    return model.eval(), cfg, class_names

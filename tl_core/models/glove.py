@@ -23,14 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from tl_core.models.text import TextClassifier, pack, unpack, with_mask
+from tl_core.models.text import TEXT_MODELS, TextClassifier, pack, unpack, with_mask
 
-VOCAB_SIZE = 50_000
+VOCAB_SIZE = TEXT_MODELS["glove_50d"].vocab_size - 1  # 50,000 words (row 0 of the table is padding)
 DIM = 50
 PAD = "<pad>"
 SEARCH_WORDS = 100_000  # nearest words and analogies look among this many most frequent words
 # GloVe's corpus was split like this: "don't" -> "do", "n't"; "it's" -> "it", "'s"; punctuation apart.
-_WORDS = re.compile(r"\w+(?=n't)|n't|'\w+|\w+|[^\w\s]")
+WORD_PATTERN = re.compile(r"\w+(?=n't)|n't|'\w+|\w+|[^\w\s]")
 
 
 def glove_dir() -> Path:
@@ -55,7 +55,7 @@ def glove_matrix(limit: int | None = None) -> np.ndarray:
 
 def split_words(text: str) -> list[str]:
     """Lower-case ``text`` and split it into words and punctuation the way GloVe's corpus was."""
-    return _WORDS.findall(text.lower())
+    return WORD_PATTERN.findall(text.lower())
 
 
 class WordTokenizer:

@@ -102,7 +102,8 @@ def _members(names: list[str], owner: dict[str, int], gid: int, model: nn.Module
     return out
 
 
-def _is_module(model: nn.Module, name: str) -> bool:
+def is_module(model: nn.Module, name: str) -> bool:
+    """Whether ``name`` names a submodule of ``model`` (not a bare parameter, e.g. a ViT's ``cls_token``)."""
     try:
         model.get_submodule(name)
         return True
@@ -193,7 +194,7 @@ def _annotate(model: nn.Module, hier: Hierarchy, image_size: int) -> None:
     handles = []
     for i, leaf in enumerate(leaves):
         for m in leaf.members:
-            if not _is_module(model, m):
+            if not is_module(model, m):
                 continue
             mod = model.get_submodule(m)
             leaf.has_bn = leaf.has_bn or any(isinstance(x, _BatchNorm) for x in mod.modules())
@@ -299,7 +300,7 @@ def _set_bn_frozen(bn: _BatchNorm, frozen: bool) -> None:
 
 def block_modules(model: nn.Module, node: Node):
     for m in node.members:
-        if _is_module(model, m):
+        if is_module(model, m):
             yield from model.get_submodule(m).modules()
 
 
@@ -334,12 +335,6 @@ def param_groups(model: nn.Module, hier: Hierarchy, plan: FreezePlan, lr: float,
         groups.append({"params": [params[n] for n in node.param_names], "lr": lr * s.lr_mult,
                        "weight_decay": weight_decay, "name": node.name, "lr_mult": s.lr_mult})
     return groups
-
-
-def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
-    """A fresh classifier for ``num_classes`` (timm's own ``reset_classifier``)."""
-    model.reset_classifier(num_classes)
-    return model
 
 
 # --------------------------------------------------------------------------- splitting for caching

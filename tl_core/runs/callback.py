@@ -57,7 +57,7 @@ class StoreCallback:
         """Save the model (not for a diverged or failed run: its weights are useless)."""
         self.summary = summary
         if (summary or {}).get("status") in ("completed", "stopped") and getattr(trainer, "model", None) is not None:
-            from tl_core.models.arch import save_model
+            from tl_core.training.checkpoint import save_model
 
             try:
                 save_model(trainer.model, trainer.cfg, trainer.class_names, self.store.run_dir(self.run_id))

@@ -3,7 +3,7 @@
 The host (the process that serves the pages) keeps the only queue and the only writer of the run
 store. ``RayExecutor.submit(run_id)`` hands a queued run to this process's host thread, which
 
-- **dispatches**: in the queue policy's order (``executor.POLICY``), a run is sent to the cluster
+- **dispatches**: in the queue policy's order (``policy.POLICY``), a run is sent to the cluster
   when ``ray.available_resources()`` has room for what it declares (``num_gpus=1`` and one CPU
   for a CUDA run, ``num_cpus=N`` threads otherwise); Ray picks the node;
 - **ships the inputs as bytes** (``ray.put``; no shared filesystem): a user data folder (zipped),
@@ -12,7 +12,7 @@ store. ``RayExecutor.submit(run_id)`` hands a queued run to this process's host 
 - **writes every event**: the node runs ``training.fit(cfg, [RemoteCallback])``, which pushes its
   events (steps, epochs, phases, snapshots, the summary) to a small ``Inbox`` actor on the host's
   node; the host drains it a few times a second and applies each event with the same
-  ``runs.StoreCallback`` a local worker uses, so the store logic exists once. The final model comes
+  ``callback.StoreCallback`` a local worker uses, so the store logic exists once. The final model comes
   back as safetensors bytes in the task's result;
 - **forwards stops**: a stop request in the store (from any process) reaches the node as the reply
   to the run's next push, and the node's callback sets ``trainer.should_stop``;
@@ -50,9 +50,10 @@ except ImportError as _exc:  # the local executor never imports this module
     raise ImportError("TL_EXECUTOR=ray needs Ray, which is not installed here: run `make install-ray` "
                       "(pip install -r requirements-ray.txt)") from _exc
 
-from tl_core.runs import executor
+from tl_core.runs.callback import StoreCallback
+from tl_core.runs.policy import POLICY
 from tl_core.runs.ray_node import MODEL_FILES, train_remote
-from tl_core.runs.store import HEARTBEAT_S, RunInfo, RunStore, StoreCallback
+from tl_core.runs.store import HEARTBEAT_S, RunInfo, RunStore
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # tl_core/, shipped to the cluster
 RUNTIME_ENV = {"py_modules": [str(PACKAGE_DIR)], "excludes": ["__pycache__", "*.pyc"]}
@@ -268,7 +269,7 @@ class Host:
         available = self._available(cluster)
         if available.get("CPU", 0) < 1 and available.get("GPU", 0) < 1:
             return
-        for run_id in executor.POLICY.order([(r.id, r.owner) for r in queued.values()]):
+        for run_id in POLICY.order([(r.id, r.owner) for r in queued.values()]):
             need = run_resources(queued[run_id].config, cluster, self.cpus)
             kind = "GPU" if need["num_gpus"] else "CPU"
             if kind not in blocked and fits(need, available):

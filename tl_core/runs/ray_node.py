@@ -7,7 +7,7 @@ the host's ``Inbox`` actor, and each push's reply says whether the run was asked
 (``trainer.should_stop``). The trained model returns as safetensors bytes in the task's result.
 
 A node's worker processes are kept between runs (``max_calls=0``): torch, timm, the built-in data
-sets, the weight files read (``worker.keep_weights``) and the feature cache's memory layer stay warm
+sets, the weight files read (``backbones.keep_weights``) and the feature cache's memory layer stay warm
 there; the feature cache files and decoded data live in the node's folder. Nothing here touches the
 host's run store.
 """
@@ -120,7 +120,7 @@ class RemoteCallback:
         """The trained model as ``MODEL_FILES`` bytes (not for a diverged or failed run, like StoreCallback)."""
         if (self.summary or {}).get("status") not in ("completed", "stopped") or getattr(trainer, "model", None) is None:
             return {}
-        from tl_core.models.arch import save_model
+        from tl_core.training.checkpoint import save_model
 
         with tempfile.TemporaryDirectory(prefix="tl-model-") as tmp:
             save_model(trainer.model, trainer.cfg, trainer.class_names, tmp)
@@ -134,17 +134,6 @@ def _node_env(here: Path) -> None:
     os.environ.setdefault("TL_CACHE_DIR", str(here / "data-cache"))
 
 
-def _ending(summary: dict) -> tuple[str, str | None]:
-    """(status, reason) of a run that ``fit`` ended normally, as the local worker records it."""
-    from tl_core.runs.worker import DIVERGED_ADVICE
-
-    status = summary.get("status") or "completed"
-    reason = summary.get("reason") or ("stopped by request" if status == "stopped" else None)
-    if status == "diverged" and "learning rate" not in (reason or ""):
-        reason = f"{reason or 'Training diverged: the loss became NaN or infinite'}. {DIVERGED_ADVICE}"
-    return status, reason
-
-
 @ray.remote(max_retries=0, max_calls=0)
 def train_remote(run_id: str, config: dict, inputs: list[dict], inbox) -> dict:
     """One run on a node: ``fit`` with a ``RemoteCallback``. Returns status, reason, summary, the
@@ -152,6 +141,8 @@ def train_remote(run_id: str, config: dict, inputs: list[dict], inbox) -> dict:
     ctx = ray.get_runtime_context()
     node = {"node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
             "warm": "torch" in sys.modules}
+    from tl_core.runs import worker  # the local worker's endings and memory (it imports torch: after "warm")
+
     callback = RemoteCallback(run_id, inbox, node)
     callback.buffer.append(("started", node))
     status, reason, summary = "failed", None, None
@@ -162,26 +153,19 @@ def train_remote(run_id: str, config: dict, inputs: list[dict], inbox) -> dict:
         here = node_dir()
         _node_env(here)
         config = materialize(inputs, config, here)
+        from tl_core.models import backbones
         from tl_core.training import trainer as training
-        from tl_core.runs import worker
+        from tl_core.training.config import TrainConfig
 
-        worker.keep_weights()  # weight files stay in this warm worker's memory for the next runs
-
-        summary = training.fit(training.TrainConfig.from_dict(config), [callback])
-        status, reason = _ending(summary)
+        backbones.keep_weights()  # weight files stay in this warm worker's memory for the next runs
+        summary = training.fit(TrainConfig.from_dict(config), [callback])
+        status, reason = worker.ending(summary)
     except BaseException as exc:  # record every ending
-        from tl_core.runs.worker import _outcome
-
         traceback.print_exc()
-        status, reason = _outcome(exc)
+        status, reason = worker.outcome(exc)
         summary = callback.summary
     finally:
         callback.flush()
-        _free_memory()
+        worker.free_memory()  # the worker stays warm for the next run; the memory of this one need not
     return {"status": status, "reason": reason, "summary": _plain(summary), "model": callback.model, "node": node}
 
-
-def _free_memory() -> None:
-    """The worker stays warm for the next run; the memory of this one need not."""
-    if "tl_core.runs.worker" in sys.modules:
-        sys.modules["tl_core.runs.worker"]._free_memory()

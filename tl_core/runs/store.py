@@ -1,7 +1,7 @@
 """The run store: one SQLite file and one folder per run, shared by every process that reads or
 writes runs.
 
-A run flows one way: page/CLI → ``launch(cfg, owner=...)`` → a worker (``tl_core.runs.executor``: by default
+A run flows one way: page/CLI → ``launcher.launch(cfg, owner=...)`` → a worker (``tl_core.runs.executor``: by default
 a warm ``python -m tl_core.runs.worker --serve`` process that claims queued runs) → ``RunStore`` → any
 number of readers (pages, other tabs, the CLI).
 
@@ -10,14 +10,15 @@ workers) plus one folder per run for artefacts (``run.json``: the run's row, rew
 created and when it ends; ``metrics.jsonl``: its epoch and phase rows; ``worker.log``,
 ``snapshots/epoch_NNN.npz``, ``model.safetensors``, ``model.json``, ``summary.json``). Nothing is ever
 pickled. Every SQL statement lives here; what the rows mean for execution (device slots, queue
-order, when a worker counts as dead) is decided in ``tl_core.runs.executor``.
+order, when a worker counts as dead) is decided in ``tl_core.runs.policy``.
 
 Runs carry an ``owner`` (a student's name in classroom mode, None otherwise): only the owner or the
 teacher may stop an owned run (``request_stop``).
 
-Liveness: a worker updates its heartbeat every ``HEARTBEAT_S``. Any reader that sees an active
-run whose worker is gone, or whose heartbeat is older than ``STALE_S``, marks it failed, so a
-run never stays "running" forever; queued runs waiting for a warm pool that died get a new pool.
+Liveness: a worker updates its heartbeat every ``HEARTBEAT_S``. ``reap`` marks an active run whose
+worker is gone, or whose heartbeat is older than ``policy.STALE_S``, failed, so a run never stays
+"running" forever; reads never write (``executor.reap`` also restarts a warm pool that died while
+runs wait for it: warm workers, pages and the CLI call it as they refresh).
 
 A damaged ``runs.sqlite`` (``sqlite3.DatabaseError`` when it is opened or read) is moved aside and a
 fresh store is rebuilt from the run folders (``tl_core.runs.repair``); ``RunStore.recovered`` then
@@ -31,19 +32,16 @@ import secrets
 import sqlite3
 import threading
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tl_core.runs import executor
-from tl_core.runs import repair as store_repair
+from tl_core.devices import device_key
 from tl_core.paths import default_runs_dir
-from tl_core.runs.executor import DIED, NEVER_STARTED_S, STALE_S, Executor, LocalExecutor, ProcessExecutor, device_limit, get_executor, launch, resolve_device
-from tl_core.runs.executor import pid_alive as _pid_alive
-from tl_core.runs.store_json import dumps as _dumps, jsonable as _jsonable, loads as _loads
-from tl_core.runs.store_json import write_atomic as _write_atomic
+from tl_core.runs import policy
+from tl_core.runs import repair as store_repair
+from tl_core.runs.store_json import dumps, loads, write_atomic
 
 STATUSES = ("queued", "running", "completed", "stopped", "failed", "diverged")
 ACTIVE = ("queued", "running")
@@ -237,11 +235,11 @@ class RunStore:
         name = config.get("name") or " · ".join(
             str(config.get(k)) for k in ("backbone", "strategy", "data") if config.get(k)
         )
-        device = device or executor.resolve_device(config.get("device"))
+        device = device or device_key(config.get("device"))
         self.run_dir(run_id).mkdir(parents=True)
         self._q(
             "INSERT INTO runs (id, name, status, reason, config, device, created, owner) VALUES (?,?,?,?,?,?,?,?)",
-            (run_id, name, "queued", "waiting for a worker", _dumps(config), device, time.time(), owner),
+            (run_id, name, "queued", "waiting for a worker", dumps(config), device, time.time(), owner),
         )
         self._write_record(run_id)
         return run_id
@@ -251,8 +249,8 @@ class RunStore:
         rows = self._q(f"SELECT {', '.join(_RECORD_KEYS)} FROM runs WHERE id=?", (run_id,))
         if rows:
             record = {k: rows[0][k] for k in _RECORD_KEYS}
-            record["config"] = _loads(record["config"])
-            _write_atomic(self.run_dir(run_id) / RECORD, _dumps(record))
+            record["config"] = loads(record["config"])
+            write_atomic(self.run_dir(run_id) / RECORD, dumps(record))
 
     def assign(self, run_id: str, executor_name: str) -> str:
         """Mark who executes a queued run (``"pool"``: any warm worker may claim it). Returns its device."""
@@ -262,7 +260,7 @@ class RunStore:
         return rows[0]["device"]
 
     def get(self, run_id: str) -> RunInfo:
-        self.reap()
+        self._reopen_if_replaced()
         rows = self._q("SELECT * FROM runs WHERE id = ?", (run_id,))
         if not rows:
             raise KeyError(f"no run {run_id!r} in {self.runs_dir}")
@@ -270,7 +268,7 @@ class RunStore:
 
     def list_runs(self, owner: str | None = None) -> list[RunInfo]:
         """All runs (or only those of ``owner``), newest first."""
-        self.reap()
+        self._reopen_if_replaced()
         rows = (self._q("SELECT * FROM runs ORDER BY n DESC") if owner is None
                 else self._q("SELECT * FROM runs WHERE owner=? ORDER BY n DESC", (owner,)))
         queues: dict[str, list] = {}
@@ -283,58 +281,54 @@ class RunStore:
             if row["device"] not in queues:
                 with self._lock:
                     queues[row["device"]] = self._queued(self._db, row["device"])
-            position = executor.POLICY.position(row["id"], queues[row["device"]])
+            position = policy.POLICY.position(row["id"], queues[row["device"]])
             if position is not None:
                 reason = f"waiting for a free {row['device']} slot (position {position} in the queue)"
         return RunInfo(
             id=row["id"], name=row["name"], status=row["status"], reason=reason,
-            config=_loads(row["config"]), created=row["created"], started=row["started"],
-            finished=row["finished"], device=row["device"], summary=_loads(row["summary"]),
-            queue_position=position, info=_loads(row["info"]), pid=row["pid"],
+            config=loads(row["config"]), created=row["created"], started=row["started"],
+            finished=row["finished"], device=row["device"], summary=loads(row["summary"]),
+            queue_position=position, info=loads(row["info"]), pid=row["pid"],
             heartbeat=row["heartbeat"], stop_requested=bool(row["stop_requested"]),
             owner=row["owner"], executor=row["executor"],
         )
 
     def reap(self) -> list[str]:
-        """Mark active runs whose worker is gone (``executor.why_dead``) as failed; restart the warm
-        pool of a device whose queued runs wait for it (``executor.ensure_pool``). Returns the failed ids."""
+        """Mark active runs whose worker is gone (``policy.why_dead``) as failed; returns their ids. Runs that
+        wait for a warm worker are left to ``executor.reap`` (it starts the pool)."""
         self._reopen_if_replaced()
         now = time.time()
-        failed, waiting = [], set()
-        for row in self._q("SELECT id, status, pid, heartbeat, created, device, executor FROM runs "
+        failed = []
+        for row in self._q("SELECT id, status, pid, heartbeat, created, executor FROM runs "
                            "WHERE status IN ('queued','running')"):
-            if row["status"] == "queued" and row["executor"] == executor.POOL and row["pid"] is None:
-                waiting.add(row["device"])
+            if row["status"] == "queued" and row["executor"] == policy.POOL and row["pid"] is None:
                 continue
-            reason = executor.why_dead(row["pid"], row["heartbeat"], row["created"], now)
+            reason = policy.why_dead(row["pid"], row["heartbeat"], row["created"], now)
             if reason:
                 failed += [r[0] for r in self._q(
                     "UPDATE runs SET status='failed', reason=?, finished=? WHERE id=? AND status=? AND pid IS ? "
                     "RETURNING id",
                     (reason, now, row["id"], row["status"], row["pid"]),
                 )]
-        for device in sorted(waiting):
-            failed += self._revive_pool(device, now)
         for run_id in failed:
             self._write_record(run_id)
         return failed
 
-    def _revive_pool(self, device: str, now: float) -> list[str]:
-        """Queued runs wait for the warm workers of ``device``: start them if none lives; if none can,
-        fail the runs that waited longer than ``NEVER_STARTED_S``."""
-        try:
-            executor.ensure_pool(self, device)
-        except OSError:
-            traceback.print_exc()
-        if executor.live_workers(self, device, now):
-            return []
-        reason = (f"no warm worker could start for {device} (see {executor.pool_log(self.runs_dir, device)}); "
-                  "launch it again, or set TL_EXECUTOR=process")
-        return [r[0] for r in self._q(
+    def pool_waiting(self) -> list[str]:
+        """The devices whose queued runs wait for a warm worker, sorted."""
+        return [r[0] for r in self._q("SELECT DISTINCT device FROM runs WHERE status='queued' AND executor=? "
+                                      "AND pid IS NULL ORDER BY device", (policy.POOL,))]
+
+    def fail_unserved(self, device: str, reason: str, before: float) -> list[str]:
+        """Fail the runs queued for the warm workers of ``device`` since before ``before``; returns their ids."""
+        failed = [r[0] for r in self._q(
             "UPDATE runs SET status='failed', reason=?, finished=? WHERE status='queued' AND executor=? AND device=? "
             "AND pid IS NULL AND created<? RETURNING id",
-            (reason, now, executor.POOL, device, now - executor.NEVER_STARTED_S),
+            (reason, time.time(), policy.POOL, device, before),
         )]
+        for run_id in failed:
+            self._write_record(run_id)
+        return failed
 
     def request_stop(self, run_id: str, by: str | None = None, teacher: bool = False) -> str:
         """Stop a run: a queued run is cancelled at once, a running one stops within a batch.
@@ -372,7 +366,7 @@ class RunStore:
 
     @staticmethod
     def _queued(db, device: str) -> list[tuple[str, str | None]]:
-        """(id, owner) of the runs queued on ``device``, oldest first (``executor.POLICY`` orders them)."""
+        """(id, owner) of the runs queued on ``device``, oldest first (``policy.POLICY`` orders them)."""
         return [(r[0], r[1]) for r in db.execute(
             "SELECT id, owner FROM runs WHERE status='queued' AND device=? ORDER BY n", (device,))]
 
@@ -383,7 +377,7 @@ class RunStore:
     def pool_demand(self, device: str) -> int:
         """Runs of the warm pool on ``device`` that are queued or training."""
         return self._q("SELECT COUNT(*) FROM runs WHERE executor=? AND device=? AND status IN ('queued','running')",
-                       (executor.POOL, device))[0][0]
+                       (policy.POOL, device))[0][0]
 
     def active_count(self) -> int:
         """Runs queued or training, on any device (how crowded the server is)."""
@@ -395,8 +389,9 @@ class RunStore:
             return self._repairing(lambda: self._running(self._db, device))
 
     def try_start(self, run_id: str) -> bool:
-        """Claim a device slot when the queue policy (``executor.POLICY``: round robin across owners per
-        device, ``device_limit`` at once) lets ``run_id`` start. Queued → running atomically."""
+        """Claim a device slot when the queue policy (``policy.POLICY``: round robin across owners per
+        device, ``device_limit`` at once) lets ``run_id`` start (after ``reap`` freed the slots of dead
+        runs). Queued → running atomically."""
         self.reap()
 
         def claim(db) -> bool:
@@ -404,7 +399,7 @@ class RunStore:
             if row is None or row["status"] != "queued":
                 return False
             device = row["device"]
-            if not executor.POLICY.may_start(run_id, device, self._queued(db, device), self._running(db, device)):
+            if not policy.POLICY.may_start(run_id, device, self._queued(db, device), self._running(db, device)):
                 return False
             db.execute(
                 "UPDATE runs SET status='running', reason='starting: loading libraries, data and model', started=?, heartbeat=? "
@@ -422,18 +417,18 @@ class RunStore:
         holds some, it takes more only when every slot is busy."""
         self._reopen_if_replaced()
         if not self._q("SELECT 1 FROM runs WHERE status='queued' AND device=? AND executor=? LIMIT 1",
-                       (device, executor.POOL)):
+                       (device, policy.POOL)):
             return None  # the idle poll: a read, no write lock
 
         def claim(db) -> str | None:
             rows = db.execute("SELECT id, owner, executor FROM runs WHERE status='queued' AND device=? ORDER BY n",
                               (device,)).fetchall()
-            pool = {r["id"] for r in rows if r["executor"] == executor.POOL}
+            pool = {r["id"] for r in rows if r["executor"] == policy.POOL}
             others = db.execute("SELECT pid FROM runs WHERE status='running' AND device=? AND pid IS NOT ?",
                                 (device, pid)).fetchall()
-            busy, slots = len({r[0] or -i for i, r in enumerate(others)}), executor.POLICY.slots(device)
+            busy, slots = len({r[0] or -i for i, r in enumerate(others)}), policy.POLICY.slots(device)
             free = int(busy + 1 >= slots) if held else slots - busy  # a worker with runs lets idle ones go first
-            for run_id in executor.POLICY.order([(r["id"], r["owner"]) for r in rows])[:max(free, 0)]:
+            for run_id in policy.POLICY.order([(r["id"], r["owner"]) for r in rows])[:max(free, 0)]:
                 if run_id in pool:
                     now = time.time()
                     db.execute("UPDATE runs SET status='running', reason='starting: loading data and model', "
@@ -463,17 +458,17 @@ class RunStore:
                     (info.reason, run_id, info.reason))
 
     def set_info(self, run_id: str, info: dict) -> None:
-        self._q("UPDATE runs SET info=?, reason=NULL WHERE id=?", (_dumps(info), run_id))
+        self._q("UPDATE runs SET info=?, reason=NULL WHERE id=?", (dumps(info), run_id))
 
     def finish(self, run_id: str, status: str, reason: str | None = None, summary: dict | None = None) -> None:
         """Record the final status (only if the run is still active: a reaper may have been first)."""
         assert status in STATUSES and status not in ACTIVE, status
         if summary is not None:
-            (self.run_dir(run_id) / "summary.json").write_text(_dumps(summary))
+            (self.run_dir(run_id) / "summary.json").write_text(dumps(summary))
         self._q(
             "UPDATE runs SET status=?, reason=?, finished=?, summary=COALESCE(?, summary) "
             "WHERE id=? AND status IN ('queued','running')",
-            (status, reason, time.time(), None if summary is None else _dumps(summary), run_id),
+            (status, reason, time.time(), None if summary is None else dumps(summary), run_id),
         )
         self._write_record(run_id)
 
@@ -519,7 +514,7 @@ class RunStore:
     # --- metrics and snapshots ------------------------------------------------------------------
     def append_metric(self, run_id: str, kind: str, data: dict) -> int:
         """Add a metric row; epoch and phase rows also go to the run folder's ``metrics.jsonl``."""
-        text = _dumps(data)
+        text = dumps(data)
         seq = self._q("INSERT INTO metrics (run_id, kind, data) VALUES (?,?,?) RETURNING seq", (run_id, kind, text))[0][0]
         if kind in ("epoch", "phase"):
             with open(self.run_dir(run_id) / METRICS_LOG, "a") as f:
@@ -529,13 +524,13 @@ class RunStore:
     def restore(self, record: dict, summary: dict | None, metrics: list[tuple[str, dict]]) -> None:
         """Insert a run rebuilt from its folder (``tl_core.runs.repair``), with its metric rows."""
         row = {k: record.get(k) for k in _RECORD_KEYS}
-        row["config"] = _dumps(row["config"] or {})
-        row["summary"] = None if summary is None else _dumps(summary)
+        row["config"] = dumps(row["config"] or {})
+        row["summary"] = None if summary is None else dumps(summary)
         keys = list(row)
         self._q(f"INSERT OR IGNORE INTO runs ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})",
                 [row[k] for k in keys])
         for kind, data in metrics:
-            self._q("INSERT INTO metrics (run_id, kind, data) VALUES (?,?,?)", (row["id"], kind, _dumps(data)))
+            self._q("INSERT INTO metrics (run_id, kind, data) VALUES (?,?,?)", (row["id"], kind, dumps(data)))
 
     def metrics(self, run_id: str, kind: str = "epoch", after_seq: int = 0) -> list[dict]:
         """Metric rows of ``kind`` ("epoch", "step" or "phase") with seq > ``after_seq``, oldest first.
@@ -572,9 +567,7 @@ class RunStore:
         return out
 
     def model_dir(self, run_id: str) -> Path | None:
-        """The run folder if it holds a saved model (``training.load_model(path)``), else None."""
+        """The run folder if it holds a saved model (``checkpoint.load_model(path)``), else None."""
         d = self.run_dir(run_id)
         return d if (d / "model.safetensors").exists() else None
 
-
-from tl_core.runs.callback import STEP_EVERY_S, StoreCallback  # noqa: E402,F401

@@ -1,8 +1,8 @@
 """Worker processes: where runs train.
 
 - ``python -m tl_core.runs.worker --serve --device cpu --runs-dir DIR``: a **warm worker** of the pool
-  (``executor.LocalExecutor``, the default). It starts once, imports torch and timm, keeps the
-  weights it has read (a small LRU) and the decoded data sets (``tl_core.data``'s own cache) in
+  (``executor.LocalExecutor``, the default). It starts once, imports torch and timm, keeps the weights
+  it has read (``backbones.keep_weights``) and the decoded data sets (``tl_core.data``'s own cache) in
   memory, and loops: claim the next queued run of its device (``RunStore.claim_next``: atomic, in
   the queue policy's fair order), train it in-process, repeat. It looks at the queue every
   ``executor.WORKER_POLL_S`` and exits after ``$TL_WORKER_IDLE_S`` idle (900 s), after
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import gc
 import os
 import signal
@@ -27,17 +26,15 @@ import sys
 import threading
 import time
 import traceback
-from collections import OrderedDict
-from pathlib import Path
 
-from tl_core.runs.executor import ORPHAN_IDLE_S, WORKER_POLL_S, device_limit, worker_idle_s
-from tl_core.runs.store import HEARTBEAT_S, RunStore, StoreCallback
+from tl_core.runs.callback import StoreCallback
+from tl_core.runs.executor import ORPHAN_IDLE_S, WORKER_POLL_S, reap, worker_idle_s
+from tl_core.runs.policy import device_limit, env_int
+from tl_core.runs.store import HEARTBEAT_S, RunStore
 from tl_core.runs.turns import TurnCallback, Turns
 
 QUEUE_POLL_S = 0.2
 THREAD_CHECK_S = 1.0  # how often a CPU run looks at how many runs share the cores
-WEIGHTS_LRU = 4  # weight files a warm worker keeps in memory ...
-WEIGHTS_LRU_BYTES = 512 * 2**20  # ... taking at most this much (by file size; the newest always stays)
 
 INTERLEAVE_CPU = 32  # runs a CPU warm worker holds at once, taking turns ($TL_INTERLEAVE) ...
 HOLD_RAM_FRACTION = 0.4  # ... while the worker takes less than this share of the machine's RAM
@@ -128,23 +125,30 @@ def _thread_share(store: RunStore, cfg, device: str, turns: Turns | None = None)
     return share
 
 
-def _outcome(exc: BaseException) -> tuple[str, str]:
-    """(status, reason) for an exception that ended the training."""
+def outcome(exc: BaseException) -> tuple[str, str]:
+    """(status, reason) for an exception that ended the training: ``trainer.outcome``'s (its first line, with
+    ``ending``'s advice), or what to do when the memory ran out; a terminated worker says so."""
     from tl_core.training import trainer as training
 
-    name = type(exc).__name__
-    if isinstance(exc, training.Diverged):
-        return "diverged", f"Training diverged: {exc or 'the loss became NaN or infinite'}. {DIVERGED_ADVICE}"
-    if isinstance(exc, training.CancelFit):
-        return "stopped", str(exc) or "stopped"
+    name, text = type(exc).__name__, str(exc)
     if isinstance(exc, Terminated):
         return "failed", f"worker process was terminated ({exc})"
-    text = str(exc)
     if name == "OutOfMemoryError" or "out of memory" in text.lower() or "can't allocate memory" in text:
         return "failed", f"{OOM_ADVICE} ({name}: {text.splitlines()[0] if text else ''})"
     if isinstance(exc, MemoryError):
         return "failed", OOM_ADVICE
-    return "failed", f"{name}: {text.splitlines()[0] if text else 'no message'}"
+    status, reason, error = training.outcome(exc)
+    first = (reason.splitlines() or [""])[0] + ("no message" if error is not None and not text else "")
+    return ending({"status": status, "reason": first})
+
+
+def ending(summary: dict) -> tuple[str, str | None]:
+    """(status, reason) of a run that ``fit`` ended normally."""
+    status = summary.get("status") or "completed"
+    reason = summary.get("reason") or ("stopped by request" if status == "stopped" else None)
+    if status == "diverged" and "learning rate" not in (reason or ""):
+        reason = f"{reason or 'Training diverged: the loss became NaN or infinite'}. {DIVERGED_ADVICE}"
+    return status, reason
 
 
 def _say(line: str) -> None:
@@ -165,12 +169,13 @@ def train(store: RunStore, run_id: str, say=_say, callbacks=(), turns: Turns | N
     """Train ``run_id`` (already running: this process holds its slot) and record its final status. In a warm
     worker, ``turns`` are the turns it takes with the other runs held."""
     from tl_core.training import trainer as training  # torch + timm: seconds in a new process; the run already shows as running meanwhile
+    from tl_core.training.config import TrainConfig
 
     info = store.get(run_id)
     status, reason, summary = "failed", None, None
     callback = StoreCallback(store, run_id)
     try:
-        cfg = training.TrainConfig.from_dict(info.config)
+        cfg = TrainConfig.from_dict(info.config)
         share = _thread_share(store, cfg, info.device, turns)
         if store.stop_requested(run_id):  # asked to stop while the libraries were loading
             status, reason = "stopped", "stopped by request before training started"
@@ -178,13 +183,10 @@ def train(store: RunStore, run_id: str, say=_say, callbacks=(), turns: Turns | N
         say(f"[worker] run {run_id} started; torch threads: {cfg.num_threads or 'default'}"
             + (" (shared with the other runs on the CPU)" if share else ""))
         summary = training.fit(cfg, [callback, *([share] if share else []), *callbacks])
-        status = summary.get("status") or "completed"
-        reason = summary.get("reason") or ("stopped by request" if status == "stopped" else None)
-        if status == "diverged" and "learning rate" not in (reason or ""):
-            reason = f"{reason or 'Training diverged: the loss became NaN or infinite'}. {DIVERGED_ADVICE}"
+        status, reason = ending(summary)
     except BaseException as exc:  # record every ending, including SIGTERM
         say(traceback.format_exc().rstrip())
-        status, reason = _outcome(exc)
+        status, reason = outcome(exc)
         summary = callback.summary  # after_fit still ran inside fit
     finally:
         store.finish(run_id, status, reason, summary)
@@ -193,44 +195,14 @@ def train(store: RunStore, run_id: str, say=_say, callbacks=(), turns: Turns | N
 
 
 # --- the warm worker -----------------------------------------------------------------------------
-def keep_weights(maxsize: int = WEIGHTS_LRU) -> None:
-    """Keep the last ``maxsize`` weight files read (``backbones.read_state_dict``; at most
-    ``WEIGHTS_LRU_BYTES`` of them) in memory, keyed by
-    path, modification time and size (a lab's backbone rebuilt under the same name is a new entry).
-    The tensors are only ever copied into models (``load_state_dict``), never changed in place."""
-    from tl_core.models import backbones
-
-    read = backbones.read_state_dict
-    if getattr(read, "warm", False):
-        return
-    cache: OrderedDict = OrderedDict()
-
-    @functools.wraps(read)
-    def cached(path, check_finite: bool = True):
-        try:
-            st = Path(path).stat()
-            key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size, check_finite)
-        except OSError:
-            return read(path, check_finite)
-        if key not in cache:
-            cache[key] = read(path, check_finite)
-            while len(cache) > 1 and (len(cache) > maxsize or sum(k[2] for k in cache) > WEIGHTS_LRU_BYTES):
-                cache.popitem(last=False)
-        cache.move_to_end(key)
-        return dict(cache[key])
-
-    cached.warm = True
-    backbones.read_state_dict = cached
-
-
 def _prewarm() -> None:
     """Import torch and timm, and load what the Train page's default run needs (its data set, decoded,
     and its backbone's weights), so that the first run of the day starts like every later one."""
     from tl_core.models import backbones
     from tl_core import data
-    from tl_core.training import trainer as training
+    from tl_core.training.config import TrainConfig
 
-    default = training.TrainConfig()
+    default = TrainConfig()
     try:
         data.load_dataset(default.data, default.data_root)
         status = backbones.weight_status(default.backbone)
@@ -250,19 +222,20 @@ def _off_main_thread(fn) -> threading.Thread:
 
 
 def _prewarm_text() -> bool:
-    """Load what the default text run needs (``text_models.prewarm``: transformers, the tokenizer, the
+    """Load what the default text run needs (``trainer.prewarm``: transformers, the tokenizer, the
     weights, the texts): about 3 s, done once the worker is first idle (``TL_PREWARM_TEXT=0``: never).
     True (tried) either way."""
     try:
-        from tl_core.models import text as text_models
+        from tl_core.training import trainer
 
-        _say(f"[pool] text model loaded: {text_models.prewarm()}")
+        _say(f"[pool] text model loaded: {trainer.prewarm()}")
     except Exception:  # only a head start (transformers may be absent): a text run says what is wrong
         traceback.print_exc()
     return True
 
 
-def _free_memory() -> None:
+def free_memory() -> None:
+    """Between runs: what the last one held goes (the process stays warm)."""
     gc.collect()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
@@ -272,18 +245,15 @@ def _free_memory() -> None:
 def interleave(device: str) -> int:
     """How many runs a warm worker of ``device`` holds at once, taking turns (``turns``): ``$TL_INTERLEAVE``,
     else ``INTERLEAVE_CPU`` on the CPU and 1 on a GPU (whose memory is the scarce part)."""
-    from tl_core.runs.executor import _env_int
-
-    return max(1, _env_int("TL_INTERLEAVE") or (INTERLEAVE_CPU if device == "cpu" else 1))
+    return max(1, env_int("TL_INTERLEAVE") or (INTERLEAVE_CPU if device == "cpu" else 1))
 
 
 def lanes(device: str) -> int:
     """How many of its runs a warm worker computes at once (``Turns.lanes``): ``$TL_LANES``, else one per
     core this worker's share of the CPU gives it, each run on one core; 1 on a GPU."""
     from tl_core.devices import cores
-    from tl_core.runs.executor import _env_int
 
-    return max(1, _env_int("TL_LANES") or (cores() // device_limit(device) if device == "cpu" else 1))
+    return max(1, env_int("TL_LANES") or (cores() // device_limit(device) if device == "cpu" else 1))
 
 
 def _rss_bytes() -> int:
@@ -320,7 +290,7 @@ def _train_held(store: RunStore, run_id: str, turns: Turns) -> None:
     finally:
         turns.leave(run_id)
         if not len(turns):
-            _free_memory()
+            free_memory()
 
 
 def serve(runs_dir=None, device: str = "cpu", idle_s: float | None = None, poll_s: float = WORKER_POLL_S) -> str:
@@ -334,7 +304,9 @@ def serve(runs_dir=None, device: str = "cpu", idle_s: float | None = None, poll_
     try:
         _say(f"[pool] warm worker {pid} for {device} on {store.runs_dir}: loading libraries")
         os.environ.setdefault("TL_RUNS_DIR", str(store.runs_dir))  # what lives "under the runs folder" (features)
-        keep_weights()
+        from tl_core.models import backbones
+
+        backbones.keep_weights()
         _off_main_thread(_prewarm).join()
         _say(f"[pool] warm worker {pid} ready")
         last = reaped = time.monotonic()
@@ -354,7 +326,7 @@ def serve(runs_dir=None, device: str = "cpu", idle_s: float | None = None, poll_
                 if not text_ready:  # idle: load the text model too, beside any run that comes meanwhile
                     text_ready = os.environ.get("TL_PREWARM_TEXT", "1") == "0" or bool(_off_main_thread(_prewarm_text))
                 if time.monotonic() - reaped > HEARTBEAT_S:  # a slot held by a dead worker frees up
-                    store.reap()
+                    reap(store)
                     reaped = time.monotonic()
                 idle = time.monotonic() - last
                 if idle > idle_s or (idle > ORPHAN_IDLE_S and os.getppid() != parent):

@@ -27,7 +27,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from tl_core.runs.executor import resolve_device  # the device a run will use: cpu, cuda:N or mps
+from tl_core.devices import device_key  # the device a run will use: cpu, cuda:N or mps
 
 GB = 1024 ** 3
 REF_SIZE = 64
@@ -155,7 +155,7 @@ def image_counts(cfg) -> tuple[int, int]:
 
 def estimate(cfg) -> Estimate:
     """The memory and time ``cfg`` will take (see the module docstring for the formula)."""
-    device = resolve_device(cfg.device)
+    device = device_key(cfg.device)
     params, act = model_size(cfg)
     train, val = image_counts(cfg)
     trains = cfg.strategy != "feature_extraction"

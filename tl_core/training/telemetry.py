@@ -153,7 +153,7 @@ def layer_maps(model: nn.Module, hier: surgery.Hierarchy, x: torch.Tensor, layer
     raw: dict[str, torch.Tensor] = {}
     handles = []
     for name in layers:
-        mods = [m for m in hier.block(name).members if surgery._is_module(model, m)]
+        mods = [m for m in hier.block(name).members if surgery.is_module(model, m)]
         if not mods:
             continue
 

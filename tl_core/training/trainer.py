@@ -12,9 +12,9 @@
 (checked after every batch) or by raising ``CancelFit``. A NaN/inf loss raises ``Diverged``.
 
 The pieces live next door: ``config`` (TrainConfig), ``devices`` (DevicePlan: AMP, channels_last,
-pinned memory), ``features`` (a frozen prefix runs once per image and only the rest trains),
-``telemetry`` (drift, gradient norms, snapshots, peak memory), ``models`` (build, save, load) and
-``progress`` (ConsoleProgress). Their names are re-exported here.
+pinned memory), ``prefix`` (a frozen prefix runs once per image and only the rest trains),
+``telemetry`` (drift, gradient norms, snapshots, peak memory), ``models.arch`` (build) and
+``checkpoint`` (save, load).
 """
 from __future__ import annotations
 
@@ -27,22 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tl_core.models import backbones
 from tl_core import devices
-from tl_core.training import prefix as features
 from tl_core.models import arch as models
-from tl_core.models import strategies
-from tl_core.models import surgery
+from tl_core.models import backbones, strategies, surgery
+from tl_core.training import prefix as features
 from tl_core.training import telemetry
-from tl_core.training.config import OPTIMIZERS, SCHEDULES, TrainConfig, default_text_config
-from tl_core.devices import DevicePlan, device_plan, resolve_device
-from tl_core.devices import cores as _cores
-from tl_core.training.prefix import CACHE_LIMIT_BYTES
-from tl_core.models.arch import BLOCK_NAMES as _BLOCK_NAMES, build_arch as _build_arch
-from tl_core.models.arch import data_config_for, load_model, save_model
-from tl_core.progress import ConsoleProgress
-from tl_core.training.telemetry import SNAPSHOT_CHANNELS, SNAPSHOT_SIZE, default_snapshot_layers, snapshot_maps  # noqa: F401
-from tl_core.training.telemetry import to_map as _to_map
+from tl_core.training.config import TrainConfig, default_text_config
 
 EVENTS = ("before_fit", "before_phase", "before_epoch", "after_batch", "after_val_batch", "after_epoch", "snapshot",
           "after_fit")
@@ -58,7 +48,8 @@ class CancelFit(Exception):
     """Raised by a callback (or by the trainer when ``should_stop`` is set) to end a run early."""
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's generators (the same seed gives the same head init)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -92,13 +83,12 @@ def _prepare_text(cfg: TrainConfig) -> dict:
     """``prepare`` for a text backbone: the split of the image sets, then only its texts are tokenised."""
     from tl_core import data
     from tl_core.data import texts as text_data
-    from tl_core.models import text as text_models
 
     ds = text_data.load_text_dataset(cfg.data, cfg.data_root)
     if cfg.classes:
         ds = text_data.subset_classes(ds, cfg.classes)
     train_idx, val_idx = data.split(ds, cfg.val_fraction, cfg.effective_split_seed, cfg.per_class)
-    ds = text_data.tokenized(ds, text_models.text_tokenizer(cfg.backbone), cfg.max_tokens,
+    ds = text_data.tokenized(ds, backbones.text_tokenizer(cfg.backbone), cfg.max_tokens,
                              torch.cat([train_idx, val_idx]))
     n = len(train_idx)
     return {"ds": ds, "train_idx": torch.arange(n), "val_idx": torch.arange(n, len(ds)), "augment": data.Augment(),
@@ -186,11 +176,11 @@ class Trainer:
     # --- setup
     def setup(self) -> None:
         cfg = self.cfg
-        self.device = resolve_device(cfg.device)
+        self.device = devices.resolve_device(cfg.device)
         devices.use_threads(self.device, cfg.num_threads)
         self.data = prepare(cfg)
         ds = self.data["ds"]
-        _seed_everything(cfg.seed)  # right before the model: same seed → same head init
+        seed_everything(cfg.seed)  # right before the model: same seed → same head init
         model, self.weights_status = models.build_arch(cfg.backbone, len(ds.class_names), cfg.effective_weights,
                                                        cfg.weights_file, cfg.allow_download)
         self.data_cfg = models.data_config_for(cfg.backbone, model)
@@ -199,7 +189,7 @@ class Trainer:
         self.hier = surgery.hierarchy(model, cfg.sample_size)
         self.phases = strategies.schedule(cfg, self.hier)
         self.chain = surgery.sequential_chain(model, min(cfg.sample_size, 16 if self.text else 64))
-        self.dev = device_plan(self.device, conv=devices.is_conv_net(model), channels_last=cfg.channels_last)
+        self.dev = devices.device_plan(self.device, conv=devices.is_conv_net(model), channels_last=cfg.channels_last)
         self.model = self.dev.prepare_model(model)
         self.gen = torch.Generator().manual_seed(cfg.seed)  # batch order
         self.scaler = self.dev.scaler()
@@ -223,9 +213,9 @@ class Trainer:
         layers = cfg.snapshot_layers or telemetry.default_snapshot_layers(self.hier, text=self.text)
         if self.text:
             from tl_core.data import texts as text_data
-            from tl_core.models import text as text_models
 
-            x, self.probe = text_data.probe_text(ds, val, text_models.text_tokenizer(cfg.backbone), SNAPSHOT_SIZE)
+            x, self.probe = text_data.probe_text(ds, val, backbones.text_tokenizer(cfg.backbone),
+                                                 telemetry.SNAPSHOT_SIZE)
             return telemetry.AttentionSnapshots(model, self.hier, x, layers)
         probe = self.data["eval_tf"](ds.images[val[:1]]).to(self.device)
         return telemetry.Snapshots(model, self.hier, probe, layers, self.dev.autocast)
@@ -336,7 +326,7 @@ class Trainer:
                     self._run_epoch(pi + 1, loaders)
                     self._check_stop()
         except BaseException as exc:  # a bug or bad data ends as failed, then propagates
-            status, reason, error = _outcome(exc, self.cfg)
+            status, reason, error = outcome(exc, self.cfg)
         finally:
             self.summary = summarize(self, status, reason, time.time() - t_start)
             self.emit("after_fit", summary=self.summary)
@@ -365,8 +355,9 @@ def run_info(t: Trainer) -> dict:
     }
 
 
-def _outcome(exc: BaseException, cfg: TrainConfig) -> tuple[str, str, BaseException | None]:
-    """(status, reason, the exception to re-raise or None) for what ended a run."""
+def outcome(exc: BaseException, cfg: TrainConfig | None = None) -> tuple[str, str, BaseException | None]:
+    """(status, reason, the exception to re-raise or None) for what ended a run: stopped, diverged, out of GPU
+    memory (the advice names ``cfg``'s sizes when given) or failed with another error (to re-raise)."""
     if isinstance(exc, CancelFit):
         return "stopped", str(exc) or "stopped", None
     if isinstance(exc, Diverged):
@@ -374,10 +365,11 @@ def _outcome(exc: BaseException, cfg: TrainConfig) -> tuple[str, str, BaseExcept
     if isinstance(exc, torch.OutOfMemoryError):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        size = (f"fewer tokens (max_tokens now {cfg.max_tokens})" if cfg.modality == "text"
-                else f"a smaller image size (now {cfg.image_size})")
+        size = ("a smaller input size" if cfg is None else f"fewer tokens (max_tokens now {cfg.max_tokens})"
+                if cfg.modality == "text" else f"a smaller image size (now {cfg.image_size})")
+        batch = "" if cfg is None else f" (now {cfg.batch_size})"
         return "failed", (f"out of GPU memory ({str(exc).splitlines()[0] if str(exc) else ''}) — try a smaller "
-                          f"batch size (now {cfg.batch_size}) or {size}"), None
+                          f"batch size{batch} or {size}"), None
     return "failed", f"{type(exc).__name__}: {exc}", exc
 
 
@@ -409,3 +401,34 @@ def fit(cfg: TrainConfig, callbacks=()) -> dict:
     Raises ValueError for a bad config (before any event); any unexpected error is re-raised
     after ``after_fit`` has run with status failed."""
     return Trainer(cfg, callbacks).fit()
+
+
+def prewarm(backbone: str | None = None, data: str | None = None, max_tokens: int | None = None) -> dict:
+    """The warm worker's head start: load what the default text run (or the given backbone, built-in text set
+    and token length) needs: BERT's modules, the tokenizer, the pretrained weights, the texts (tokenised into
+    the tokenizer's memo) and one forward pass. Returns seconds per step; errors propagate."""
+    from tl_core.data import texts as text_data
+    from tl_core.models import text as text_models
+
+    cfg = default_text_config()
+    backbone, data, max_tokens = backbone or cfg.backbone, data or cfg.data, max_tokens or cfg.max_tokens
+    took, t0 = {}, time.perf_counter()
+
+    def lap(step: str) -> None:
+        nonlocal t0
+        took[step], t0 = round(time.perf_counter() - t0, 3), time.perf_counter()
+
+    if backbone == "minilm_l6":
+        text_models.bert_classes()
+    lap("import")
+    tok = backbones.text_tokenizer(backbone)
+    lap("tokenizer")
+    model = backbones.create_text_model(backbone, 2)
+    lap("weights")
+    if data in text_data.TEXT_BUILTIN:
+        text_data.tokenize(text_data.load_text_builtin(data), tok, max_tokens)
+    lap("texts")
+    with torch.no_grad():
+        model.eval()(model.dummy_input(max_tokens, batch=2))
+    lap("forward")
+    return took

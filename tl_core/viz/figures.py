@@ -28,7 +28,8 @@ STATUS_COLOURS = {"queued": NEUTRAL, "running": TRAINABLE, "completed": VAL, "st
 FONT = dict(family="DejaVu Sans, Arial, sans-serif", size=16)  # readable at projector size
 
 
-def _layout(fig: go.Figure, title: str | None = None, height: int = 380, **kw) -> go.Figure:
+def layout(fig: go.Figure, title: str | None = None, height: int = 380, **kw) -> go.Figure:
+    """``fig`` in the house style (title, height, font, margins, legend on top); ``kw`` go to update_layout."""
     fig.update_layout(
         title=dict(text=title, font=dict(size=20)) if title else None,
         height=height, font=FONT, template="plotly_white",
@@ -142,7 +143,7 @@ def hierarchy_figure(hier, plan: Mapping[str, Mapping] | None = None, selected: 
                      showgrid=False, tickfont=dict(size=12))
     fig.update_yaxes(type="log", title="parameters (log scale)", range=[math.log10(50), math.log10(top)],
                      showgrid=True, gridcolor="#E5E7EB", dtick=1)
-    _layout(fig, None, height=height, barmode="overlay", bargap=0.15, clickmode="event+select")
+    layout(fig, None, height=height, barmode="overlay", bargap=0.15, clickmode="event+select")
     fig.update_layout(margin=dict(l=10, r=10, t=70, b=10), legend=dict(y=1.12))
     return fig
 
@@ -170,7 +171,7 @@ def lr_figure(hier, plan: Mapping[str, Mapping], lr: float, height: int = 340) -
     top = max(ys + [lr]) * 1.25
     fig.update_yaxes(title="learning rate", exponentformat="e", range=[0, top])
     fig.update_xaxes(tickfont=dict(size=12), type="category")
-    return _layout(fig, "Effective learning rate per block (❄ frozen: 0)", height=height, showlegend=False)
+    return layout(fig, "Effective learning rate per block (❄ frozen: 0)", height=height, showlegend=False)
 
 
 # ------------------------------------------------------------------ training curves
@@ -233,7 +234,7 @@ def run_curves_figure(epochs: Sequence[Mapping], steps: Sequence[Mapping] = (),
                                bgcolor="rgba(255,255,255,0.8)")
     fig.update_yaxes(rangemode="tozero", row=1, col=1)
     fig.update_yaxes(range=[0, 1.02], tickformat=".0%", row=1, col=2)
-    _layout(fig, None, height=height)
+    layout(fig, None, height=height)
     fig.update_layout(legend=dict(y=1.14), margin=dict(t=80))
     return update_run_curves(fig, epochs, steps, total_epochs)
 
@@ -272,7 +273,7 @@ def compare_curves_figure(runs: Mapping[str, Sequence[Mapping]], metric: str = "
     if metric.endswith("acc"):
         fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
     fig.update_yaxes(title=pretty)
-    return _layout(fig, pretty.capitalize(), height=height)
+    return layout(fig, pretty.capitalize(), height=height)
 
 
 def transfer_gains(pretrained: Sequence[Mapping], scratch: Sequence[Mapping], metric: str = "val_acc",
@@ -318,7 +319,7 @@ def drift_figure(drift: Mapping[str, float], frozen: Iterable[str] = (), order: 
     ))
     fig.update_yaxes(title="‖W − W₀‖ / ‖W₀‖", tickformat=".1%", rangemode="tozero")
     fig.update_xaxes(tickfont=dict(size=12))
-    return _layout(fig, title, height=height, showlegend=False)
+    return layout(fig, title, height=height, showlegend=False)
 
 
 def montage(maps: np.ndarray, cols: int | None = None, pad: int = 1) -> np.ndarray:
@@ -346,7 +347,7 @@ def feature_maps_figure(columns: Mapping[str, Mapping[str, np.ndarray]], max_map
     if not layers:
         fig = go.Figure()
         fig.add_annotation(text="no feature maps yet", showarrow=False, font=dict(size=18))
-        return _layout(fig, None, height=200)
+        return layout(fig, None, height=200)
     fig = make_subplots(rows=len(layers), cols=len(titles), vertical_spacing=0.08, horizontal_spacing=0.03,
                         column_titles=titles, row_titles=[_layer_title(i, len(layers), n) for i, n in enumerate(layers)])
     for c, title in enumerate(titles, start=1):
@@ -362,7 +363,7 @@ def feature_maps_figure(columns: Mapping[str, Mapping[str, np.ndarray]], max_map
     fig.update_xaxes(visible=False)
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_annotations(font_size=15)
-    _layout(fig, None, height=height or 230 * len(layers) + 40, showlegend=False)
+    layout(fig, None, height=height or 230 * len(layers) + 40, showlegend=False)
     fig.update_layout(margin=dict(l=10, r=70, t=40, b=10))
     return fig
 
@@ -387,7 +388,7 @@ def filters_figure(weight: np.ndarray, max_filters: int = 32, height: int = 360)
     fig = go.Figure(go.Image(z=img, hoverinfo="skip"))
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
-    return _layout(fig, None, height=height)
+    return layout(fig, None, height=height)
 
 
 # ------------------------------------------------------------------ data and results
@@ -405,7 +406,7 @@ def class_counts_figure(counts: Mapping[str, int], val_counts: Mapping[str, int]
         fig.add_bar(x=names, y=[counts[n] for n in names], name="images", marker_color=NEUTRAL,
                     text=[counts[n] for n in names], textposition="outside", cliponaxis=False)
     fig.update_yaxes(title="images", rangemode="tozero")
-    return _layout(fig, "Images per class", height=height, barmode="stack", showlegend=bool(val_counts))
+    return layout(fig, "Images per class", height=height, barmode="stack", showlegend=bool(val_counts))
 
 
 def sample_grid_figure(grid: Mapping[str, Sequence[np.ndarray]], tile: int = 64, height: int | None = None) -> go.Figure:
@@ -413,7 +414,7 @@ def sample_grid_figure(grid: Mapping[str, Sequence[np.ndarray]], tile: int = 64,
     names = list(grid)
     per = max((len(v) for v in grid.values()), default=0)
     if not names or per == 0:
-        return _layout(go.Figure(), "no images", height=200)
+        return layout(go.Figure(), "no images", height=200)
     rows = []
     for n in names:
         imgs = [_resize_nearest(np.asarray(im), tile) for im in grid[n]]
@@ -424,7 +425,7 @@ def sample_grid_figure(grid: Mapping[str, Sequence[np.ndarray]], tile: int = 64,
     fig.update_xaxes(visible=False)
     fig.update_yaxes(tickmode="array", tickvals=[i * (tile + 4) + tile / 2 for i in range(len(names))],
                      ticktext=names, showgrid=False, tickfont=dict(size=15))
-    return _layout(fig, None, height=height or min(900, 30 + len(names) * 76), margin=dict(l=110, r=10, t=10, b=10))
+    return layout(fig, None, height=height or min(900, 30 + len(names) * 76), margin=dict(l=110, r=10, t=10, b=10))
 
 
 def _resize_nearest(img: np.ndarray, side: int) -> np.ndarray:
@@ -450,7 +451,7 @@ def confusion_figure(confusion: Sequence[Sequence[int]], class_names: Sequence[s
     ))
     fig.update_xaxes(title="predicted", side="bottom", tickangle=-40 if n > 6 else 0)
     fig.update_yaxes(title="true class", autorange="reversed")
-    return _layout(fig, "Confusion matrix", height=height or max(360, 60 + 42 * n))
+    return layout(fig, "Confusion matrix", height=height or max(360, 60 + 42 * n))
 
 
 def per_class_figure(per_class_acc: Sequence[float] | Mapping[str, float], class_names: Sequence[str] | None = None,
@@ -462,15 +463,7 @@ def per_class_figure(per_class_acc: Sequence[float] | Mapping[str, float], class
     fig = go.Figure(go.Bar(x=list(class_names), y=vals, marker_color=VAL, text=[f"{v:.0%}" for v in vals],
                            textposition="outside", cliponaxis=False))
     fig.update_yaxes(range=[0, 1.1], tickformat=".0%", title="accuracy")
-    return _layout(fig, "Accuracy per class", height=height, showlegend=False)
-
-
-def image_figure(img: np.ndarray, height: int = 260) -> go.Figure:
-    """One HxWx3 uint8 image, pixels shown as-is (nearest neighbour)."""
-    fig = go.Figure(go.Image(z=np.asarray(img)))
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    return _layout(fig, None, height=height)
+    return layout(fig, "Accuracy per class", height=height, showlegend=False)
 
 
 # ------------------------------------------------------------------ representation probes (tl_core.models.probes)
@@ -497,7 +490,7 @@ def cka_bars(cka: Mapping[str, float] | Mapping[str, Mapping[str, float]], label
     fig.add_hline(y=1, line=dict(color=NEUTRAL, dash="dot", width=1.5))
     fig.update_yaxes(title="linear CKA (1 = unchanged)", range=[0, 1.05])
     fig.update_xaxes(title="block (input → output)", type="category", tickfont=dict(size=12))
-    return _layout(fig, title, height=height, barmode="group", showlegend=len(series) > 1)
+    return layout(fig, title, height=height, barmode="group", showlegend=len(series) > 1)
 
 
 def projection_scatter(points: np.ndarray | Mapping[str, np.ndarray], labels: Sequence[int],
@@ -524,7 +517,7 @@ def projection_scatter(points: np.ndarray | Mapping[str, np.ndarray], labels: Se
         fig.update_xaxes(title=axis_titles[0], zeroline=False, showticklabels=False, row=1, col=col)
         fig.update_yaxes(title=axis_titles[1] if col == 1 else None, zeroline=False, showticklabels=False,
                          row=1, col=col)
-    _layout(fig, title, height=height)
+    layout(fig, title, height=height)
     fig.update_layout(legend=dict(orientation="v", y=1, yanchor="top", x=1.02, xanchor="left", font=dict(size=13),
                                   tracegroupgap=0),
                       margin=dict(l=10, r=10, t=70 if title else 40, b=10))
@@ -553,7 +546,7 @@ def grad_cam_overlay(image: np.ndarray, cam: np.ndarray | Mapping[str, np.ndarra
                         hovertemplate="Grad-CAM %{z:.2f}<extra></extra>")
     fig.update_xaxes(visible=False, range=[-0.5, w - 0.5])
     fig.update_yaxes(visible=False, range=[h - 0.5, -0.5])
-    return _layout(fig, title, height=height, showlegend=False)
+    return layout(fig, title, height=height, showlegend=False)
 
 
 # ------------------------------------------------------------------ the class board
@@ -595,4 +588,4 @@ def board_figure(runs, pooled, group_title: str = "group", height: int = 440) ->
     fig.update_xaxes(title=group_title, tickmode="array", tickvals=list(range(len(groups))),
                      ticktext=[html.escape(str(g)) for g in groups], range=[-0.6, max(len(groups), 1) - 0.4])
     fig.update_yaxes(title="final validation accuracy", range=[0, 1.05], tickformat=".0%")
-    return _layout(fig, None, height=height)
+    return layout(fig, None, height=height)

@@ -96,7 +96,7 @@ def attention_figure(maps: Mapping[str, np.ndarray], tokens: Sequence[str],
     if not layers:
         fig = go.Figure()
         fig.add_annotation(text="no attention maps yet", showarrow=False, font=dict(size=18))
-        return visuals._layout(fig, None, height=200)
+        return visuals.layout(fig, None, height=200)
     titles = [f"{_stage(i, len(layers))}: {(labels or {}).get(k, k)}" for i, k in enumerate(layers)]
     fig = make_subplots(rows=1, cols=len(layers), subplot_titles=titles, horizontal_spacing=0.09)
     for c, layer in enumerate(layers, start=1):
@@ -113,7 +113,7 @@ def attention_figure(maps: Mapping[str, np.ndarray], tokens: Sequence[str],
         fig.update_xaxes(**axis, tickangle=-60, row=1, col=c)
         fig.update_yaxes(**axis, autorange="reversed", scaleanchor=f"x{c if c > 1 else ''}", row=1, col=c)
     fig.update_annotations(font_size=16)
-    visuals._layout(fig, None, height=height, showlegend=False)
+    visuals.layout(fig, None, height=height, showlegend=False)
     fig.update_layout(margin=dict(l=10, r=10, t=50, b=10))
     return fig
 
