@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Bottom to top. A name stands for that module, or for a package and everything in it.
 LAYERS = (
-    ("tl_core.limits", "tl_core.devices", "tl_core.paths", "tl_core.progress", "tl_core.viz"),
+    ("tl_core.limits", "tl_core.devices", "tl_core.paths", "tl_core.viz"),
     ("tl_core.data",),
     ("tl_core.models",),
     ("tl_core.training",),

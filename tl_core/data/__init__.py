@@ -16,39 +16,24 @@ Every image set is held as one uint8 tensor ``[N, C, H, W]``; :func:`make_transf
 turns samples into what a backbone expects (size, interpolation, mean/std from
 ``tl_core.models.backbones.data_config``).
 
-One module per concept; the public names of all but ``texts`` are re-exported here, so
-``from tl_core import data; data.X`` and ``from tl_core.data import X`` work for them:
-
-- ``errors``: :class:`DataError`.
-- ``builtin``: the built-in sets (``BUILTIN``, ``DatasetInfo``), their loaders and decode cache.
-- ``sources``: the data root (``UNRESTRICTED``), :class:`Caps`, ``resolve_data_path``, regular-file checks
-  (``check_regular``, ``read_regular``), ``safe_extract_zip``, ``extracted``, ``clean_stale_extractions``,
-  finding a stored upload (:class:`Upload`, ``find_upload``, ``upload_name``, ``uploads_dir``).
-- ``images``: reading one image file (``open_image``, ``read_image``, ``image_tensor``).
-- ``folders``: scanning an ImageFolder tree, :class:`ValidationReport`, ``check_data``.
-- ``sets``: :class:`ImageSet`, ``load_dataset``, ``split``, ``subset_classes``, sample grids.
-- ``uploads``: uploads from the web page: ``save_upload``, ``save_text_upload``, ``list_uploads``,
-  ``delete_upload``, the per-owner quota, clean-up after a killed process.
-- ``transforms``: ``make_transforms``, normalisation modes, :class:`Augment`, ``network_view``.
-- ``texts`` (not re-exported: ``tl_core.data.texts``): text sets (:class:`TextSet`), the built-in ones,
-  user CSVs and folders of ``.txt`` files, tokenising.
+One module per concept, bottom up: ``errors``, ``builtin`` (the built-in sets), ``sources`` (data root, caps,
+regular files, safe zips, stored uploads), ``images``, ``folders`` (ImageFolder trees, ``check_data``), ``sets``
+(``ImageSet``, ``split``), ``texts`` (text sets, tokenising), ``uploads``, ``transforms``. Listed here: the names
+that other packages, pages and tests use (``from tl_core.data import X``); the rest through their module.
 """
 from .errors import DataError
-from .builtin import DatasetInfo, BUILTIN, list_datasets, cache_dir, builtin_arrays
+from .builtin import BUILTIN, list_datasets, builtin_arrays
 from .sources import (
-    UNRESTRICTED, Caps, is_unrestricted, data_root_dir, data_root, file_kind, check_regular, read_regular,
-    inside, resolve_data_path, safe_extract_zip, pid_alive, clean_stale_extractions, extracted, UPLOAD_FORMAT,
-    UPLOAD_ID, KINDS, Upload, uploads_dir, clean_name, read_sidecar, find_upload, upload_name,
+    UNRESTRICTED, Caps, data_root, check_regular, read_regular, resolve_data_path, safe_extract_zip,
+    uploads_dir, find_upload, upload_name,
 )
-from .images import open_image, read_image, image_tensor, fit_square
-from .folders import (
-    VAL_DIR_NAMES, ValidationReport, scan_layout, scan_folder, usability_errors, read_user_data, check_data,
-)
+from .images import open_image, read_image, image_tensor
+from .folders import check_data
 from .sets import ImageSet, load_dataset, split, subset_classes, class_counts, sample_grid
-from .uploads import clean_stale_uploads, list_uploads, uploads_used, save_upload, save_text_upload, delete_upload
+from .uploads import list_uploads, uploads_used, save_upload, save_text_upload, delete_upload
 from .transforms import (
-    IMAGENET_MEAN, IMAGENET_STD, NORMALIZATIONS, Augment, normalization_stats, ToRGB, make_transforms,
-    TensorDataset, network_view,
+    IMAGENET_MEAN, IMAGENET_STD, NORMALIZATIONS, Augment, normalization_stats, make_transforms, TensorDataset,
+    network_view,
 )
 
 __all__ = sorted(name for name in dir() if not name.startswith("_"))

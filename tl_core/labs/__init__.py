@@ -39,14 +39,4 @@ from tl_core.labs.registry import (LABS, LabConfig, analyse, default_config, loa
 from tl_core.labs.runner import (ACTIVE, LAB_LOG, LAB_STATE, STOP_FILE, create_lab, execute, lab_dir, labs_dir,
                                  launch_lab, list_labs, main, progress, read_state, records, result, run_lab, stop_lab)
 
-__all__ = [
-    "ACTIVE", "LABS", "LAB_LOG", "LAB_STATE", "PRESETS", "STOP_FILE", "TOL", "VERDICT_RULE", "YOSINSKI_PAPER",
-    "LabConfig", "LabInfo", "LabResult", "LabRun", "LabSettings", "Paired", "Spread",
-    "analyse", "analyse_bn", "analyse_freeze_depth", "analyse_normalization", "analyse_quadrant", "analyse_race",
-    "analyse_yosinski", "base_key", "bootstrap_interval", "by_seed", "check_run_count", "create_lab",
-    "decode_value", "default_config", "depth_groups", "encode_value", "epochs_to_reach", "execute",
-    "frozen_bn_drift", "lab_dir", "labs_dir", "launch_lab", "list_labs", "load_config_file", "main",
-    "mix_state_dicts", "normalization_views", "pair_split", "paired", "plan_runs", "progress", "race_benefits",
-    "read_state", "ready_made", "ready_made_dir", "records", "result", "result_csv", "run_lab",
-    "seed_of", "spread", "stop_lab", "textbook_choice", "tol_rule", "yosinski_backbone_keys", "yosinski_classes",
-]
+__all__ = sorted(name for name in dir() if not name.startswith("_"))

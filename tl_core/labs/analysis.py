@@ -65,13 +65,6 @@ def usable_and_missing(recs: list[dict]) -> tuple[list[dict], list[str]]:
     return [r for r in recs if _usable(r)], [r["label"] for r in recs if not _usable(r)]
 
 
-def usable_by_key(recs: list[dict]) -> tuple[dict[str, dict], list[str]]:
-    """``usable_and_missing`` with the usable records by run key (without its seed suffix). Records of
-    several seeds: only the first seed's (an analysis of one seed; ``by_seed`` gives them all)."""
-    groups, missing = by_seed(recs)
-    return next(iter(groups.values()), {}), missing
-
-
 def seed_of(rec: dict) -> int:
     """The training seed of a run record (its ``seed``, else its config's; 0 for hand-made records)."""
     seed = rec.get("seed")
@@ -107,22 +100,6 @@ def runs_by_key(groups: dict[int, dict[str, dict]]) -> dict[str, list[dict]]:
         for key, r in g.items():
             runs.setdefault(key, []).append(r)
     return runs
-
-
-def over_seeds(groups: dict[int, dict], fn) -> dict:
-    """{key: [value of each seed that has it]} from ``fn(seed's group) -> {key: value}``."""
-    out: dict = {}
-    for g in groups.values():
-        for k, v in fn(g).items():
-            if v is not None:
-                out.setdefault(k, []).append(v)
-    return out
-
-
-def paired_over(groups: dict[int, dict], fn, single_rule=None) -> Paired | None:
-    """``stats.paired`` of ``fn(seed's group)`` over the seeds where it is not None (None: no seed)."""
-    diffs = [d for d in (fn(g) for g in groups.values()) if d is not None]
-    return paired(diffs, single_rule) if diffs else None
 
 
 def paired_best(groups: dict[int, dict], better: str, worse: str,

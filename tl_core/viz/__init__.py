@@ -1,16 +1,13 @@
 """Pure functions from data to plotly figures: ``figures`` (images, runs, comparisons, labs' shared styling) and
-``text`` (the text pictures)."""
+``text`` (the text pictures). Listed here: the names of these modules that other packages, pages and tests
+use; the rest through their module."""
 from .figures import (
-    FROZEN, TRAINABLE, FROZEN_LIGHT, TRAINABLE_LIGHT, TRAIN, VAL, NEUTRAL, RUN_COLOURS, STATUS_COLOURS, FONT,
-    layout, fmt_count, fmt_shape, block_rows, plan_counts, hierarchy_figure, effective_lrs, lr_figure,
-    phase_boundaries, phase_starts, EPOCH_CURVES, run_curves_figure, update_run_curves, compare_curves_figure,
-    transfer_gains, drift_figure, montage, feature_maps_figure, filters_figure, class_counts_figure,
-    sample_grid_figure, confusion_figure, per_class_figure, CLASS_COLOURS, cka_bars, projection_scatter,
-    grad_cam_overlay, board_figure,
+    FROZEN, TRAINABLE, FROZEN_LIGHT, VAL, NEUTRAL, RUN_COLOURS, layout, fmt_count, fmt_shape, block_rows,
+    plan_counts, hierarchy_figure, effective_lrs, lr_figure, phase_boundaries, phase_starts, run_curves_figure,
+    update_run_curves, compare_curves_figure, transfer_gains, drift_figure, montage, feature_maps_figure,
+    filters_figure, class_counts_figure, sample_grid_figure, confusion_figure, per_class_figure, CLASS_COLOURS,
+    cka_bars, projection_scatter, grad_cam_overlay, board_figure,
 )
-from .text import (
-    STAGES, text_hierarchy, text_block_rows, text_hierarchy_figure, text_lr_figure, attention_figure,
-    text_counts_figure,
-)
+from .text import text_block_rows, text_hierarchy_figure, text_lr_figure, attention_figure, text_counts_figure
 
 __all__ = sorted(name for name in dir() if not name.startswith("_"))
