@@ -47,6 +47,7 @@ bench: install install-ray browser
 	$(BIN)/python benchmarks/bench_classroom.py --browser 30 --browser-only
 	$(BIN)/python benchmarks/bench_text.py
 	$(BIN)/python benchmarks/bench_labs.py
+	$(BIN)/python benchmarks/bench_data_cache.py
 
 # The README's screenshots: the browser test takes them (artifacts/screenshots/); this copies them to docs/img/.
 screenshots: install browser

@@ -5,7 +5,6 @@ from __future__ import annotations
 import streamlit as st
 
 from tl_core import labs
-from tl_core import limits
 
 from pages import _display
 
@@ -46,20 +45,30 @@ def set_config(cfg: labs.LabConfig, to_url: bool = True) -> None:
 
 
 def load_link() -> str | None:
-    """A shared link: the address names a lab and its settings. Load them once (not over later edits);
-    returns the lab the address names, or None."""
+    """A shared link: the address names a lab and its settings. Load them once (not over later edits) and,
+    while the address holds them, say which values the lab could not take and what the form shows instead,
+    or that no lab has that name (the first lab opens). Returns the lab the address names, or None."""
     query = st.query_params.to_dict()
-    url_lab = query.get("lab") if query.get("lab") in labs.LABS else None
-    if url_lab:
-        try:
-            from_url = labs.LabConfig.from_query(query)
-            if st.session_state.get("lab_url_seen") != from_url.to_query_string():
-                set_config(from_url, to_url=False)
-                st.session_state["lab_url_seen"] = from_url.to_query_string()
-        except ValueError as exc:
-            st.error(f"The link's lab settings could not be read: {_display.plain(exc)}. What to do: fix the link, "
-                     "or use the lab's defaults shown instead.")
-    return url_lab
+    name = query.get("lab")
+    if name is None:
+        return None
+    if name not in labs.LABS:
+        names = ", ".join(f"`{k}` ({info.title})" for k, info in labs.LABS.items())
+        st.warning(f"This link asks for a lab called '{_display.plain(name[:40])}', but there is no lab called that; "
+                   f"the labs are: {names}. The page opened the first lab, {next(iter(labs.LABS.values())).title}, "
+                   "with its own settings. What to do: pick a lab's tab below, or ask for a link that names one.")
+        return None
+    from_url, notes = labs.LabConfig.from_link(query)
+    if st.session_state.get("lab_url_seen") != from_url.to_query_string():
+        set_config(from_url, to_url=False)
+        st.session_state["lab_url_seen"] = from_url.to_query_string()
+    if notes:
+        lines = [f"- `{n.field}`: the link says {_display.plain(n.given)}; {_display.plain(n.why)}; the form shows "
+                 f"{_display.plain(n.now)} instead." for n in notes]
+        st.warning(f"**This link asks for settings the {labs.LABS[name].title} lab cannot take.** The form below "
+                   "shows, and Run will use, these values instead:\n\n" + "\n".join(lines)
+                   + "\n\nWhat to do: check them before you press Run, or ask for a corrected link.")
+    return name
 
 
 def _edit(lab: str, field: str, convert=None) -> None:
@@ -73,6 +82,7 @@ def _edit(lab: str, field: str, convert=None) -> None:
         cfg.validate()
     except ValueError as exc:
         st.session_state[f"labcfg_err_{lab}"] = str(exc)
+        st.session_state.update(_widget_values(config(lab)))  # the form shows again what will run
         return
     st.session_state.pop(f"labcfg_err_{lab}", None)
     set_config(cfg)
@@ -122,6 +132,7 @@ def settings(lab: str) -> labs.LabConfig:
     cfg = config(lab)
     for k, v in _widget_values(cfg).items():
         st.session_state.setdefault(k, v)
+    bounds = {name: (lo, hi) for name, (_, lo, hi, _) in cfg.int_ranges().items()}  # what validate accepts
     top = st.columns([2, 3], vertical_alignment="center")
     top[0].toggle("Bigger configuration (GPU)", key=f"{lab}_gpu", on_change=_preset, args=(lab,),
                   help="More images, larger inputs, more epochs: minutes on a GPU, far longer on a laptop CPU.")
@@ -131,24 +142,24 @@ def settings(lab: str) -> labs.LabConfig:
     text = lab == "text_race"
     if lab != "quadrant":
         c[0].number_input(("Reviews" if text else "Images") + " per class" + (" (task B)" if lab == "yosinski" else ""),
-                          min_value=0,
-                          max_value=100_000, step=5, key=f"{lab}_per_class", on_change=_edit,
-                          args=(lab, "per_class", lambda v: v or None),
+                          min_value=0, max_value=bounds["per_class"][1], step=5, key=f"{lab}_per_class",
+                          on_change=_edit, args=(lab, "per_class", lambda v: v or None),
                           help="Training images per class (0 = all). Transfer effects show with few: 20–30.")
     else:
         c[0].text_input("Images per class (sizes)", key=f"{lab}_sizes", on_change=_edit, args=(lab, "sizes", _sizes),
                         help="Comma-separated, 'all' for every image, e.g. 5,20,100,all")
     if not text:
-        c[1].selectbox("Image size (px)", sorted({32, 48, 64, 96, 128, 160, 224, cfg.image_size}),
-                       key=f"{lab}_image_size", on_change=_edit, args=(lab, "image_size"))
+        sizes = _options((32, 48, 64, 96, 128, 160, 224), bounds["image_size"], cfg.image_size)
+        c[1].selectbox("Image size (px)", sizes, key=f"{lab}_image_size", on_change=_edit, args=(lab, "image_size"))
     else:
-        c[1].selectbox("Tokens per text", sorted({16, 32, 48, 64, 128, cfg.max_tokens}), key=f"{lab}_max_tokens",
-                       on_change=_edit, args=(lab, "max_tokens"), help="Longer texts are cut to this many tokens.")
-    c[2].number_input("Epochs" + (" (transfer runs)" if lab == "yosinski" else ""), min_value=1, max_value=100,
+        c[1].selectbox("Tokens per text", _options((16, 32, 48, 64, 128), bounds["max_tokens"], cfg.max_tokens),
+                       key=f"{lab}_max_tokens", on_change=_edit, args=(lab, "max_tokens"),
+                       help="Longer texts are cut to this many tokens.")
+    c[2].number_input("Epochs" + (" (transfer runs)" if lab == "yosinski" else ""), *bounds["epochs"],
                       key=f"{lab}_epochs", on_change=_edit, args=(lab, "epochs"))
-    c[3].number_input("Seed", min_value=0, max_value=10_000, key=f"{lab}_seed", on_change=_edit, args=(lab, "seed"),
+    c[3].number_input("Seed", *bounds["seed"], key=f"{lab}_seed", on_change=_edit, args=(lab, "seed"),
                       help="The data split's seed (the same for every run of the lab) and the first training seed.")
-    c[4].number_input("Seeds", min_value=1, max_value=limits.current().max_seeds, key=f"{lab}_seeds", on_change=_edit,
+    c[4].number_input("Seeds", *bounds["seeds"], key=f"{lab}_seeds", on_change=_edit,
                       args=(lab, "seeds"), help="How many times the lab runs, with training seeds seed, seed+1, …: "
                       "same split, different initialisation and batch order. Two or more give a 95% interval.")
     only_seed(lab, cfg)
@@ -161,12 +172,18 @@ def settings(lab: str) -> labs.LabConfig:
         st.text_input("Depths n to sweep (block groups)", key=f"{lab}_depths", on_change=_edit,
                       args=(lab, "depths", _ints), help="Comma-separated group counts, or 'auto' for every depth.")
     if lab == "yosinski":
-        st.number_input("Epochs of the base networks A and B", min_value=1, max_value=100,
+        st.number_input("Epochs of the base networks A and B", *bounds["source_epochs"],
                         key=f"{lab}_source_epochs", on_change=_edit, args=(lab, "source_epochs"))
     if st.session_state.get(f"labcfg_err_{lab}"):
-        st.error(f"Setting not applied: {_display.plain(st.session_state[f'labcfg_err_{lab}'])}")
+        st.error(f"Setting not applied: {_display.plain(st.session_state[f'labcfg_err_{lab}'])}. The form shows the "
+                 "settings in use.")
     share(lab, cfg)
     return cfg
+
+
+def _options(common, bounds: tuple[int, int], value: int) -> list[int]:
+    """A selectbox's choices: the common ones this server's limits allow, and the current value."""
+    return sorted({v for v in common if bounds[0] <= v <= bounds[1]} | {value})
 
 
 def only_seed(lab: str, cfg: labs.LabConfig) -> None:

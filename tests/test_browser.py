@@ -8,7 +8,12 @@ as a fresh server's first request: the files of pages/ are never listed, and the
 It then trains one text run through the UI (MiniLM on a few fine-food reviews, from the
 Data page to the live curve). A third runs a server in classroom mode: two students in two browser contexts, each sees only their own run,
 and the teacher's class board shows both.
+
+Every wait is for a condition, never a fixed time: after an action, a script run that the server reports
+finished on the page's websocket (``_rerun``); before a screenshot, the page at rest and its charts drawn; a
+live chart's points, polled.
 """
+import contextlib
 import os
 import re
 import socket
@@ -39,7 +44,10 @@ def server(tmp_path):
     if not Path(CHROMIUM).exists():
         assert not os.environ.get("CI"), f"{CHROMIUM} is absent: CI must run the browser tests (make browser)"
         pytest.skip(f"{CHROMIUM} is absent: run `make browser` (apt-get install chromium) to enable browser tests")
-    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-dev.txt)")
+    if os.environ.get("CI"):  # CI runs the browser tests: a missing Playwright fails here
+        import playwright.sync_api  # noqa: F401
+    else:
+        pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-dev.txt)")
     port = _free_port()
     env = {**os.environ, "TL_RUNS_DIR": str(tmp_path / "runs"), "TL_DATA_ROOT": str(tmp_path / "data"),
            "TL_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
@@ -98,27 +106,77 @@ new MutationObserver(() => {
   }
 }).observe(document, {subtree: true, childList: true, attributes: true, characterData: true});
 """
+# Every plotly chart on screen is drawn (plotly has laid it out; Streamlit shows it once it knows its width).
+CHARTS_DRAWN = """() => [...document.querySelectorAll("[data-testid='stPlotlyChart']")]
+  .filter(c => c.getClientRects().length).every(c => {
+    const g = c.querySelector('.js-plotly-plot');
+    return g && g._fullLayout && g.querySelector('.main-svg') && getComputedStyle(g).visibility !== 'hidden'; })"""
+# An element that stops moving (a smooth scroll, a layout change): the same box on two frames in a row.
+STILL = """e => { const box = JSON.stringify(e.getBoundingClientRect()); const same = e.__tlBox === box;
+                  e.__tlBox = box; return same; }"""
+
+
+def _browser(p):
+    return p.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"])
+
+
+def _page(browser, errors: list):
+    """A page in a context of its own, watched from the first paint (WATCH) and on its websocket (``_count_runs``);
+    its JavaScript errors go to ``errors``."""
+    page = browser.new_context(viewport=VIEWPORT).new_page()
+    page.add_init_script(WATCH)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.tl_runs = 0
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda frame: _count_runs(page, frame)))
+    return page
+
+
+def _count_runs(page, frame) -> None:
+    """``page.tl_runs``: the script runs (fragment runs too) the server has told this page it finished (a
+    ``script_finished`` message; not one cut short for a rerun)."""
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+    if isinstance(frame, bytes):
+        msg = ForwardMsg.FromString(frame)
+        if msg.WhichOneof("type") == "script_finished" and msg.script_finished != ForwardMsg.FINISHED_EARLY_FOR_RERUN:
+            page.tl_runs += 1
 
 
 def _open(p, address: str):
     """A fresh browser whose first request is ``address``, watched from the first paint (WATCH); waits until
     the app has settled. Returns (browser, page, the page's JavaScript errors)."""
-    browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"])
-    page = browser.new_page(viewport=VIEWPORT)
-    page.add_init_script(WATCH)
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
+    browser, errors = _browser(p), []
+    page = _page(browser, errors)
     page.goto(address)
     _settle(page)
     return browser, page, errors
 
 
 def _settle(page, timeout=120_000):
+    """Wait until the app is connected and its script is not running (a page just loaded: its state is 'initial'
+    until its first run ends). After an action that reruns the script, use ``_rerun``."""
     page.wait_for_selector("[data-testid='stApp'][data-test-connection-state='CONNECTED']", timeout=timeout)
-    page.wait_for_timeout(400)  # let a just-triggered rerun start
     page.wait_for_selector("[data-test-script-state='notRunning']", timeout=timeout)
+
+
+@contextlib.contextmanager
+def _rerun(page, timeout: float = 120):
+    """``with _rerun(page): <an action that reruns the script>``: on leaving, waits until the server has
+    finished a run begun after the action, and the page shows it."""
+    before = page.tl_runs
+    yield
+    deadline = time.monotonic() + timeout
+    while page.tl_runs <= before:
+        assert time.monotonic() < deadline, f"no script run ended within {timeout} s of the action ({page.url})"
+        page.wait_for_timeout(50)
+    _settle(page)
+
+
+def _still(page, locator) -> None:
+    """Wait until ``locator``'s element has stopped moving."""
+    page.wait_for_function(STILL, arg=locator.element_handle(), polling="raf", timeout=30_000)
 
 
 def _shot(page, name: str) -> None:
@@ -126,11 +184,14 @@ def _shot(page, name: str) -> None:
     page.mouse.move(5, 995)  # no tooltip in the picture
     page.evaluate("() => { window.scrollTo(0, 0); const m = document.querySelector('[data-testid=\"stMain\"]');"
                   " if (m) m.scrollTop = 0; }")
-    page.wait_for_timeout(800)  # plotly animations
+    main = page.get_by_test_id("stMainBlockContainer")
+    _still(page, main)
+    page.wait_for_function(CHARTS_DRAWN, timeout=30_000)
     page.screenshot(path=str(SHOTS / f"{name}.png"))
     height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
     page.set_viewport_size({"width": VIEWPORT["width"], "height": min(int(height) + 40, 5000)})
-    page.wait_for_timeout(800)
+    _still(page, main)
+    page.wait_for_function(CHARTS_DRAWN, timeout=30_000)
     page.screenshot(path=str(SHOTS / f"{name}_full.png"))
     page.set_viewport_size(VIEWPORT)
 
@@ -141,42 +202,62 @@ def _shot_at(page, locator, name: str) -> None:
     page.mouse.move(5, 995)
     locator.scroll_into_view_if_needed()
     locator.evaluate("e => e.scrollIntoView({block: 'start'})")
-    page.wait_for_timeout(800)  # plotly animations
+    _still(page, locator)
+    page.wait_for_function(CHARTS_DRAWN, timeout=30_000)
     page.screenshot(path=str(SHOTS / f"{name}.png"))
 
 
 def _nav(page, label: str) -> None:
-    page.locator("[data-testid='stTopNavLink']", has_text=label).first.click()
-    page.wait_for_timeout(300)
-    _settle(page)
+    with _rerun(page):
+        page.locator("[data-testid='stTopNavLink']", has_text=label).first.click()
+        page.wait_for_url(re.compile(f"/{label.lower()}"))
 
 
 def _select(page, label: str, option: str) -> None:
+    """Pick ``option`` (not the one shown: a change reruns the script) in the select box ``label``."""
     page.get_by_role("combobox", name=label, exact=True).click()
-    page.get_by_role("option", name=re.compile(re.escape(option))).first.click()
-    _settle(page)
+    with _rerun(page):
+        page.get_by_role("option", name=re.compile(re.escape(option))).first.click()
 
 
-def _meter(page) -> str:
-    return page.locator("[data-testid='stMetricValue']").first.inner_text()
+def _meter(page):
+    return page.locator("[data-testid='stMetricValue']").first
+
+
+def _enter(page, role: str, label: str, value: str) -> None:
+    """Type ``value`` (a new one: a change reruns the script) into the input ``label`` and press Enter."""
+    box = page.get_by_role(role, name=label, exact=True)
+    assert box.input_value() != value, f"{label} is {value} already: no rerun would follow"
+    box.fill(value)
+    with _rerun(page):
+        box.press("Enter")
 
 
 def _launch(page, epochs: int, name: str) -> None:
     """On the Train page: set the epochs and the run's name, launch, wait until the page is attached to the run."""
-    for label, value in (("Epochs", str(epochs)), ("Run name", name)):
-        box = page.get_by_role("spinbutton" if label == "Epochs" else "textbox", name=label, exact=True)
-        box.fill(value)
-        box.press("Enter")
-        _settle(page)
-    page.get_by_role("button", name="Launch training").click()
-    page.wait_for_url(re.compile("run="), timeout=60_000)
-    _settle(page)
+    _enter(page, "spinbutton", "Epochs", str(epochs))
+    _enter(page, "textbox", "Run name", name)
+    with _rerun(page):
+        page.get_by_role("button", name="Launch training").click()
+        page.wait_for_url(re.compile("run="), timeout=60_000)
+
+
+POINTS = "g => g && g.data ? g.data.reduce((n, t) => n + (t.x ? t.x.length : 0), 0) : 0"
 
 
 def _points(chart) -> int:
     """Points plotted in a plotly chart (a Playwright locator of its stPlotlyChart element)."""
-    return chart.locator(".js-plotly-plot").first.evaluate(
-        "g => g.data ? g.data.reduce((n, t) => n + (t.x ? t.x.length : 0), 0) : 0")
+    return chart.locator(".js-plotly-plot").first.evaluate(POINTS)
+
+
+def _wait_for_points(chart, enough=lambda n: n > 0, timeout: float = 120) -> int:
+    """Wait until ``chart`` (a locator of one stPlotlyChart; a fragment may redraw it) plots a number of points
+    that is ``enough``; returns that number."""
+    deadline = time.monotonic() + timeout
+    while not (chart.locator(".js-plotly-plot").count() == 1 and enough(n := _points(chart))):
+        assert time.monotonic() < deadline, f"the chart did not get its points within {timeout} s"
+        chart.page.wait_for_timeout(250)
+    return n
 
 
 def test_first_experiment_in_a_real_browser(server):
@@ -190,60 +271,44 @@ def test_first_experiment_in_a_real_browser(server):
         _shot(page, "home")
 
         # Backbone: pick one, toggle a block, the meter changes
-        page.get_by_text("Open Backbone").click()
-        _settle(page)
+        with _rerun(page):
+            page.get_by_text("Open Backbone").click()
         _select(page, "Backbone", "EfficientNet-Lite0")
-        page.get_by_role("button", name="Two-phase").click()
-        _settle(page)
-        before = _meter(page)
+        with _rerun(page):
+            page.get_by_role("button", name="Two-phase").click()
+        before = _meter(page).inner_text()
         # click a bar of the hierarchy picture: it selects that block
         block = page.get_by_role("combobox", name="Block", exact=True)
         picked = block.input_value()
         chart = page.locator("[data-testid='stPlotlyChart']").first
         chart.scroll_into_view_if_needed()
-        page.wait_for_timeout(500)
+        _still(page, chart)
+        page.wait_for_function(CHARTS_DRAWN, timeout=30_000)
         bar = chart.locator(".point path").nth(3).bounding_box()
         plot = chart.locator("rect.nsewdrag").first.bounding_box()
         page.mouse.click(bar["x"] + bar["width"] / 2, plot["y"] + plot["height"] - 8)  # bars run off the log axis
+        expect(block).not_to_have_value(picked, timeout=60_000)  # the click's rerun selected another block
         _settle(page)
-        page.wait_for_timeout(500)
-        _settle(page)
-        assert block.input_value() != picked
-        page.get_by_role("button", name=re.compile(r"(Unf|F)reeze this block")).click()
-        _settle(page)
-        after = _meter(page)
-        assert after != before, f"meter stayed at {before}"
-        page.get_by_role("button", name=re.compile(r"(Unf|F)reeze this block")).click()  # back to the preset
-        _settle(page)
-        assert _meter(page) == before
+        with _rerun(page):
+            page.get_by_role("button", name=re.compile(r"(Unf|F)reeze this block")).click()
+        expect(_meter(page)).not_to_have_text(before)
+        with _rerun(page):
+            page.get_by_role("button", name=re.compile(r"(Unf|F)reeze this block")).click()  # back to the preset
+        expect(_meter(page)).to_have_text(before)
         assert page.locator("[data-testid='stPlotlyChart']").count() >= 2
         _shot(page, "backbone")
 
         # Data: a small built-in set
         _nav(page, "Data")
         _select(page, "Dataset", "Faces")
-        assert page.get_by_text("Samples per class").is_visible()
+        expect(page.get_by_text("Samples per class")).to_be_visible()
         _shot(page, "data")
 
-        # Train: one epoch, launch, the live curve appears
+        # Train: two epochs (two-phase: 1 epoch head only, then 1 epoch unfrozen), launch, the live curve appears
         _nav(page, "Train")
-        epochs = page.get_by_role("spinbutton", name="Epochs", exact=True)
-        epochs.fill("2")  # two-phase: 1 epoch head only, then 1 epoch unfrozen
-        epochs.press("Enter")
-        _settle(page)
-        name = page.get_by_role("textbox", name="Run name", exact=True)
-        name.fill("browser run")
-        name.press("Enter")
-        _settle(page)
-        page.get_by_role("button", name="Launch training").click()
-        _settle(page)
-        assert "run=" in page.url
+        _launch(page, 2, "browser run")
         run_id = page.url.split("run=")[1].split("&")[0]
-        deadline = time.time() + 240
-        curves = page.locator("[data-testid='stPlotlyChart']").first  # the run's loss/accuracy curves
-        while _points(curves) == 0:
-            assert time.time() < deadline, "no live curve within 240 s"
-            page.wait_for_timeout(1000)  # the fragment refreshes about once a second by itself
+        _wait_for_points(page.locator("[data-testid='stPlotlyChart']").first, timeout=240)  # the live curves
         page.get_by_text("Finished").wait_for(timeout=240_000)
         _settle(page)
 
@@ -252,13 +317,13 @@ def test_first_experiment_in_a_real_browser(server):
         page.reload()
         _settle(page)
         assert run_id in page.url
-        assert page.get_by_text("Finished").is_visible()
+        expect(page.get_by_text("Finished")).to_be_visible()
         assert page.get_by_role("heading", name=re.compile("browser run")).is_visible()
         assert _points(page.locator("[data-testid='stPlotlyChart']").first) > 0
         _shot(page, "train")  # after the reload the set-up form is folded away: the run fills the screen
 
         _nav(page, "Compare")
-        assert page.get_by_text("What did pretraining buy?").is_visible()
+        expect(page.get_by_text("What did pretraining buy?")).to_be_visible()
         _shot(page, "compare")
         _nav(page, "Inspect")
         page.get_by_text("Misclassified examples").wait_for(timeout=60_000)
@@ -280,23 +345,23 @@ def test_first_experiment_in_a_real_browser(server):
         # Labs: a shared link opens the BatchNorm lab with a tiny setup; run it and see its chart
         page.goto(f"{url}/labs?lab=bn&per_class=5&image_size=32&epochs=1&seeds=1")
         _settle(page)
-        assert page.get_by_role("tab", name="BatchNorm pitfall", selected=True).is_visible()
+        expect(page.get_by_role("tab", name="BatchNorm pitfall", selected=True)).to_be_visible()
         assert page.get_by_role("spinbutton", name="Epochs", exact=True).first.input_value() == "1"
         page.get_by_role("tabpanel").get_by_role("button", name="Run this lab").click()
         panel = page.get_by_role("tabpanel")
         panel.locator("[data-testid='stAlert']", has_text="What we measured").wait_for(timeout=240_000)
+        _wait_for_points(panel.locator("[data-testid='stPlotlyChart']"))  # the lab's chart, once
         _settle(page)
-        chart = panel.locator("[data-testid='stPlotlyChart']")
-        assert chart.count() == 1 and _points(chart) > 0
         expect(panel.get_by_text("BN frozen reached")).to_be_visible()
         _shot(page, "labs")
+        # the text lab: its tab opens with its question and its Run button
         text_lab = page.get_by_role("tab", name=re.compile(r"^Text"))
-        if text_lab.count():  # the text lab: its tab opens with its question and its Run button
-            text_lab.first.click()
-            _settle(page)
-            panel = page.get_by_role("tabpanel")
-            expect(panel.get_by_role("button", name="Run this lab")).to_be_visible()
-            _shot(page, "labs_text")
+        expect(text_lab).to_have_count(1)
+        text_lab.click()  # tabs switch in the browser: no rerun
+        expect(page.get_by_role("tab", name=re.compile(r"^Text"), selected=True)).to_be_visible()
+        panel = page.get_by_role("tabpanel")
+        expect(panel.get_by_role("button", name="Run this lab")).to_be_visible()
+        _shot(page, "labs_text")
 
         assert not page.locator("[data-testid='stException']").count(), "an exception box is on the page"
         assert not errors, errors
@@ -340,34 +405,34 @@ def test_a_deep_link_as_a_fresh_servers_first_request_opens_in_the_app_layout(se
 def _train_a_text_run(page) -> None:
     """A text run through the real UI: Texts on the Data page (MiniLM, fine-food reviews), the fewest reviews
     and tokens, then a two-epoch feature-extraction run launched from the Train page: its live curve and its end."""
+    from playwright.sync_api import expect
+
     _nav(page, "Data")
-    page.get_by_role("radio", name=re.compile("Texts")).click()
-    _settle(page)
+    with _rerun(page):
+        page.get_by_role("radio", name=re.compile("Texts")).click()
     for label in ("Training texts per class", "Tokens per text (max_tokens)"):
-        page.locator(f"input[type='range'][aria-label='{label}']").press("Home")  # the smallest: 5 reviews, 16 tokens
-        _settle(page)
+        with _rerun(page):  # the smallest: 5 reviews, 16 tokens
+            page.locator(f"input[type='range'][aria-label='{label}']").press("Home")
     assert page.get_by_text("Fine-food reviews", exact=False).first.is_visible()
     assert page.get_by_text("10 training and 1,000 validation texts.").is_visible()
     assert page.locator(".tl-tok.special", has_text="[CLS]").count() == 1  # the example, cut by MiniLM's tokenizer
     _shot(page, "text_data")
     _nav(page, "Train")
     form = page.get_by_text("New run: your choices and the hyper-parameters")
-    if page.locator("details", has=form).get_attribute("open") is None:  # folded while the deep-link run is attached
-        form.click()
-        page.wait_for_timeout(300)
-    assert page.get_by_text("16 tokens").first.is_visible() and page.get_by_text("MiniLM").first.is_visible()
+    details = page.locator("details", has=form)
+    if details.get_attribute("open") is None:  # folded while the deep-link run is attached
+        form.click()  # an expander opens in the browser: no rerun
+        expect(details).to_have_attribute("open", re.compile(".*"))
+    expect(page.get_by_text("16 tokens").first).to_be_visible()
+    expect(page.get_by_text("MiniLM").first).to_be_visible()
     _launch(page, 2, "text run")
-    deadline = time.time() + 180
-    curves = page.locator("[data-testid='stPlotlyChart']").first
-    while _points(curves) == 0:
-        assert time.time() < deadline, "no live curve of the text run within 180 s"
-        page.wait_for_timeout(1000)
+    _wait_for_points(page.locator("[data-testid='stPlotlyChart']").first, timeout=180)
     page.get_by_text("Finished").wait_for(timeout=180_000)
     _settle(page)
-    assert page.get_by_role("heading", name=re.compile("text run")).is_visible()
-    assert page.get_by_text("Attention of one validation sentence").is_visible()
+    expect(page.get_by_role("heading", name=re.compile("text run"))).to_be_visible()
+    expect(page.get_by_text("Attention of one validation sentence")).to_be_visible()
     form.click()  # fold the set-up form away: the run fills the screen
-    page.wait_for_timeout(300)
+    expect(details).not_to_have_attribute("open", re.compile(".*"))
     _shot(page, "text_train")
 
 
@@ -386,18 +451,14 @@ def test_two_students_see_their_own_runs_and_the_class_board_shows_both(classroo
 
     url, tmp = server
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        errors, pages = [], {}
+        browser, errors, pages = _browser(p), [], {}
         for student in ("Alice", "Bob"):
-            page = browser.new_context(viewport=VIEWPORT).new_page()
-            page.on("pageerror", lambda e: errors.append(str(e)))
+            page = _page(browser, errors)
             page.goto(f"{url}/data")
             _settle(page)
             page.get_by_role("textbox", name="Your name", exact=True).fill(student)
-            page.get_by_role("button", name="Join the class").click()
-            _settle(page)
+            with _rerun(page):
+                page.get_by_role("button", name="Join the class").click()
             _select(page, "Dataset", "Faces")
             _nav(page, "Train")
             _launch(page, 1, f"{student} run")
@@ -411,20 +472,20 @@ def test_two_students_see_their_own_runs_and_the_class_board_shows_both(classroo
             other = "Bob" if student == "Alice" else "Alice"
             assert not page.get_by_text(f"{other} run").count()
 
-        teacher = browser.new_context(viewport=VIEWPORT).new_page()
-        teacher.on("pageerror", lambda e: errors.append(str(e)))
+        teacher = _page(browser, errors)
         teacher.goto(f"{url}/board")
         _settle(teacher)
         teacher.get_by_label("Teacher password").fill(classroom_password)
-        teacher.get_by_role("button", name="Unlock").click()
-        _settle(teacher)
+        with _rerun(teacher):
+            teacher.get_by_role("button", name="Unlock").click()
         expect(teacher.get_by_role("heading", name="Class board")).to_be_visible(timeout=60_000)
         expect(teacher.get_by_text("Students: Alice, Bob")).to_be_visible(timeout=60_000)
         # the board refreshes itself while runs are active: wait for both results, pooled in one group
         teacher.get_by_text("2 runs by 2 students; 2 of 2 finished with an accuracy.").wait_for(timeout=300_000)
-        _settle(teacher)
         chart = teacher.locator("[data-testid='stPlotlyChart']")
-        assert chart.count() == 1 and _points(chart) == 3  # one pooled bar and two students' dots
+        _wait_for_points(chart, lambda n: n == 3)  # one pooled bar and two students' dots, in the one chart
+        _settle(teacher)
+        assert chart.count() == 1 and _points(chart) == 3
         for page in (*pages.values(), teacher):
             assert not page.locator("[data-testid='stException']").count(), "an exception box is on the page"
         assert not errors, errors

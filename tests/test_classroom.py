@@ -198,7 +198,8 @@ def test_student_cannot_stop_anothers_run(classroom_on):
     at = _page(_join(_app(), "Alice"), "train", run=runs["bob_queued"])  # Bob's run by its link
     assert any("another student's" in w.value for w in at.warning)
     assert not [b for b in at.button if b.key == f"stop_{runs['bob_queued']}"]
-    assert runs["bob_queued"] not in at.selectbox(key="run_pick").options[0]
+    assert set(at.selectbox(key="run_pick").options) == {  # every option is one of hers, none of Bob's
+        f"alice waits · queued · {runs['alice_queued']}", f"alice done · completed · {runs['alice_done']}"}
     assert store.get(runs["bob_queued"]).status == "queued"
     with pytest.raises(PermissionError):
         store.request_stop(runs["bob_queued"], by="Alice")

@@ -79,9 +79,29 @@ def test_generated_two_phase_code_unfreezes_and_trains(resnet):
     assert isinstance(opt, torch.optim.SGD)
     assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == surgery.apply_plan(model, hier, p2)["trainable"]
     assert {g["name"]: g["lr"] for g in opt.param_groups}["layer1"] == pytest.approx(0.001)
-    # the training loop runs end to end on a tiny loader
-    data = [(torch.randn(4, 3, 64, 64), torch.randint(0, 3, (4,)))]
-    ns["train"](data, data)
+    # the training loop, on a tiny loader that notes the weights and what trains as each epoch starts
+    net, block_of, seen = ns["model"], ns["block_of"], []
+
+    class Loader(list):
+        def __iter__(self):
+            if self is train:
+                seen.append(({n: p.detach().clone() for n, p in net.named_parameters()},
+                             {block_of(n) for n, p in net.named_parameters() if p.requires_grad}))
+            return super().__iter__()
+
+    batches = [(torch.randn(4, 3, 64, 64), torch.randint(0, 3, (4,)))]
+    train = Loader(batches)
+    ns["train"](train, Loader(batches))
+    end = {n: p.detach().clone() for n, p in net.named_parameters()}
+    (start, phase1), (middle, phase2) = seen  # one epoch per phase
+    assert phase1 == set(p1.trainable) == {"fc"} and phase2 == set(p2.trainable) == set(hier.block_names)
+
+    def moved(a, b, block):
+        return any(not torch.equal(a[n], b[n]) for n in a if block_of(n) == block)
+
+    for block in hier.block_names:
+        assert moved(start, middle, block) == (block == "fc"), block  # phase 1: only the head trains
+        assert moved(middle, end, block), block  # phase 2: every block, unfrozen, trains
 
 
 def test_generated_code_handles_vit_bare_parameters():

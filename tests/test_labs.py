@@ -14,6 +14,7 @@ import torch
 
 from tl_core.models import backbones
 from tl_core import labs
+from tl_core.labs import stats
 from tl_core.runs.policy import DIED
 from tl_core.runs.store import RunStore
 
@@ -50,6 +51,33 @@ def _store_best(res: labs.LabResult) -> dict:
         return {rid: store.get(rid).summary["best_val_acc"] for rid in res.table["run"]}
     finally:
         store.close()
+
+
+def _stored_accs(lab: dict) -> dict:
+    """{(run key without its seed, seed): validation accuracy per epoch} as the run store holds them."""
+    store = RunStore()
+    try:
+        return {(r["key"].split("@")[0], r["seed"]): [m["val_acc"] for m in store.metrics(r["run_id"], "epoch")]
+                for r in lab["runs"]}
+    finally:
+        store.close()
+
+
+_MARKS = {"✔ agrees": "agrees", "– inconclusive": "inconclusive", "✖ **disagrees**": "disagrees"}
+
+
+def _assert_shown(res: labs.LabResult, expected: list[bool | None]) -> None:
+    """Each check's verdict and the overall one, as the result holds them and as its text shows them, are
+    ``expected`` (recomputed by the test from the stored numbers with ``labs.stats``)."""
+    assert [c["agrees"] for c in res.checks] == expected
+    for check, want in zip(res.checks, expected):
+        line = next(t for t in res.text.splitlines() if t.startswith(f"- {check['claim']}:"))
+        assert [v for m, v in _MARKS.items() if "→ " + m in line] == [stats.verdict_of(want)], line
+    known = [e for e in expected if e is not None]
+    overall = all(known) if known else None
+    assert res.agrees is overall and res.verdict() == stats.verdict_of(overall)
+    assert ("The measurement agrees with the prediction." in res.text) == (overall is True)
+    assert ("**The measurement disagrees with the prediction**" in res.text) == (overall is False)
 
 
 # ------------------------------------------------------------------ configuration
@@ -238,8 +266,19 @@ def test_race_lab_end_to_end(tiny_backbone):
     assert [best[r] for r in res.table["run"]] == pytest.approx(list(res.table["best acc"]), abs=1e-4)
     t = res.table.set_index("key")
     assert t.loc["feature_extraction", "trainable params"] < t.loc["scratch", "trainable params"]
-    assert res.agrees is not None and len(res.checks) == 3
     assert f"{best[t.loc['scratch', 'run']]:.1%}" in res.text
+    # the verdict, recomputed from the stored curves: each claim holds when most transfer strategies beat
+    # scratch (one seed: by more than stats.TOL; the slope: in fewer epochs to scratch's best)
+    acc = {k: a for (k, _), a in _stored_accs(labs.list_labs(lab="race")[0]).items()}
+    scratch, transfer = acc.pop("scratch"), acc
+
+    def epochs_to(a):
+        return next((i for i, v in enumerate(a, 1) if v >= max(scratch) - 1e-9), len(a) + 1)
+
+    claims = [[stats.paired([a[0] - scratch[0]]) for a in transfer.values()],
+              [stats.paired([epochs_to(scratch) - epochs_to(a)], stats.tol_rule(0)) for a in transfer.values()],
+              [stats.paired([max(a) - max(scratch)]) for a in transfer.values()]]
+    _assert_shown(res, [sum(p.agrees is True for p in ps) * 2 > len(ps) for ps in claims])
     names = [RunStore().get(r).name for r in res.table["run"]]
     assert names[0] == "lab race · From scratch"
 
@@ -332,7 +371,18 @@ def test_background_lab_process_runs_then_stop_cancels_the_rest(tiny_backbone):
     assert state["status"] == "completed", (state, (labs.lab_dir(lab_id) / labs.LAB_LOG).read_text()[-2000:])
     store = RunStore()
     assert [store.get(r["run_id"]).status for r in state["runs"]] == ["completed", "completed"]
-    assert labs.result(lab_id).agrees is not None
+    # the verdict, recomputed from the stored runs: BatchNorm statistics of the frozen blocks fixed with
+    # "frozen", drifting with "train"; and whether train cost accuracy (one seed: beyond stats.TOL)
+    runs = {r["key"]: r["run_id"] for r in state["runs"]}
+
+    def frozen_drift(run_id):
+        trainable = set(store.get(run_id).summary["phases"][0]["trainable"])
+        return max((v for m in store.metrics(run_id, "epoch") for b, v in m["bn_stat_drift"].items()
+                    if b not in trainable and v is not None), default=0.0)
+
+    best = {k: store.get(r).summary["best_val_acc"] for k, r in runs.items()}
+    _assert_shown(labs.result(lab_id), [frozen_drift(runs["bn:frozen"]) < 1e-6, frozen_drift(runs["bn:train"]) > 1e-4,
+                                        stats.paired([best["bn:frozen"] - best["bn:train"]]).agrees])
 
     # stop: the run in progress stops, the waiting ones are cancelled
     lab_id = labs.launch_lab(tiny("race", strategies=["scratch", "feature_extraction", "full"], epochs=50,
@@ -574,4 +624,8 @@ def test_a_tiny_lab_with_two_seeds_end_to_end(tiny_backbone):
     assert res.seeds == [0, 1] and "best acc 95% interval" in res.table.columns
     own = [i.summary["best_val_acc"] for i in infos if i.config["normalization"] == "backbone"]
     assert res.table.set_index("normalisation").loc["own mean/std", "best acc"] == pytest.approx(sum(own) / 2)
-    assert res.agrees is not None or "interval contains 0" in res.text
+    # the verdict, recomputed from the stored curves: the seed-paired gap of the best accuracies (own
+    # normalisation minus a wrong one), its bootstrap interval on the predicted side or not
+    acc = _stored_accs(lab)
+    gap = stats.paired([max(acc["norm:backbone", s]) - max(acc["norm:wrong", s]) for s in (0, 1)])
+    _assert_shown(res, [gap.agrees])

@@ -139,3 +139,68 @@ def test_a_students_lab_carries_the_owner_and_other_students_do_not_see_or_stop_
         assert time.time() - t < 120, "the stopped lab did not end"
         time.sleep(0.3)
     assert all(not store.get(r["run_id"]).active for r in state["runs"])
+
+
+def _link_warning(at: AppTest) -> str:
+    found = [w.value for w in at.warning if "cannot take" in w.value]
+    assert len(found) == 1, [w.value for w in at.warning]
+    return found[0].replace("\\", "")  # as it reads: no markdown escapes
+
+
+def test_a_link_with_out_of_range_values_says_so_and_the_form_shows_what_runs():
+    from tl_core import limits
+
+    at = _page(lab="yosinski", image_size="4096", epochs="1000")
+    text, cfg, lim = _link_warning(at), at.session_state["labcfg_yosinski"], limits.current()
+    for field, given, allowed in (("image_size", "4096", f"{lim.min_image_size} to {lim.max_image_size} pixels"),
+                                  ("epochs", "1000", f"1 to {lim.max_epochs}")):
+        line = next(x for x in text.splitlines() if x.startswith(f"- `{field}`"))  # one line per field
+        assert f"the link says '{given}';" in line and allowed in line, line
+        assert line.endswith(f"the form shows {cfg[field]} instead."), line
+    # what the form shows is the config that Run takes, and the lab accepts it
+    assert at.selectbox(key="yosinski_image_size").value == cfg["image_size"] <= lim.max_image_size
+    assert at.number_input(key="yosinski_epochs").value == cfg["epochs"] <= lim.max_epochs
+    labs.LabConfig.from_dict(cfg).validate()
+    assert any(f"image_size={cfg['image_size']}&" in c.value and f"epochs={cfg['epochs']}&" in c.value
+               for c in at.code)  # the link to share holds the same values
+    # an edit is taken as it stands: the address now holds the form's values and the warning is gone
+    at.number_input(key="yosinski_epochs").set_value(3).run()
+    q = {k: (v[-1] if isinstance(v, list) else v) for k, v in at.query_params.items()}
+    assert (q["epochs"], q["image_size"]) == ("3", str(cfg["image_size"])) and not at.warning
+
+
+def test_a_link_is_read_value_by_value():
+    cfg, notes = labs.LabConfig.from_link("lab=race&preset=huge&epochs=0&seeds=many&image_size=8&per_class=25"
+                                          "&strategies=scratch,warp&run=abc")
+    default, why = labs.default_config("race"), {n.field: n.why for n in notes}
+    assert sorted(why) == ["epochs", "image_size", "preset", "seeds", "strategies"]  # per_class=25 was fine
+    assert (cfg.preset, cfg.epochs, cfg.image_size, cfg.seeds, cfg.per_class) == ("default", 1, 16, default.seeds, 25)
+    assert why["seeds"] == "expected a whole number from 1 to 100" and why["epochs"] == "the allowed range is 1 to 100"
+    assert "unknown strategy 'warp'" in why["strategies"] and cfg.strategies == default.strategies
+    assert cfg.validate() is cfg
+    for lab in labs.LABS:  # a link the lab can take is read as it is, without a word
+        c = labs.default_config(lab)
+        assert labs.LabConfig.from_link(c.to_query_string()) == (c, [])
+
+
+def test_the_form_keeps_to_the_servers_limits_and_shows_what_runs(monkeypatch):
+    monkeypatch.setenv("TL_LIMIT_MAX_EPOCHS", "200")
+    at = _page(lab="bn", epochs="150")
+    assert not at.warning, [w.value for w in at.warning]
+    widget = at.number_input(key="bn_epochs")
+    assert widget.value == at.session_state["labcfg_bn"]["epochs"] == 150 and widget.max == 200
+    # a setting the lab refuses is not applied, and the form goes back to the value in use
+    kept = at.session_state["labcfg_freeze_depth"]["depths"]
+    at.text_input(key="freeze_depth_depths").set_value("two, three").run()
+    assert any("Setting not applied" in e.value for e in at.error), [e.value for e in at.error]
+    assert at.text_input(key="freeze_depth_depths").value == labs.encode_value("depths", kept)
+    assert at.session_state["labcfg_freeze_depth"]["depths"] == kept
+
+
+def test_a_link_to_an_unknown_lab_names_the_labs_and_opens_the_first():
+    at = _page(lab="nope", epochs="3")
+    found = [w.value for w in at.warning if "no lab called" in w.value]
+    assert len(found) == 1, [w.value for w in at.warning]
+    assert "'nope'" in found[0] and all(f"`{k}`" in found[0] for k in labs.LABS)
+    assert f"opened the first lab, {labs.LABS[next(iter(labs.LABS))].title}" in found[0]
+    assert at.session_state["labcfg_race"]["epochs"] == labs.default_config("race").epochs  # not the link's 3

@@ -1,6 +1,7 @@
 """Run store and worker processes: real workers, real tiny runs (digits8, 32 px, MobileNetV2)."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -317,3 +318,20 @@ def test_active_count_counts_queued_and_training_runs_on_every_device(tmp_path):
     assert store.try_start(ids[3]) and store.active_count() == 2  # training counts too
     store.finish(ids[2], "failed", "no GPU")
     assert store.active_count() == 1
+
+
+@pytest.mark.slow
+def test_an_idle_warm_worker_exits_after_its_idle_time(store, monkeypatch):
+    monkeypatch.setenv("TL_WORKER_IDLE_S", "1")  # executor.worker_idle_s(): the smallest idle time
+    pid = executor.start_worker(store, "cpu")
+
+    def ended():
+        alive, how = policy.pid_alive(pid)
+        return None if alive else how or "ended"
+
+    assert wait_until(ended, timeout=120) == "exit code 0"  # it ended by itself, with no run ever queued
+    log = executor.pool_log(store.runs_dir, "cpu").read_text()
+    said = re.search(rf"warm worker {pid} (exited: idle for (\d+) s)", log)
+    assert said and int(said[2]) >= 1, "the worker's log gives another reason"  # idle, as long as it was allowed
+    assert not store.workers("cpu")  # its row says it ended, and why
+    assert store._q("SELECT reason FROM workers WHERE pid=?", (pid,))[0][0] == said[1]

@@ -206,3 +206,58 @@ def test_text_config_defaults_and_checks(reviews):
             text_cfg(reviews, **bad).validate()
         assert "\n" not in str(err.value)
     assert strategies.default_lr("full", modality="text") < strategies.default_lr("full")
+
+
+# --------------------------------------------------------------------------- text training learns
+
+
+def test_a_frozen_minilm_beats_the_majority_class_and_scratch_on_bbc_news():
+    """Frozen pretrained MiniLM against the same run from random weights (frozen too: only the weights
+    differ), on 20 BBC News articles per topic (5 topics), 64 tokens, 3 epochs, validated on 112 articles;
+    the majority share is that of the actual validation labels. Measured (seeds 0-2): 0.83-0.91 pretrained,
+    0.18-0.23 from random weights, majority 0.23; 5 s on two idle cores."""
+    common = dict(backbone="minilm_l6", data="bbc_news", per_class=20, val_fraction=0.05, max_tokens=64, epochs=3,
+                  batch_size=32, seed=0, strategy="feature_extraction")
+    pre_trainer, _, pre = run(TrainConfig(**common))
+    _, _, scratch = run(TrainConfig(**common, weights="random"))
+    assert pre["weights"] == "bundled" and scratch["weights"] == "random"
+    val_labels = pre_trainer.data["ds"].labels[pre_trainer.data["val_idx"]]
+    majority = torch.bincount(val_labels).max().item() / len(val_labels)
+    got = {"pretrained": pre["final_val_acc"], "scratch": scratch["final_val_acc"], "majority": majority}
+    assert pre["final_val_acc"] >= majority + 0.4, got
+    assert pre["final_val_acc"] >= scratch["final_val_acc"] + 0.4, got
+
+
+# --------------------------------------------------------------------------- the command line's text runs
+
+
+def _cli_config(*flags) -> TrainConfig:
+    from tl_core import cli
+
+    return cli._train_config(cli.build_parser().parse_args(["train", *flags]))
+
+
+def test_the_cli_gives_a_text_backbone_the_text_defaults_and_flags_win(monkeypatch):
+    from tl_core.training import config
+
+    monkeypatch.setenv(config.TRUSTED_ENV, "0")  # the CLI marks its process trusted: undone after the test
+    text = _cli_config("--backbone", "minilm_l6")
+    assert (text.data, text.strategy, text.per_class, text.max_tokens, text.epochs) == (
+        "fine_food", "feature_extraction", 500, 64, 3)  # 1,000 training reviews, as the app's default text run
+    mine = _cli_config("--backbone", "minilm_l6", "--data", "bbc_news", "--per-class", "20", "--max-tokens", "32",
+                       "--epochs", "1", "--strategy", "full")
+    assert (mine.data, mine.strategy, mine.per_class, mine.max_tokens, mine.epochs) == ("bbc_news", "full", 20, 32, 1)
+    image = _cli_config("--backbone", "mobilenetv2")  # an image backbone keeps the image defaults
+    assert (image.data, image.per_class, image.epochs) == ("animal_shapes", 100, 3)
+
+
+def test_a_cli_text_run_speaks_of_texts(reviews, tmp_path, monkeypatch, capsys):
+    from tl_core import cli
+    from tl_core.training import config
+
+    monkeypatch.setenv(config.TRUSTED_ENV, "0")
+    assert cli.main(["train", "--backbone", "minilm_l6", "--data", "reviews.csv", "--data-root", reviews,
+                     "--per-class", "8", "--max-tokens", "16", "--epochs", "1", "--runs-dir", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert "16 train / 16 val texts" in err and "texts/s" in out and "texts_per_s: " in out, (out, err)
+    assert "img" not in out + err and "images" not in out + err, (out, err)

@@ -3,10 +3,14 @@
 Each run trains a few hundred 32 px images for 1-3 epochs; the whole file stays around a minute
 on two CPU cores."""
 
+import dataclasses
+import math
+
 import numpy as np
 import pytest
 import torch
 
+from tl_core import devices
 from tl_core.models import surgery
 from tl_core.training.trainer import CancelFit, Trainer, fit, prepare
 from tl_core.training.config import TrainConfig
@@ -303,6 +307,45 @@ def test_cpu_run_with_channels_last():
     conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size[0] > 1)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert summary["status"] == "completed" and summary["device"] == "cpu"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")  # fp16 skips its 1st step
+def test_the_gpu_mixed_precision_path_trains_on_the_cpu(dtype, monkeypatch):
+    """The plan a CUDA GPU gets (bf16 autocast; or fp16 autocast with a GradScaler), moved to the CPU: the
+    forward passes run in ``dtype``, the scaled backward, the unscaling before the gradient norms, the
+    scaler's step and update all run for real. The same run in fp32 is the reference: the weights change, the
+    loss stays finite and the gradient norms are those of the fp32 run up to rounding (not 65,536x them)."""
+    cfg = tiny(strategy="full", epochs=1, per_class=6, val_fraction=0.015)  # fp16 on a CPU is slow: 3 steps
+    _, fp32, _ = run(cfg)
+    gpu_plan = devices.device_plan
+
+    def gpu_plan_on_the_cpu(device, conv=True, channels_last=None, bf16_supported=None):
+        plan = gpu_plan("cuda", conv, channels_last, bf16_supported=dtype == torch.bfloat16)
+        return dataclasses.replace(plan, device=device, pin_memory=False)  # pinned memory is for a GPU
+
+    monkeypatch.setattr(devices, "device_plan", gpu_plan_on_the_cpu)
+    seen = []
+
+    class ConvDtypes:
+        def on(self, event, trainer, **data):
+            if event == "before_fit":
+                conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
+                conv.register_forward_hook(lambda m, i, out: seen.append(out.dtype) if m.training else None)
+
+    trainer, rec, summary = run(cfg, ConvDtypes())
+    info = rec.of("before_fit")[0]["info"]
+    assert summary["status"] == "completed" and info["device"] == "cpu"
+    assert info["amp"] == str(dtype).removeprefix("torch.") and info["grad_scaler"] == (dtype == torch.float16)
+    assert seen and set(seen) == {dtype}  # every training forward ran under autocast in dtype
+    if dtype == torch.float16:  # a real CPU GradScaler: its first scale (2**16) overflowed, so it skipped a step
+        assert trainer.scaler.is_enabled() and 1 < trainer.scaler.get_scale() < 2**16
+    m, ref = rec.of("after_epoch")[0]["metrics"], fp32.of("after_epoch")[0]["metrics"]
+    assert math.isfinite(m["train_loss"]) and abs(m["train_loss"] - ref["train_loss"]) < 0.1
+    end = trainer.model.state_dict()
+    assert all(not torch.equal(end[k], v) for k, v in rec.start.items() if k.endswith("weight"))
+    for block, norm in ref["grad_norm"].items():  # unscaled before they were measured
+        assert 0.5 < m["grad_norm"][block] / norm < 2, (block, m["grad_norm"][block], norm)
 
 
 # --------------------------------------------------------------------------- transfer actually helps

@@ -91,30 +91,52 @@ def cmd_datasets(args) -> int:
     return 0
 
 
+def _check(path: str, data_root):
+    """(report, noun, layout) of the data at ``path``: a ``.csv`` is text; a folder or zip is images, unless
+    it holds no image but ``.txt`` files (then it is checked as text, and the image check's word is dropped)."""
+    from tl_core import data
+    from tl_core.data import texts as text_data
+
+    resolved = data.resolve_data_path(path, data_root, files=(".csv",))  # says: a folder, a .zip or a .csv
+    if resolved.suffix.lower() == ".csv":
+        return text_data.check_text_data(resolved, data_root), "text", "one row per text"
+    report, noun = data.check_data(resolved, data_root), "image"
+    if not report.num_images and any(name.lower().endswith(".txt") for name, _ in report.skipped):
+        report, noun = text_data.check_text_data(resolved, data_root), "text"
+    return report, noun, "train/ + val/" if report.has_split else "one folder per class"
+
+
+SHOWN_SKIPPED = 20  # check-data lists this many skipped files or rows (--json: all)
+
+
 def cmd_check_data(args) -> int:
     from tl_core import data
 
     try:
-        report = data.check_data(args.path, data_root=args.data_root or data.UNRESTRICTED)  # the user's own files
+        report, noun, layout = _check(args.path, args.data_root or data.UNRESTRICTED)  # the user's own files
     except data.DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(report.to_dict()))
+        print(json.dumps({**report.to_dict(), "kind": noun}))
     else:
-        layout = "train/ + val/" if report.has_split else "one folder per class"
         n = len(report.classes)
-        print(f"{_clean(report.source)}: {report.num_images} images, {n} class{'es' if n != 1 else ''} ({layout})")
+        print(f"{_clean(report.source)}: {report.num_images} {noun}s, {n} class{'es' if n != 1 else ''} ({layout})")
         for c in report.classes:
             val = f"  ({report.val_counts[c]} in val/)" if report.has_split else ""
             print(f"  {_clean(c):<24} {report.counts[c]:>6}{val}")
+        if getattr(report, "truncated", 0):
+            print(f"{report.truncated} text(s) cut to the max_chars cap")
         if report.skipped:
-            print(f"skipped {len(report.skipped)} file(s):")
-            for name, why in report.skipped:
+            print(f"skipped {len(report.skipped)} {'row' if layout == 'one row per text' else 'file'}(s):")
+            for name, why in report.skipped[:SHOWN_SKIPPED]:
                 print(f"  {_clean(name)}: {_clean(why)}")
+            if len(report.skipped) > SHOWN_SKIPPED:
+                print(f"  ... and {len(report.skipped) - SHOWN_SKIPPED} more (--json lists them all)")
         for e in report.errors:
             print(f"problem: {_clean(e)}")
     if not report.ok:
+        sys.stdout.flush()  # the verdict is the last line
         print(f"error: {_clean(report.source)} is not usable: {_clean(report.errors[0])}"
               + (f" (+{len(report.errors) - 1} more problems)" if len(report.errors) > 1 else ""), file=sys.stderr)
         return 1
@@ -152,16 +174,19 @@ def _train_config(args):
     fields.setdefault("data_root", data.UNRESTRICTED)  # the CLI's user owns the machine: any path
     os.environ[config.TRUSTED_ENV] = "1"  # this process, and the workers it starts, may read it
     cfg = TrainConfig(**fields)
+    if cfg.modality == "text":  # the app's text defaults (fine-food, 500 per class, 64 tokens, 3 epochs); flags win
+        cfg = config.default_text_config(**fields)
     cfg.validate(trusted=True)
     return cfg
 
 
-def _epoch_line(m: dict) -> str:
+def _epoch_line(m: dict, unit: str = "images") -> str:
+    """One epoch's metrics row as a line; ``unit``: what the run reads (the run info's "images" or "texts")."""
     def f(key, fmt):
         return format(m[key], fmt) if isinstance(m.get(key), (int, float)) else "-"
 
     return (f"epoch {m.get('epoch')}  train loss {f('train_loss', '.4f')} acc {f('train_acc', '.3f')}  "
-            f"val loss {f('val_loss', '.4f')} acc {f('val_acc', '.3f')}  {f('images_per_s', '.0f')} img/s")
+            f"val loss {f('val_loss', '.4f')} acc {f('val_acc', '.3f')}  {f('images_per_s', '.0f')} {unit}/s")
 
 
 def _follow(store, run_id: str, log, foreground: bool = False) -> bool:
@@ -184,10 +209,11 @@ def _follow(store, run_id: str, log, foreground: bool = False) -> bool:
                 if (run.status, run.reason) != last_status and run.active and run.reason:
                     print(f"[{run_id}] {run.status}: {run.reason}", file=sys.stderr)
                 last_status = (run.status, run.reason)
+                unit = (run.info or {}).get("unit", "images")
                 if bar is None and run.info:
                     i = run.info
                     print(f"[{run_id}] {i.get('backbone')} ({i.get('weights_label')}) on {i.get('device')}: "
-                          f"{i.get('num_train')} train / {i.get('num_val')} val images, {i.get('num_classes')} "
+                          f"{i.get('num_train')} train / {i.get('num_val')} val {unit}, {i.get('num_classes')} "
                           f"classes, {i.get('total_epochs')} epochs; {i.get('cache')}", file=sys.stderr)
                     total = (i.get("steps_per_epoch") or 0) * (i.get("total_epochs") or 0)
                     bar = tqdm(total=total or None, unit="step", file=sys.stderr, disable=not tty, leave=False)
@@ -198,7 +224,7 @@ def _follow(store, run_id: str, log, foreground: bool = False) -> bool:
                         bar.set_postfix(epoch=row.get("epoch"), loss=row.get("loss"), refresh=False)
                 for row in store.metrics(run_id, "epoch", last_epoch):
                     last_epoch = row["seq"]
-                    (bar.write if bar is not None and tty else print)(_epoch_line(row), file=log)
+                    (bar.write if bar is not None and tty else print)(_epoch_line(row, unit), file=log)
                 if not run.active:
                     return True
                 time.sleep(0.1 if foreground else 0.25)
@@ -290,9 +316,14 @@ def cmd_train(args) -> int:
     if args.json:
         print(json.dumps(summary, default=str))
     else:
+        unit = (store.get(run_id).info or {}).get("unit", "images")
         for k, v in summary.items():
-            print(f"{k}: {v}")
-    return 0 if summary["status"] in _FINAL_STATUSES else 1
+            print(f"{k.replace('images', unit)}: {v}")  # a text run: texts_per_s (its JSON keeps images_per_s)
+    if summary["status"] in _FINAL_STATUSES:
+        return 0
+    sys.stdout.flush()  # the reason is the last line, after the summary
+    print(f"error: run {run_id} {summary['status']}: {_clean(summary['reason'])}", file=sys.stderr)
+    return 1
 
 
 def cmd_runs(args) -> int:
@@ -344,8 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_datasets)
 
-    s = sub.add_parser("check-data", help="validate a user dataset (ImageFolder folder or .zip)")
-    s.add_argument("path", help="folder or .zip (any path: the command line reads the user's own files)")
+    s = sub.add_parser("check-data", help="validate a user dataset: images (ImageFolder folder or .zip) or texts "
+                                          "(a .csv, or a folder / .zip of .txt files per class)")
+    s.add_argument("path", help="folder, .zip or .csv (any path: the command line reads the user's own files; "
+                                "links inside it are followed only inside it)")
     s.add_argument("--data-root", default=None, help="only accept paths inside this folder (default: any path)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_check_data)
@@ -355,14 +388,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train in this process and follow it (Ctrl-C stops the run); "
                                      "--background: queue it for the warm workers")
     s.add_argument("--backbone")
-    s.add_argument("--data", help="built-in dataset name, or a folder/zip (any path)")
+    s.add_argument("--data", help="built-in dataset name, or a folder/zip (any path; a .csv for text); "
+                                  "default animal_shapes, or fine_food for a text backbone")
     s.add_argument("--data-root", default=None, help="only accept --data inside this folder (default: any path)")
     s.add_argument("--strategy", help="e.g. feature_extraction (or feature-extraction), partial, full, two_phase")
     s.add_argument("--weights", help="pretrained (default) or random")
     s.add_argument("--weights-file", help="pretrained weights of the backbone (.safetensors, or .pth read "
                                           "with weights_only)")
     s.add_argument("--freeze-blocks", type=int)
-    s.add_argument("--epochs", type=int)
+    s.add_argument("--epochs", type=int, help="total over all phases (default 3)")
     s.add_argument("--head-epochs", type=int)
     s.add_argument("--batch-size", type=int)
     s.add_argument("--lr", type=float)
@@ -370,8 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr-decay", type=float)
     s.add_argument("--bn-mode", help="frozen or train")
     s.add_argument("--image-size", type=int)
-    s.add_argument("--max-tokens", type=int, help="text backbones: texts are cut or padded to this many tokens")
-    s.add_argument("--per-class", type=int)
+    s.add_argument("--max-tokens", type=int, help="text backbones: texts are cut or padded to this many tokens "
+                                                   "(default 64)")
+    s.add_argument("--per-class", type=int, help="training samples per class (default: 100 images, or 500 texts "
+                                                 "for a text backbone)")
     s.add_argument("--augment", nargs="?", const="flip,crop,jitter",
                    help="comma list of flip,crop,jitter (the flag alone: all three)")
     s.add_argument("--seed", type=int)

@@ -90,8 +90,8 @@ class DevicePlan:
         return model
 
     def scaler(self) -> torch.amp.GradScaler | None:
-        """A fresh GradScaler for fp16, else None."""
-        return torch.amp.GradScaler("cuda") if self.grad_scaler else None
+        """A fresh GradScaler for fp16 on this plan's device kind, else None."""
+        return torch.amp.GradScaler(self.device.split(":")[0]) if self.grad_scaler else None
 
 
 def device_plan(device: str, conv: bool = True, channels_last: bool | None = None,

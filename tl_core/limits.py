@@ -42,8 +42,15 @@ class Limits:
         values: dict = {}
         path = env.get("TL_LIMITS_FILE")
         if path:
-            with open(path, encoding="utf-8") as fh:
-                values.update(json.load(fh))
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    loaded = json.load(fh)
+                if not isinstance(loaded, dict):
+                    raise ValueError(f"it holds a JSON {type(loaded).__name__}")
+            except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+                raise ValueError(f"TL_LIMITS_FILE={path}: {str(exc).splitlines()[0]}; it must be a JSON object "
+                                 'such as {"max_image_size": 512}') from None
+            values.update(loaded)
         for f in dataclasses.fields(cls):
             text = env.get(f"TL_LIMIT_{f.name.upper()}")
             if text is not None:
@@ -76,13 +83,23 @@ def current() -> Limits:
     return Limits.from_env()
 
 
+def shown(value, most: int = 60) -> str:
+    """``repr(value)`` for a message, cut after ``most`` characters with an ellipsis and the full length:
+    a value pasted into a link or a file is never quoted whole."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int with more digits than str() converts
+        return f"a number of {value.bit_length():,} bits"
+    return text if len(text) <= most else f"{text[:most]}… ({len(text):,} characters)"
+
+
 def check_int(name: str, value, lo: int, hi: int | None = None, unit: str = "") -> None:
     """Raise ValueError with one line unless ``value`` is a whole number in [lo, hi]."""
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= lo and (hi is None or value <= hi)
     if not ok:
         above = isinstance(value, int) and not isinstance(value, bool) and value >= lo
         span = f"from {lo} to {hi}" if above else f">= {lo}" + (f" (at most {hi})" if hi is not None else "")
-        raise ValueError(f"{name} must be a whole number{unit} {span}, not {value!r}")
+        raise ValueError(f"{name} must be a whole number{unit} {span}, not {shown(value)}")
 
 
 def check_float(name: str, value, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
@@ -97,7 +114,7 @@ def check_float(name: str, value, lo: float | None = None, hi: float | None = No
             "" if lo is None else f"{'>' if lo_open else '>='} {lo:g}",
             "" if hi is None else f"{'and ' if lo is not None else ''}{'<' if hi_open else '<='} {hi:g}") if x)
         what = f"{span} (a finite number)" if span else "a finite number"
-        raise ValueError(f"{name} must be {what}{hint}, not {value!r}")
+        raise ValueError(f"{name} must be {what}{hint}, not {shown(value)}")
 
 
 _SIMPLE = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict}
@@ -110,7 +127,7 @@ def check_types(obj) -> None:
     for f in dataclasses.fields(obj):
         value, kind = getattr(obj, f.name), str(f.type)
         if not _fits(value, kind):
-            raise ValueError(f"{f.name} must be of type {kind}, not {value!r}"[:300])
+            raise ValueError(f"{f.name} must be of type {kind}, not {shown(value)}")
 
 
 def _fits(value, kind: str) -> bool:

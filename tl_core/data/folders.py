@@ -2,8 +2,10 @@
 
 One sub-folder per class, optionally inside ``train/`` and ``val/``, as a folder under the
 data root or as a ``.zip``. Only regular files are read; links are followed only while they
-stay inside the data root. Unreadable files, special files and links that lead outside are
-skipped and listed in a :class:`ValidationReport`; unusable data shows as the report's errors.
+stay inside the data root or, where any path may be read (the command line), inside the folder
+given, and never into ``/proc``, ``/sys`` or ``/dev``. Unreadable files, special files and links
+that lead outside are skipped and listed in a :class:`ValidationReport`; unusable data shows as the
+report's errors.
 The scan (:func:`scan_layout`) and the usability rules serve text data too.
 """
 from __future__ import annotations
@@ -17,7 +19,8 @@ from pathlib import Path
 
 from tl_core.data.errors import DataError
 from tl_core.data.images import fit_square, open_image, read_image
-from tl_core.data.sources import Caps, data_root_dir, extracted, file_kind, inside, resolve_data_path, upload_name
+from tl_core.data.sources import (Caps, data_root_dir, extracted, file_kind, inside, pseudo_filesystem,
+                                  resolve_data_path, upload_name)
 
 VAL_DIR_NAMES = ("val", "valid", "validation")
 _JUNK_NAMES = {"__MACOSX", "Thumbs.db", "desktop.ini"}
@@ -75,12 +78,13 @@ def _find_layout(root: Path, bound: Path, follow_links: bool = True) -> tuple[Pa
     return root, ({"train": dirs["train"], "val": val} if "train" in dirs and val else None)
 
 
-_OUTSIDE = "symbolic link to a {} outside the data root; copy it into the data root instead"
+_ROOT, _GIVEN = "the data root", "the folder you gave"
 
 
-def _entry(path: Path, bound: Path, follow_links: bool, chain: tuple[Path, ...]) -> tuple[str, object]:
+def _entry(path: Path, bound: Path, follow_links: bool, chain: tuple[Path, ...],
+           where: str = _ROOT) -> tuple[str, object]:
     """What a folder entry is: ("dir", resolved path), ("file", size) or ("skip", why). Uses lstat/stat
-    only: nothing is opened."""
+    only: nothing is opened. ``where`` names ``bound`` in the reason a link leading outside it is skipped."""
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode):
         if not follow_links:
@@ -88,8 +92,12 @@ def _entry(path: Path, bound: Path, follow_links: bool, chain: tuple[Path, ...])
         target = path.resolve()
         if not target.exists():
             return "skip", "broken symbolic link"
+        kind = "folder" if target.is_dir() else "file"
+        fs = pseudo_filesystem(target)
+        if fs:
+            return "skip", f"symbolic link into the {fs} pseudo-filesystem; skipped without opening it"
         if not target.is_relative_to(bound):
-            return "skip", _OUTSIDE.format("folder" if target.is_dir() else "file")
+            return "skip", f"symbolic link to a {kind} outside {where}; copy it into {where} instead"
         if target in chain:
             return "skip", "symbolic link to a folder that contains it (a loop)"
         st = os.stat(target)
@@ -100,8 +108,8 @@ def _entry(path: Path, bound: Path, follow_links: bool, chain: tuple[Path, ...])
     return "skip", f"not a regular file: {file_kind(st.st_mode)}; skipped without opening it"
 
 
-def _list_files(root: Path, caps, report: ValidationReport, bound: Path,
-                follow_links: bool = True) -> list[tuple[Path, str]] | None:
+def _list_files(root: Path, caps, report: ValidationReport, bound: Path, follow_links: bool = True,
+                where: str = _ROOT) -> list[tuple[Path, str]] | None:
     """Every regular file under ``root`` as (file, relative name), in sorted top-down order. Links are
     followed only inside ``bound`` (and only with ``follow_links``); special files, links that lead
     outside, broken links and loops go to ``report.skipped``. None (with the error in ``report``)
@@ -123,7 +131,7 @@ def _list_files(root: Path, caps, report: ValidationReport, bound: Path,
             if len(files) > caps.max_files:
                 break
             try:
-                kind, value = _entry(folder / name, bound, follow_links, chain)
+                kind, value = _entry(folder / name, bound, follow_links, chain, where)
             except OSError as exc:  # removed or made unreadable while we look
                 kind, value = "skip", f"cannot read it ({exc.strerror})"
             if kind == "dir":
@@ -151,14 +159,19 @@ def scan_layout(folder: Path, caps, name: str, bound: Path, report_type: type = 
                  follow_links: bool = True):
     """Find the layout, the classes and each file's class. Returns (report, [(file, relative name,
     label, from val/)]), or (report, None) when a cap stops the listing (the error is in the report).
-    Files outside a class folder are listed in ``report.skipped``."""
+    Files outside a class folder are listed in ``report.skipped``. Links are followed inside ``bound``
+    (the data root); when that is the whole filesystem (the command line reads any path), only inside
+    ``folder``: the user's path is trusted, not where the links inside it lead."""
+    where = _ROOT
+    if bound == Path("/"):
+        bound, where = folder.resolve(), _GIVEN
     root, split_dirs = _find_layout(folder, bound, follow_links)
     parts = split_dirs or {"train": root}
     classes = sorted({d.name for base in parts.values() for d in _subdirs(base, bound, follow_links)})
     report = report_type(classes, {c: 0 for c in classes}, [], [], split_dirs is not None, source=name)
     if split_dirs:
         report.val_counts = {c: 0 for c in classes}
-    files = _list_files(root, caps, report, bound, follow_links)
+    files = _list_files(root, caps, report, bound, follow_links, where)
     if files is None:
         return report, None
     index = {c: i for i, c in enumerate(classes)}
@@ -226,6 +239,19 @@ _NO_IMAGES = ("no images found; expected one sub-folder of images per class (Ima
               "optionally inside train/ and val/")
 
 
+def _lost(report: ValidationReport, noun: str) -> str:
+    """Why the classes left without a usable file have none: every file of theirs was skipped (how many,
+    and the reason of the first), or their folder was empty. "" when every class has files."""
+    said = []
+    for c in (c for c, n in report.counts.items() if not n):
+        skipped = [(name, why) for name, why in report.skipped
+                   if name.split("/")[1 if report.has_split and name.count("/") > 1 else 0] == c]
+        said.append(f"class {c!r} has no usable {noun}s: " + (
+            f"all its {len(skipped)} file(s) were skipped, e.g. {skipped[0][0]}: {skipped[0][1]}" if skipped
+            else "its folder holds no files"))
+    return "".join(f"; {line}" for line in said)
+
+
 def usability_errors(report: ValidationReport, caps, noun: str = "image", empty: str = _NO_IMAGES) -> list[str]:
     """Why the data cannot train a classifier ([] when it can): nothing usable (``empty``), a single
     class, too many classes (caps with ``max_classes``), a class under ``min_per_class``, an empty
@@ -234,7 +260,7 @@ def usability_errors(report: ValidationReport, caps, noun: str = "image", empty:
         return [empty]
     used = [c for c, n in report.counts.items() if n]
     if len(used) < 2:
-        return [f"found a single class ({', '.join(used)}); a classifier needs at least two: "
+        return [f"found a single class ({', '.join(used)}){_lost(report, noun)}; a classifier needs at least two: "
                 f"add {noun}s of another class (one sub-folder per class for a folder or zip)"]
     max_classes = getattr(caps, "max_classes", None)
     if max_classes is not None and len(report.classes) > max_classes:

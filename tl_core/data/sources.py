@@ -2,9 +2,11 @@
 
 User data is a folder under the data root or a ``.zip``. Reading it never trusts the input:
 paths outside the root are refused (every component resolved, links included), only regular
-files are opened (a FIFO would block), unsafe zip entries are refused and sizes are capped
-(:class:`Caps`). The data root is the rule for paths typed into the web page; the command line
-passes :data:`UNRESTRICTED`, since its user owns the machine and may read any path.
+files are opened (a FIFO would block) and never one of the pseudo-filesystems (``/proc``, ``/sys``,
+``/dev``), unsafe zip entries are refused and sizes are capped (:class:`Caps`). The data root is the
+rule for paths typed into the web page; the command line passes :data:`UNRESTRICTED`, since its user
+owns the machine and may read any path they type (but links inside it are followed only inside it:
+``folders.scan_layout``).
 Stored uploads (``<data root>/uploads``, saved by ``tl_core.data.uploads``) are found here too.
 """
 from __future__ import annotations
@@ -63,14 +65,24 @@ def file_kind(mode: int) -> str:
             else "a symbolic link" if stat.S_ISLNK(mode) else "a special file")
 
 
+PSEUDO_FILESYSTEMS = ("/proc", "/sys", "/dev")  # kernel interfaces, not data: /proc/kmsg blocks, /proc/self walks /
+
+
+def pseudo_filesystem(path: str | Path) -> str | None:
+    """The pseudo-filesystem (``/proc``, ``/sys``, ``/dev``) that ``path`` lies in, every link resolved; None
+    for any other path. Nothing is opened."""
+    resolved = Path(path).resolve()
+    return next((fs for fs in PSEUDO_FILESYSTEMS if resolved.is_relative_to(fs)), None)
+
+
 def _not_regular(what: str) -> DataError:
     return DataError(f"not a regular file: {what}; skipped without opening it",
-                     advice="give a plain file: pipes, sockets and devices are never read")
+                     advice="give a plain file: pipes, sockets, devices and /proc, /sys or /dev files are never read")
 
 
 def check_regular(path: str | Path) -> os.stat_result:
-    """``os.stat`` of ``path`` (links followed), or DataError unless it is a regular file. Nothing is
-    opened, so a FIFO cannot block."""
+    """``os.stat`` of ``path`` (links followed), or DataError unless it is a regular file outside the
+    pseudo-filesystems. Nothing is opened, so a FIFO cannot block."""
     try:
         st = os.stat(path)
     except OSError as exc:
@@ -78,6 +90,9 @@ def check_regular(path: str | Path) -> os.stat_result:
                         advice="check that the file exists and is readable") from None
     if not stat.S_ISREG(st.st_mode):
         raise _not_regular(file_kind(st.st_mode))
+    fs = pseudo_filesystem(path)
+    if fs:
+        raise _not_regular(f"a file of the {fs} pseudo-filesystem")
     return st
 
 
@@ -115,6 +130,10 @@ def resolve_data_path(path: str | Path, data_root: str | Path | None = None, fil
     if not resolved.is_relative_to(root):
         raise DataError(f"{path} is outside the data root {root}; only datasets inside it can be read. "
                         "Copy the dataset there (or set TL_DATA_ROOT) and try again.")
+    fs = pseudo_filesystem(resolved)
+    if fs:
+        raise DataError(f"{path} is in the {fs} pseudo-filesystem, which holds no data sets; "
+                        "give a folder, .zip or file of your own")
     if not resolved.exists():
         raise DataError(f"{path} not found (looked in the data root {root} and the working directory); "
                         "check the spelling, or give the path of a folder or .zip inside the data root")

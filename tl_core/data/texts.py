@@ -148,7 +148,7 @@ def _finish(texts: list[str], labels: list[int], is_val: list[bool], report: Tex
             report.val_counts[report.classes[label]] += 1
     report.errors += usability_errors(report, caps, "text", _NO_TEXTS)
     if report.errors:
-        raise DataError(f"{name}: " + "; ".join(report.errors))
+        raise DataError(f"{name}: " + "; ".join(report.errors), report=report)
     return TextSet(texts, torch.tensor(labels, dtype=torch.int64), list(report.classes), name, report,
                    torch.tensor(is_val, dtype=torch.bool) if report.has_split else None, origin, licence)
 
@@ -250,7 +250,7 @@ def _read_text_folder(folder: Path, caps: TextCaps, name: str, bound: Path, fall
     labels, is_val, report). Only regular files are read; links, devices and pipes are skipped."""
     report, placed = scan_layout(folder, caps, name, bound, TextReport, follow_links=False)
     if placed is None:
-        raise DataError(f"{name}: " + "; ".join(report.errors))
+        raise DataError(f"{name}: " + "; ".join(report.errors), report=report)
     texts, labels, is_val = [], [], []
     for path, rel, label, val in placed:
         try:
@@ -328,6 +328,18 @@ def load_text_dataset(source: str, data_root: str | Path | None = None, caps: Te
         return load_text_csv(source, text_column=text_column, label_column=label_column, data_root=data_root,
                              caps=caps)
     return load_text_folder(source, data_root, caps)
+
+
+def check_text_data(source: str | Path, data_root: str | Path | None = None, caps: TextCaps = TextCaps()) -> TextReport:
+    """The report of a ``.csv`` file or a folder / ``.zip`` of ``.txt`` files: classes, counts, the rows or
+    files skipped and why, and (unusable data) its errors. Raises DataError only for what cannot be read
+    at all (a missing path, a CSV that does not parse)."""
+    try:
+        return load_text_dataset(str(source), data_root, caps).report
+    except DataError as exc:
+        if exc.report is None:
+            raise
+        return exc.report
 
 
 # --------------------------------------------------------------------------- tokenising

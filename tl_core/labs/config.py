@@ -118,30 +118,34 @@ class LabSettings:
                                    device=self.device)
         check_estimate(heavy, lim)
 
-    def _check_bounds(self) -> None:
+    def int_ranges(self) -> dict[str, tuple[str, int, int, str]]:
+        """Each whole-number field's allowed range, from ``limits.current()``: name → (its name in messages, lo,
+        hi, unit); a list field (sizes, depths) bounds each item. ``validate`` checks them, and the Labs page's
+        widgets and a shared link (``registry.LabConfig.from_link``) read the same numbers."""
         lim = limits.current()
+        return {"seed": ("seed", 0, lim.max_seed, ""),
+                "per_class": ("per_class", 1, lim.max_per_class, ""),
+                "source_per_class": ("source_per_class", 1, lim.max_per_class, ""),
+                "sizes": ("sizes (images per class)", 1, lim.max_per_class, ""),
+                "depths": ("depths", 0, 1000, ""),
+                "freeze_blocks": ("freeze_blocks", 0, 1000, ""),
+                "epochs": ("epochs", 1, lim.max_epochs, ""),
+                "source_epochs": ("source_epochs", 1, lim.max_epochs, ""),
+                "image_size": ("image_size", lim.min_image_size, lim.max_image_size, " of pixels"),
+                "max_tokens": ("max_tokens", lim.min_tokens, lim.max_tokens, " of tokens"),
+                "batch_size": ("batch_size", 1, lim.max_batch_size, ""),
+                "seeds": ("seeds", 1, lim.max_seeds, ""),
+                "only_seed": ("only_seed (a seed index)", 0, self.seeds - 1, "")}
+
+    def _check_bounds(self) -> None:
         if self.lr is not None:
             limits.check_float("lr", self.lr, 0, lo_open=True)
         limits.check_float("val_fraction", self.val_fraction, 0, 1, lo_open=True, hi_open=True)
-        limits.check_int("seed", self.seed, 0, lim.max_seed)
-        for name in ("per_class", "source_per_class"):
-            if getattr(self, name) is not None:
-                limits.check_int(name, getattr(self, name), 1, lim.max_per_class)
-        for size in self.sizes:
-            if size is not None:
-                limits.check_int("sizes (images per class)", size, 1, lim.max_per_class)
-        for depth in self.depths or []:
-            limits.check_int("depths", depth, 0, 1000)
-        if self.freeze_blocks is not None:
-            limits.check_int("freeze_blocks", self.freeze_blocks, 0, 1000)
-        limits.check_int("epochs", self.epochs, 1, lim.max_epochs)
-        limits.check_int("source_epochs", self.source_epochs, 1, lim.max_epochs)
-        limits.check_int("image_size", self.image_size, lim.min_image_size, lim.max_image_size, " of pixels")
-        limits.check_int("max_tokens", self.max_tokens, lim.min_tokens, lim.max_tokens, " of tokens")
-        limits.check_int("batch_size", self.batch_size, 1, lim.max_batch_size)
-        limits.check_int("seeds", self.seeds, 1, lim.max_seeds)
-        if self.only_seed is not None:
-            limits.check_int("only_seed (a seed index)", self.only_seed, 0, self.seeds - 1)
+        for name, (label, lo, hi, unit) in self.int_ranges().items():
+            value = getattr(self, name)
+            for v in value if isinstance(value, list) else [value]:
+                if v is not None:
+                    limits.check_int(label, v, lo, hi, unit)
 
 
 def check_run_count(cfg: LabSettings, per_seed: int, detail: str = "") -> None:
@@ -190,12 +194,21 @@ def decode_value(name: str, text: str):
             return None
         items = [t.strip() for t in text.split(",") if t.strip()]
         if "int" in kind.split("]")[0]:
-            return [None if t in (none, "none") else int(t) for t in items]
+            return [None if t in (none, "none") else _number(int, t) for t in items]
         return items
     if optional and text in (none, "none", ""):
         return None
     if kind.startswith("int"):
-        return int(text)
+        return _number(int, text)
     if kind.startswith("float"):
-        return float(text)
+        return _number(float, text)
     return text
+
+
+def _number(kind: type, text: str):
+    """``kind(text)``, or a ValueError that says what was expected without quoting the text (the caller
+    quotes it, cut to a readable length: a link may hold thousands of characters)."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError("not a whole number" if kind is int else "not a number") from None

@@ -15,9 +15,11 @@ Adding a lab: write the module, add it to ``MODULES`` (see docs/adding-a-lab.md)
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from urllib.parse import parse_qsl, urlencode
@@ -42,6 +44,23 @@ def module(lab: str) -> ModuleType:
 def _check_lab(lab) -> None:
     if lab not in LABS:
         raise ValueError(f"unknown lab {lab!r}; choose one of: {', '.join(LABS)}")
+
+
+def _query_dict(query) -> dict[str, str]:
+    """A query string or a mapping of strings (``st.query_params``: a repeated key keeps its last value)."""
+    if isinstance(query, str):
+        query = dict(parse_qsl(query.lstrip("?"), keep_blank_values=True))
+    return {k: (v[-1] if isinstance(v, list) else v) for k, v in dict(query).items()}
+
+
+@dataclass(frozen=True)
+class LinkNote:
+    """A value of a shared link that the lab could not take (``LabConfig.from_link``), and what it holds instead."""
+
+    field: str
+    given: str  # the value in the link, quoted (cut if long: limits.shown)
+    why: str  # the allowed range, or the check that refused it
+    now: str  # the value the lab holds instead, as a link writes it
 
 
 class LabConfig(LabSettings):
@@ -93,9 +112,7 @@ class LabConfig(LabSettings):
     def from_query(cls, query) -> "LabConfig":
         """From a mapping of strings (``st.query_params``) or a query string; missing fields take the
         lab's preset defaults, unknown keys are ignored (the URL may carry other pages' parameters)."""
-        if isinstance(query, str):
-            query = dict(parse_qsl(query.lstrip("?"), keep_blank_values=True))
-        query = {k: (v[-1] if isinstance(v, list) else v) for k, v in dict(query).items()}
+        query = _query_dict(query)
         lab = query.get("lab", "race")
         _check_lab(lab)
         cfg = default_config(lab, query.get("preset", "default"))
@@ -105,8 +122,59 @@ class LabConfig(LabSettings):
                 try:
                     setattr(cfg, key, decode_value(key, text))
                 except ValueError as exc:
-                    raise ValueError(f"query parameter {key}={text!r}: {exc}") from None
+                    raise ValueError(f"query parameter {key}={limits.shown(text)}: {exc}") from None
         return cfg
+
+    @classmethod
+    def from_link(cls, query) -> tuple["LabConfig", list[LinkNote]]:
+        """A shared link read as the Labs page opens it: like ``from_query``, but a value the lab cannot take
+        does not refuse the whole link. A whole number outside its range (``int_ranges``) is clamped to the
+        nearest bound; a value that cannot be read, or that ``validate`` still refuses, falls back to the
+        preset's default. Returns the config (valid unless the preset's defaults are not) and one ``LinkNote``
+        per value changed. An unknown lab is a ValueError."""
+        query = _query_dict(query)
+        lab = query.get("lab", "race")
+        _check_lab(lab)
+        notes: list[LinkNote] = []
+        preset = query.get("preset", "default")
+        if preset not in PRESETS:
+            notes.append(LinkNote("preset", limits.shown(preset), f"the presets are {', '.join(PRESETS)}", "default"))
+            preset = "default"
+        default = default_config(lab, preset)
+        cfg, given = copy.deepcopy(default), {}
+        names = {f.name for f in dataclasses.fields(cls)} - {"lab", "preset"}
+        for key in sorted(names & set(query), key=[*LABS[lab].fields, *sorted(names)].index):  # seeds before only_seed
+            text = query[key]
+            try:
+                value = decode_value(key, text)
+            except ValueError:
+                notes.append(LinkNote(key, limits.shown(text), f"expected {_expected(cfg, key)}",
+                                      encode_value(key, getattr(default, key))))
+                continue
+            clamped, why = _clamp(cfg, key, value)
+            setattr(cfg, key, clamped)
+            given[key] = text
+            if why:
+                notes.append(LinkNote(key, limits.shown(text), why, encode_value(key, clamped)))
+        try:
+            return cfg.validate(), notes
+        except ValueError:
+            pass
+        try:
+            good = copy.deepcopy(default).validate()
+        except ValueError:  # the preset itself does not fit this server's limits: Run says why
+            return cfg, notes
+        for key, text in given.items():  # the link's values one by one: keep each one the lab accepts
+            trial = copy.deepcopy(good)
+            setattr(trial, key, getattr(cfg, key))
+            try:
+                good = trial.validate()
+            except ValueError as exc:
+                before = next((n.why + f"; at {n.now}, " for n in notes if n.field == key), "")
+                notes = [n for n in notes if n.field != key]
+                notes.append(LinkNote(key, limits.shown(text), before + str(exc),
+                                      encode_value(key, getattr(default, key))))
+        return good, notes
 
     def validate(self) -> "LabConfig":
         """The checks every lab shares (``LabSettings.validate``), then the lab's own ``check(cfg)``."""
@@ -116,6 +184,34 @@ class LabConfig(LabSettings):
         if check is not None:
             check(self)
         return self
+
+
+def _range(cfg: LabSettings, key: str) -> str:
+    """A whole-number field's allowed range in words: "16 to 1024 pixels"."""
+    _, lo, hi, unit = cfg.int_ranges()[key]
+    return f"{lo} to {hi}{unit.replace(' of ', ' ')}"
+
+
+def _clamp(cfg: LabSettings, key: str, value):
+    """``value`` of a whole-number field held to ``cfg.int_ranges()`` (each item of a list), and why it
+    changed ("" if it did not)."""
+    if key not in cfg.int_ranges():
+        return value, ""
+    _, lo, hi, _ = cfg.int_ranges()[key]
+    items = value if isinstance(value, list) else [value]
+    held = [v if v is None else min(max(v, lo), hi) for v in items]
+    if held == items:
+        return value, ""
+    return (held if isinstance(value, list) else held[0]), f"the allowed range is {_range(cfg, key)}"
+
+
+def _expected(cfg: LabSettings, key: str) -> str:
+    """What a link may give for ``key``, in words."""
+    kind = {f.name: str(f.type) for f in dataclasses.fields(cfg)}[key]
+    if key not in cfg.int_ranges():
+        return f"a value of type {kind}"
+    words = "whole numbers (comma-separated)" if kind.startswith("list") else "a whole number"
+    return f"{words} from {_range(cfg, key)}" + (f", or {encode_value(key, None)}" if "None" in kind else "")
 
 
 def default_config(lab: str, preset: str = "default") -> LabConfig:

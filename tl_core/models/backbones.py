@@ -18,6 +18,7 @@ import importlib.util
 import json
 import os
 import socket
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -354,11 +355,14 @@ def read_state_dict(path: str | Path, check_finite: bool = True) -> dict[str, to
 
 def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's "Detected pickle protocol" note: the refusal below says it all
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle.UnpicklingError, RuntimeError, zip errors...
         raise WeightsError(
-            f"{path.name} is not a safe weights file ({type(exc).__name__}). "
-            "Save the model's state_dict with torch.save or safetensors and try again."
+            f"{path.name} is not a safe weights file ({type(exc).__name__}: not a plain state_dict of tensors; "
+            "pickled objects are never run). What to do: save the model's state_dict with torch.save or "
+            "safetensors and try again."
         ) from None
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
@@ -472,7 +476,7 @@ def load_weights(model: nn.Module, sd: dict, spec: BackboneSpec | None = None, s
     try:
         result = model.load_state_dict(sd, strict=False)
     except RuntimeError as exc:  # same keys, other shapes
-        lines = [ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln]
+        lines = [ln.strip().rstrip(".") for ln in str(exc).splitlines() if "size mismatch" in ln]  # one full stop: ours
         raise _mismatch(spec, model, source, "; ".join(lines[:5]), original) from None
     if result.missing_keys or result.unexpected_keys:
         raise _mismatch(spec, model, source, f"missing keys: {_show_keys(result.missing_keys)}; "

@@ -156,7 +156,10 @@ class InputShipper:
     def _ship(self, role: str, path: Path, read) -> dict:
         key = (role, str(path), _stamp(path))
         if key not in self._cache:
-            files = read()
+            try:
+                files = read()
+            except (ValueError, OSError) as exc:  # say which input: the reader's message does not
+                raise ValueError(f"{role} {path}: {exc}") from None
             digest = hashlib.sha256()
             for name in sorted(files):
                 digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())

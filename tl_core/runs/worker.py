@@ -182,7 +182,7 @@ def train(store: RunStore, run_id: str, say=_say, callbacks=(), turns: Turns | N
             return status
         say(f"[worker] run {run_id} started; torch threads: {cfg.num_threads or 'default'}"
             + (" (shared with the other runs on the CPU)" if share else ""))
-        summary = training.fit(cfg, [callback, *([share] if share else []), *callbacks])
+        summary = training.fit(cfg, [callback, *([share] if share else []), *callbacks], store.runs_dir)
         status, reason = ending(summary)
     except BaseException as exc:  # record every ending, including SIGTERM
         say(traceback.format_exc().rstrip())
@@ -303,7 +303,7 @@ def serve(runs_dir=None, device: str = "cpu", idle_s: float | None = None, poll_
     reason, turns, threads = "exited", Turns(lanes(device)), {}
     try:
         _say(f"[pool] warm worker {pid} for {device} on {store.runs_dir}: loading libraries")
-        os.environ.setdefault("TL_RUNS_DIR", str(store.runs_dir))  # what lives "under the runs folder" (features)
+        os.environ.setdefault("TL_RUNS_DIR", str(store.runs_dir))  # what lives "under the runs folder" (backbones)
         from tl_core.models import backbones
 
         backbones.keep_weights()

@@ -8,7 +8,7 @@ weights are rebuilt under the same name), its architecture, the exact uint8 imag
 (``tensor_digest``), the evaluation transform (size, interpolation, mean/std), the prefix depth, the
 ``classes`` subset, the device type and the precision.
 
-``FeatureStore`` keeps one file per key in ``$TL_RUNS_DIR/feature_cache/`` (``<key>.safetensors``,
+``FeatureStore`` keeps one file per key in ``<runs folder>/feature_cache/`` (``<key>.safetensors``,
 one tensor ``features`` and its sha256 in the metadata). Writes go to a temporary file in the same
 folder, then ``os.replace``, so a concurrent reader never sees half a file. A file that does not load
 or whose contents do not match its digest is deleted (the caller recomputes). The folder stays under
@@ -123,14 +123,16 @@ MEMORY = _Memory(MEMORY_BYTES)
 # --------------------------------------------------------------------------- the store on disk
 
 
-def default_folder() -> Path:
+def default_folder(runs_dir: str | os.PathLike | None = None) -> Path:
+    """The store's folder in the runs folder ``runs_dir`` (the run store a run belongs to), else in
+    ``paths.default_runs_dir()`` (``$TL_RUNS_DIR``, else ./runs)."""
     from tl_core.paths import default_runs_dir
 
-    return default_runs_dir() / FOLDER
+    return Path(runs_dir or default_runs_dir()) / FOLDER
 
 
 class FeatureStore:
-    """Feature tensors by key, on disk in ``folder`` (default ``$TL_RUNS_DIR/feature_cache``) under
+    """Feature tensors by key, on disk in ``folder`` (default: ``default_folder()``) under
     ``cap_bytes`` (default from ``limits.current().feature_cache_mb``; 0: off), with the memory layer
     in front. ``load(key)`` → CPU tensor or None; ``store(key, tensor)`` → whether it was written."""
 

@@ -10,8 +10,8 @@ the image. Three steps, each usable alone:
   the prefix outputs of each image set (``{"train": images, "val": images}``), as lazily filled
   ``PrefixCache`` tensors, plus one line saying what was cached (or why not: too large). Given ``key``
   (the run's other key inputs, e.g. ``key_inputs(cfg)``), each set's features are also shared between
-  runs through ``feature_cache.FeatureStore``: loaded when an earlier run stored them ("features reused
-  from an earlier run"), else stored once the first epoch has filled them.
+  runs through the ``feature_cache.FeatureStore`` of the run's runs folder: loaded when an earlier run stored
+  them ("features reused from an earlier run"), else stored once the first epoch has filled them.
 - ``phase_loaders(...)``: the phase's data loaders, over cached features or over images.
 """
 from __future__ import annotations
@@ -287,17 +287,17 @@ def _describe(plan: CachePlan, caches: dict[str, PrefixCache], shared: bool, nou
 
 
 def prefix_features(plan: CachePlan, model: nn.Module, images: dict[str, torch.Tensor], transform, to_device,
-                    limit: int = CACHE_LIMIT_BYTES, key: dict | None = None,
-                    noun: str = "images") -> tuple[dict[str, PrefixCache] | None, str]:
+                    limit: int = CACHE_LIMIT_BYTES, key: dict | None = None, noun: str = "images",
+                    runs_dir=None) -> tuple[dict[str, PrefixCache] | None, str]:
     """The frozen prefix's outputs for each image set in ``images`` (uint8 [N,C,H,W], run through
     ``transform`` then ``to_device``), filled as batches ask for them, and one line saying what was
     cached; (None, why not) when ``plan`` refuses or the features would take more than ``limit`` bytes.
     Given ``key`` (more key inputs, e.g. ``key_inputs(cfg)``), the features are shared between runs
-    through the ``feature_cache.FeatureStore`` under the runs folder (unless its size cap is 0).
-    ``noun``: what the samples are called in that line ("images", or "texts" for a text run)."""
+    through the ``feature_cache.FeatureStore`` of the runs folder ``runs_dir`` (None: the default one;
+    not when its size cap is 0). ``noun``: what the samples are called in that line ("images", or "texts")."""
     if not plan.ok:
         return None, plan.why
-    store = feature_cache.FeatureStore() if key is not None else None
+    store = feature_cache.FeatureStore(feature_cache.default_folder(runs_dir)) if key is not None else None
     keys = entry_keys(plan, model, images, transform, key) if store is not None and store.enabled else None
     store = store if keys is not None else None
     caches = {k: _shared_cache(plan, model, x, transform, to_device, store, keys and keys[k])
@@ -336,18 +336,19 @@ def _identity(batch):
 
 
 def phase_loaders(model: nn.Module, cache: CachePlan, data: dict, dev, batch_size: int,
-                  generator: torch.Generator, key: dict | None = None) -> dict:
+                  generator: torch.Generator, key: dict | None = None, runs_dir=None) -> dict:
     """Loaders (and the forward function) for a phase, over cached prefix outputs when ``cache`` allows.
     ``data``: the dict of ``training.prepare`` (ds, train_idx, val_idx, train_tf, eval_tf, augment);
-    ``dev``: the run's ``devices.DevicePlan``; ``key``: share the features between runs (``key_inputs``).
-    Returns {"train", "val", "forward", "cached", "why"}."""
+    ``dev``: the run's ``devices.DevicePlan``; ``key``: share the features between runs (``key_inputs``)
+    in the feature store of the runs folder ``runs_dir``. Returns {"train", "val", "forward", "cached", "why"}."""
     ds = data["ds"]
     idx = {"train": data["train_idx"], "val": data["val_idx"]}
     images, labels = {k: ds.images[i] for k, i in idx.items()}, {k: ds.labels[i] for k, i in idx.items()}
     if key is not None:
         key = {**key, "amp": str(dev.amp_dtype), "channels_last": dev.channels_last}
     noun = "texts" if hasattr(ds, "texts") else "images"  # a text_data.TextSet holds its texts
-    feats, why = prefix_features(cache, model, images, data["eval_tf"], dev.move, key=key, noun=noun)
+    feats, why = prefix_features(cache, model, images, data["eval_tf"], dev.move, key=key, noun=noun,
+                                 runs_dir=runs_dir)
     if feats is not None:
         sets = {k: Batches(feats[k], labels[k].to(dev.device)) for k in idx}
         forward, pin, val_bs = cache.suffix, False, CACHED_VAL_BATCH

@@ -83,23 +83,29 @@ class Drift:
 
 class GradNorms:
     """Per-block gradient norms over an epoch, summed on the device (no sync per step): call ``add()``
-    after each backward pass, ``rms()`` at the end for the root mean square of each block's norm."""
+    after each backward pass, ``rms()`` at the end for the root mean square of each block's norm.
+    A step whose gradients are not finite is left out: in fp16 the GradScaler skips it (its scale was too
+    high, which happens in the first steps of a run) and the weights do not move."""
 
     def __init__(self, names: list[str], block_params: dict[str, list[torch.Tensor]], device):
-        self.names, self.device, self.steps = names, device, 0
+        self.names, self.device = names, device
+        self.steps = torch.zeros((), dtype=torch.float64, device=device)
         self.sq = torch.zeros(len(names), dtype=torch.float64, device=device)
         self.params = [(i, p) for i, n in enumerate(names) for p in block_params[n]]
 
     def add(self) -> None:
-        self.steps += 1
         idx = [i for i, p in self.params if p.grad is not None]  # frozen blocks have no grads → 0
         grads = [p.grad for _, p in self.params if p.grad is not None]
-        if grads:
-            norms = torch.stack(torch._foreach_norm(grads)).double() ** 2
-            self.sq.index_add_(0, torch.tensor(idx, device=self.device), norms)
+        if not grads:
+            self.steps += 1
+            return
+        norms = torch.stack(torch._foreach_norm(grads)).double() ** 2
+        finite = norms.isfinite().all()
+        self.sq.index_add_(0, torch.tensor(idx, device=self.device), torch.where(finite, norms, 0.0))
+        self.steps += finite
 
     def rms(self) -> dict[str, float]:
-        gn = (self.sq / max(self.steps, 1)).sqrt().tolist()
+        gn = (self.sq / self.steps.clamp_min(1)).sqrt().tolist()
         return {n: float(v) for n, v in zip(self.names, gn)}
 
 

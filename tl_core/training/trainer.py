@@ -144,11 +144,13 @@ def backward_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler, grads:
 class Trainer:
     """One training run. ``fit()`` returns the summary dict; see the module docstring for events.
     Exposes ``.cfg``, ``.model``, ``.hier``, ``.class_names``, ``.optimizer`` (of the current phase),
-    ``.history`` (after_epoch metrics) and ``.should_stop``."""
+    ``.history`` (after_epoch metrics) and ``.should_stop``. ``runs_dir``: the runs folder of the run store
+    the run belongs to, where its frozen-prefix features are shared (None: ``paths.default_runs_dir()``)."""
 
-    def __init__(self, cfg: TrainConfig, callbacks=()):
+    def __init__(self, cfg: TrainConfig, callbacks=(), runs_dir=None):
         self.cfg = cfg.validate(trusted=True)  # admitted at launch (pages refuse outside paths there)
         self.callbacks = list(callbacks)
+        self.runs_dir = runs_dir
         self.should_stop: str | None = None
         self.model: nn.Module | None = None
         self.hier: surgery.Hierarchy | None = None
@@ -231,7 +233,8 @@ class Trainer:
         if pi:
             surgery.apply_plan(self.model, self.hier, phase.plan)
         loaders = features.phase_loaders(self.model, self._cache_plan(phase.plan), self.data, self.dev,
-                                         cfg.batch_size, self.gen, key=features.key_inputs(cfg))
+                                         cfg.batch_size, self.gen, key=features.key_inputs(cfg),
+                                         runs_dir=self.runs_dir)
         gradual = cfg.strategy == "gradual"
         span = self.steps_per_epoch * (cfg.epochs if gradual else phase.epochs)
         self.optimizer, self.scheduler = build_optimizer(cfg, self.model, self.hier, phase.plan,
@@ -396,11 +399,11 @@ def summarize(t: Trainer, status: str, reason: str, wall: float) -> dict:
     }
 
 
-def fit(cfg: TrainConfig, callbacks=()) -> dict:
+def fit(cfg: TrainConfig, callbacks=(), runs_dir=None) -> dict:
     """Train per ``cfg``; returns the summary (status completed | stopped | diverged | failed).
     Raises ValueError for a bad config (before any event); any unexpected error is re-raised
-    after ``after_fit`` has run with status failed."""
-    return Trainer(cfg, callbacks).fit()
+    after ``after_fit`` has run with status failed. ``runs_dir``: see ``Trainer``."""
+    return Trainer(cfg, callbacks, runs_dir).fit()
 
 
 def prewarm(backbone: str | None = None, data: str | None = None, max_tokens: int | None = None) -> dict:
