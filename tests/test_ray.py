@@ -188,6 +188,8 @@ def test_what_a_run_asks_of_the_cluster_and_the_reasons_of_lost_runs():
         reason = ray_executor.ray_failure(exc)
         assert reason.startswith(why) and f"({type(exc).__name__}: " in reason and "\n" not in reason, reason
     assert ray_executor.ray_failure(errors.NodeDiedError("x" * 5000)).count("x") == 300  # Ray's first line, cut
+    coloured = ray_executor.ray_failure(errors.RayError("\x1b[36mray::train_remote()\x1b[39m (pid=7) failed"))
+    assert coloured.endswith("(RayError: ray::train_remote() (pid=7) failed)"), coloured  # no terminal colours
 
 
 def test_runs_land_on_both_nodes_and_stream_into_the_hosts_store(cluster, host, tmp_path):

@@ -34,6 +34,7 @@ import io
 import json
 import logging
 import os
+import re
 import threading
 import time
 import traceback
@@ -193,7 +194,8 @@ class Inbox:
 def ray_failure(exc: BaseException) -> str:
     """The reason recorded for a run that Ray lost: what happened, then Ray's own first line."""
     errors = ray.exceptions
-    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    plain = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(exc))  # a remote traceback comes coloured for a terminal
+    first = (plain.strip().splitlines() or [""])[0][:300]
     if isinstance(exc, errors.NodeDiedError):
         why = "the cluster node running it went down"
     elif isinstance(exc, errors.OutOfMemoryError):
