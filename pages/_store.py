@@ -1,15 +1,16 @@
 """Where the app keeps things: the runs folder, the process-wide RunStore, fresh paths for uploads."""
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 
 import streamlit as st
 
+from tl_core.paths import default_runs_dir
+
 
 def runs_dir() -> Path:
-    return Path(os.environ.get("TL_RUNS_DIR") or "runs").resolve()
+    return default_runs_dir().resolve()
 
 
 def upload_path(kind: str, suffix: str) -> Path:
