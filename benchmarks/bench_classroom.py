@@ -15,9 +15,19 @@ server's CPU while N sessions follow live runs on the Train page (protocol-level
     RAY_ADDRESS=127.0.0.1:6390 .venv/bin/python benchmarks/bench_classroom.py --executor ray   # a running cluster
     .venv/bin/python benchmarks/bench_classroom.py --workers 1 2 --students 4 --arrival 0 --seeds distinct
     .venv/bin/python benchmarks/bench_classroom.py --quick               # 3 students, default workload
+    .venv/bin/python benchmarks/bench_classroom.py --cold-server --students 30 --passes 3   # a fresh server
+    .venv/bin/python benchmarks/bench_classroom.py --preload 2 15        # a run launched 2 s / 15 s after the last
+
+``--cold-server``: a fresh ``streamlit run app.py`` per pass, no warm-up run; the clock starts at its first
+healthy answer, when the students start arriving. ``--preload GAP``: the default run launched GAP s after the
+previous one ended, while the idle warm worker preloads the text model (it gives way to the run).
 
 ``--workers 1 2`` repeats every scenario with ``TL_WORKERS`` warm workers on the CPU (each with
 cores / workers torch threads). Prints one table, and ``--json PATH`` writes every measurement.
+
+Every scenario starts in a fresh runs folder, so its feature cache is cold (the workers are warm, as above);
+``--warm`` also runs the default student's run once, untimed, so the class finds its features cached. Each
+scenario's figures go to ``benchmarks/results/classroom_<scenario>.json`` (``benchmarks/_results.py``).
 """
 from __future__ import annotations
 
@@ -39,6 +49,8 @@ import psutil  # noqa: E402
 from tl_core.runs import executor, launcher, policy  # noqa: E402
 from tl_core.runs import store as runs  # noqa: E402
 from tl_core.training.config import TrainConfig  # noqa: E402
+
+import _results  # noqa: E402
 
 MIXED = ({"strategy": "feature_extraction"}, {"strategy": "partial"}, {"strategy": "two_phase"})
 WARMUP = dict(backbone="mobilenetv2", data="digits8", per_class=6, image_size=32, epochs=1, name="warm-up")
@@ -121,15 +133,16 @@ def warm_up(runs_dir: Path) -> float:
     return time.perf_counter() - t0
 
 
-def students(n: int, workload: str, arrival: float, runs_dir: Path, seeds: str) -> dict:
-    """N students arriving uniformly over ``arrival`` s. Per student: seconds from Launch to the first
-    metric row and to the end; overall: until all have finished, peak memory."""
+def students(n: int, workload: str, arrival: float, runs_dir: Path, seeds: str, start: float | None = None) -> dict:
+    """N students arriving uniformly over ``arrival`` s (from ``start``, a ``time.perf_counter`` moment; default:
+    now). Per student: seconds from Launch to the first metric row and to the end; overall: until all have
+    finished (from the first arrival), peak memory."""
     store = runs.RunStore(runs_dir)
     sampler = MemorySampler(store)
     sampler.start()
     launched: dict[int, tuple[str, float]] = {}
     errors: list[str] = []
-    start = time.perf_counter() + 0.2
+    start = time.perf_counter() + 0.2 if start is None else start
 
     def student(i: int) -> None:
         time.sleep(max(0.0, start + (i * arrival / max(n - 1, 1)) - time.perf_counter()))
@@ -179,27 +192,9 @@ def server_cpu(n: int, runs_dir: Path, seconds: float = 30.0, client: str = "ses
     Sampling starts once every session has shown its curve. The clients and the training share this
     machine with the server, so they run at nice 10 and the server at 0: the server gets the CPU it asks
     for, and its figure is its own demand."""
-    import socket
-    import subprocess
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "TL_RUNS_DIR": str(runs_dir), "TL_OFFLINE": "1"}
-    log = open(runs_dir / "streamlit.log", "wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    server, url, log = start_server(runs_dir)
     try:
-        for _ in range(200):
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.3)
+        healthy(url, server)
         os.nice(10)  # from here on, this process and what it starts (the clients) yield to the server
         for w in runs.RunStore(runs_dir).workers():
             psutil.Process(w["pid"]).nice(10)
@@ -277,6 +272,91 @@ def _plotted(page) -> bool:
         return False
 
 
+def start_server(runs_dir: Path, env: dict | None = None):
+    """A fresh ``streamlit run app.py`` on a free port over ``runs_dir``; returns (process, url, log file)."""
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    log = open(runs_dir / "streamlit.log", "wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        cwd=ROOT, env={**os.environ, "TL_RUNS_DIR": str(runs_dir), "TL_OFFLINE": "1", **(env or {})},
+        stdout=log, stderr=subprocess.STDOUT)
+    return server, f"http://127.0.0.1:{port}", log
+
+
+def healthy(url: str, server, timeout: float = 120.0) -> float:
+    """Poll ``url``'s health check until it first answers ok; returns that moment (``time.perf_counter``)."""
+    import urllib.request
+
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                return time.perf_counter()
+        except OSError:
+            pass
+        if server.poll() is not None:
+            raise RuntimeError(f"the server ended (exit code {server.returncode})")
+        time.sleep(0.05)
+    raise TimeoutError(f"the server did not answer its health check in {timeout:.0f} s")
+
+
+def cold_server(n: int, arrival: float, seeds: str) -> dict:
+    """A freshly started app server (``streamlit run app.py``, a fresh runs folder: cold caches, no warm-up run):
+    the clock starts when it first answers its health check, and ``n`` default students arrive over ``arrival``
+    s from that moment. Their Launch is the Train page's code path (``launcher.launch``) over the server's runs
+    folder, so they find whatever the server's start has warmed (its warm pool) and nothing else."""
+    with tempfile.TemporaryDirectory(prefix="tl_bench_cold_") as tmp:
+        runs_dir = Path(tmp) / "runs"
+        os.environ["TL_RUNS_DIR"] = str(runs_dir)
+        server, url, log = start_server(runs_dir)
+        try:
+            t0 = healthy(url, server)
+            out = students(n, "default", arrival, runs_dir, seeds, start=t0)
+            worker_log = executor.pool_log(runs_dir, "cpu").read_text()
+        finally:
+            server.terminate()
+            server.wait(10)
+            log.close()
+            shut_down(runs_dir)
+    out["pool_ready"] = "ready" in worker_log
+    return out
+
+
+def after_idle(gap: float) -> dict:
+    """Preloading yields: a fresh warm pool trains the default run; ``gap`` s after it ended (the idle worker then
+    loads the text model in the background, about 3 s) one student launches the default run again. Seconds
+    from Launch to its first metric row, and how often the preload gave way to the run."""
+    from _latency import first_metric
+
+    with tempfile.TemporaryDirectory(prefix="tl_bench_idle_") as tmp:
+        runs_dir = Path(tmp) / "runs"
+        os.environ["TL_RUNS_DIR"] = str(runs_dir)
+        try:
+            store = runs.RunStore(runs_dir)
+            run_id = launcher.launch(student_config(1, "default", "same"), runs_dir, owner="teacher")
+            while store.get(run_id).active:
+                time.sleep(0.02)
+            ended = time.perf_counter()
+            time.sleep(max(0.0, ended + gap - time.perf_counter()))
+            out = first_metric(student_config(0, "default", "same"), str(runs_dir), wait_epoch=False)
+            log = executor.pool_log(runs_dir, "cpu")
+            deadline = time.time() + 60
+            while "text model loaded" not in log.read_text() and time.time() < deadline:
+                time.sleep(0.2)
+            text = log.read_text()
+        finally:
+            shut_down(runs_dir)
+    gave_way = [line for line in text.splitlines() if "text model loaded" in line]
+    return {"gap_s": gap, "first_metric_s": out.get("step_s"), "text_preload": gave_way[-1] if gave_way else None}
+
+
 def shut_down(runs_dir: Path) -> None:
     store = runs.RunStore(runs_dir)
     for r in store.list_runs():
@@ -295,6 +375,9 @@ def scenario(name: str, fn, args, workers: int) -> dict:
         os.environ["TL_RUNS_DIR"] = str(runs_dir)  # the feature cache lives there too: cold for every scenario
         try:
             warm = warm_up(runs_dir)
+            if getattr(args, "warm", False):  # the class's default features already in the cache
+                wait_finished(runs.RunStore(runs_dir), [launcher.launch(student_config(0, "default", "same"),
+                                                                        runs_dir, owner="teacher")])
             out = fn(runs_dir)
         finally:
             shut_down(runs_dir)
@@ -337,11 +420,23 @@ def main(argv=None) -> int:
     ap.add_argument("--browser-only", action="store_true", help="only the --browser pass")
     ap.add_argument("--quick", action="store_true", help="3 students, default workload, 3 s arrival")
     ap.add_argument("--json", type=Path, default=None, help="write every measurement to this file")
+    ap.add_argument("--cold-server", action="store_true",
+                    help="only: a fresh `streamlit run app.py`; the students (--students, default workload) arrive "
+                         "over --arrival s from its first healthy answer, with no warm-up run")
+    ap.add_argument("--passes", type=int, default=1, help="--cold-server: this many passes, each a fresh server")
+    ap.add_argument("--preload", type=float, nargs="+", default=None, metavar="GAP",
+                    help="only: a default run launched GAP s after the previous run ended (the idle warm worker "
+                         "preloads the text model meanwhile); seconds to its first metric")
+    _results.add_warm_flag(ap)
     args = ap.parse_args(argv)
     if args.quick:
         args.students, args.workload, args.arrival = [3], "default", 3.0
     os.environ["TL_EXECUTOR"] = args.executor
     os.environ.setdefault("TL_OFFLINE", "1")
+    if args.cold_server:
+        return cold_server_passes(args)
+    if args.preload:
+        return preload_gaps(args)
     workloads = ("default", "mixed") if args.workload == "both" else (args.workload,)
     results = []
     print(f"classroom benchmark: {psutil.cpu_count()} cores, executor {args.executor}, load average "
@@ -359,7 +454,67 @@ def main(argv=None) -> int:
     print(f"load average at the end: {os.getloadavg()[0]:.1f}", file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    for r in results:
+        write_result(r, args)
     return 0
+
+
+def cold_server_passes(args) -> int:
+    for n in args.students:
+        passes = []
+        for k in range(args.passes):
+            passes.append(cold_server(n, args.arrival, args.seeds))
+            r = passes[-1]
+            print(f"cold server, {n} students over {args.arrival:g} s, pass {k + 1}: first metric median "
+                  f"{r['first_metric_median_s']:.1f} s, worst {r['first_metric_worst_s']:.1f} s; all finished "
+                  f"{r['all_finished_s']:.1f} s; {r['completed']}/{n} completed; peak memory {r['peak_memory_mb']:.0f} MB",
+                  flush=True)
+        _results.write(
+            f"classroom_cold_server_{n}" + (f"_arrival{args.arrival:g}" if args.arrival != 10.0 else ""),
+            {"worst_first_metric_s": max(r["first_metric_worst_s"] for r in passes),
+             "median_first_metric_s": statistics.median(r["first_metric_median_s"] for r in passes),
+             "all_finished_s": max(r["all_finished_s"] for r in passes),
+             "passes_worst_first_metric_s": [r["first_metric_worst_s"] for r in passes],
+             "passes_median_first_metric_s": [r["first_metric_median_s"] for r in passes],
+             "passes_all_finished_s": [r["all_finished_s"] for r in passes],
+             "completed": min(r["completed"] for r in passes),
+             "peak_memory_mb": max(r["peak_memory_mb"] for r in passes)},
+            caches="cold", params={"students": n, "arrival_s": args.arrival, "passes": args.passes, "seeds": args.seeds},
+            notes="a fresh `streamlit run app.py` per pass (fresh runs folder, no warm-up run); the clock starts at its "
+                  "first /_stcore/health answer, when the students start arriving; worst and all-finished are the "
+                  "worst over the passes, the median the median of the passes' medians")
+    return 0
+
+
+def preload_gaps(args) -> int:
+    results = [after_idle(gap) for gap in args.preload]
+    for r in results:
+        print(f"default run launched {r['gap_s']:g} s after the previous one ended: first metric after "
+              f"{r['first_metric_s']:.2f} s ({r['text_preload']})", flush=True)
+    _results.write("classroom_after_idle", {f"first_metric_{r['gap_s']:g}s_after_s": r["first_metric_s"]
+                                            for r in results},
+                   caches="warm", params={"gaps_s": args.preload},
+                   notes="a fresh warm pool trains the default run; GAP s after it ended (its idle worker preloads "
+                         "the text model meanwhile, giving way to runs) the default run is launched again: warm "
+                         "worker and feature cache, as for a class")
+    return 0
+
+
+def write_result(r: dict, args) -> None:
+    """One scenario's figures to benchmarks/results/classroom_<scenario>.json, e.g. classroom_default_30,
+    classroom_single, classroom_browser_30 (a non-default executor, worker count, arrival or seeds is named)."""
+    n = r.get("students", r.get("sessions"))
+    parts = ["classroom", "quick" if args.quick else "", args.executor if args.executor != "local" else "",
+             r["scenario"], "" if r["scenario"] == "single" else str(n),
+             r.get("client", "") if r.get("client", "sessions") != "sessions" else "",
+             f"workers{r['workers']}" if r["workers"] != policy.DEFAULT_CPU_WORKERS else "",
+             f"arrival{args.arrival:g}" if args.arrival != 10.0 and not args.quick and "students" in r else "",
+             "distinct" if args.seeds == "distinct" and "students" in r else ""]
+    figures = {k: v for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    _results.write("_".join(p for p in parts if p), figures, caches=_results.caches(args),
+                   params={k: v for k, v in r.items() if k not in figures and k != "per_student"},
+                   notes="fresh runs folder per scenario (cold feature cache) with warm workers (one tiny run "
+                         "first)" + ("; the default run once more before the class (warm features)" if args.warm else ""))
 
 
 if __name__ == "__main__":

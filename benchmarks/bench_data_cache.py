@@ -6,22 +6,22 @@ times ``load_dataset`` alone; importing ``tl_core.data`` (torch) is timed apart.
     python benchmarks/bench_data_cache.py                 # the four built-in image sets
     python benchmarks/bench_data_cache.py animal_shapes   # some of them
 
-Prints a Markdown table and writes ``benchmarks/results/data_cache.json`` (with the date, commit and machine).
+Every pass starts from an empty cache folder (cold); each state is measured in turn. Prints a Markdown table
+and writes ``benchmarks/results/data_cache.json`` (``benchmarks/_results.py``: date, commit, machine).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+import _results
+
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results" / "data_cache.json"
 TIMED = """import json, sys, time
 t = time.perf_counter(); from tl_core import data; t1 = time.perf_counter()
 data.load_dataset(sys.argv[1]); t2 = time.perf_counter()
@@ -41,7 +41,6 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("keys", nargs="*", default=list(BUILTIN), help="built-in sets (default: all)")
-    ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     rows = []
     for key in args.keys:
@@ -54,12 +53,11 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"| {r['dataset']} | {r['cold_s']:.3f} s | {r['disk_cache_s']:.3f} s | "
               f"{r['same_process_s'] * 1e6:.0f} µs |")
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    out = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": commit, "cores": os.cpu_count(),
-           "machine": platform.platform(), "caches": "cold (empty TL_CACHE_DIR), then warm", "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
-    print(f"wrote {args.out}", file=sys.stderr)
+    figures = {f"{r['dataset']}.{k}": r[k] for r in rows
+               for k in ("cold_s", "disk_cache_s", "same_process_s", "import_s")}
+    _results.write("data_cache", figures, caches="cold", params={"datasets": args.keys},
+                   notes="cold_s: decode + write the .npz from an empty TL_CACHE_DIR; disk_cache_s: a new process "
+                         "reading it; same_process_s: the in-memory cache")
     return 0
 
 

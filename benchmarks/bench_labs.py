@@ -6,7 +6,10 @@ Chromium screenshot) and docs/labs.md with the measured numbers, a summary table
 
     .venv/bin/python benchmarks/bench_labs.py [--labs race yosinski ...] [--seeds K] [--runs-dir DIR]
 
-Runs and the lab-saved backbones go to a temporary folder unless --runs-dir is given.
+Runs and the lab-saved backbones go to a temporary folder unless --runs-dir is given. Caches start cold (that
+folder's feature cache, and an empty decoded-data cache in it); ``--warm`` runs each lab once, untimed, first.
+Each lab's wall time, CPU time and verdict also go to ``benchmarks/results/lab_<lab>.json``
+(``benchmarks/_results.py``).
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ os.environ.setdefault("TL_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 CHROMIUM = "/usr/bin/chromium"
+
+import _results  # noqa: E402
 
 
 def screenshot(fig, out_png: Path, width: int = 1200, height: int = 650) -> bool:
@@ -97,9 +102,12 @@ def main() -> int:
     p.add_argument("--seeds", type=int, default=None, help="default: the lab's default (3)")
     p.add_argument("--runs-dir", default=None)
     p.add_argument("--no-docs", action="store_true", help="print only; do not write docs/labs.md and the PNGs")
+    _results.add_warm_flag(p)
     args = p.parse_args()
     runs_dir = Path(args.runs_dir) if args.runs_dir else Path(tempfile.mkdtemp(prefix="bench_labs_"))
     os.environ["TL_RUNS_DIR"] = str(runs_dir)
+    if not args.warm:  # decoded data sets too: from an empty cache
+        os.environ["TL_CACHE_DIR"] = str(runs_dir / "data_cache")
     os.environ.setdefault("TL_BACKBONES_DIR", str(runs_dir / "backbones"))
 
     from tl_core import labs
@@ -114,6 +122,8 @@ def main() -> int:
         n_runs = len(labs.plan_runs(cfg, runs_dir / "plan-preview"))
         print(f"\n=== {labs.LABS[lab].title}: {n_runs} runs ({cfg.seeds} seeds), default config: "
               f"{cfg.to_query_string()}", flush=True)
+        if args.warm:  # an untimed first pass fills the feature and data caches
+            labs.run_lab(cfg, runs_dir)
         t0, c0 = time.time(), time.process_time()
         res = labs.run_lab(cfg, runs_dir)
         wall, cpu[lab] = time.time() - t0, time.process_time() - c0
@@ -122,6 +132,11 @@ def main() -> int:
         loads[lab] = load()
         print(f"--- {lab}: {wall:.0f} s wall, {cpu[lab]:.0f} s CPU for {n_runs} runs (load average now "
               f"{loads[lab]})", flush=True)
+        verdicts = [c["agrees"] for c in res.checks]
+        _results.write(f"lab_{lab}", {"wall_s": wall, "cpu_s": cpu[lab], "runs": n_runs, "seeds": len(res.seeds),
+                                      "claims_agree": verdicts.count(True), "claims_inconclusive": verdicts.count(None),
+                                      "claims_disagree": verdicts.count(False), "verdict": str(res.verdict())},
+                       caches=_results.caches(args), params={"config": cfg.to_query_string()}, notes=res.text)
         png = ROOT / "docs" / "img" / f"lab_{lab}.png"
         if not args.no_docs:
             screenshot(res.figure, png)
