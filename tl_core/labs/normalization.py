@@ -55,6 +55,38 @@ def normalization_views(cfg: LabSettings, index: int = 0) -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------- a second example (pure)
+
+# SqueezeNet 1.1's top-1 on the 20 labelled ImageNet photos shipped with foolbox, with its own (Caffe) mean/std
+# and with torchvision's ImageNet mean/std: measured once, re-measured by tests/test_offline_backbones.py.
+SQUEEZENET_TOP1 = {"backbone": 14, "imagenet": 0}
+PHOTOS = 20
+
+
+def squeezenet_case() -> tuple[pd.DataFrame, str]:
+    """The second, more vivid example: (table, markdown) of SqueezeNet 1.1 on foolbox's ImageNet photos with its
+    own preprocessing and with torchvision's. Its Caffe weights expect 0..255 pixels minus a mean, so ImageNet
+    statistics shrink every input about 60-fold and it recognises nothing."""
+    from tl_core import data
+    from tl_core.models import backbones
+
+    dc = backbones.data_config("squeezenet1_1")
+    rows = []
+    for mode, label in (("backbone", "its own (Caffe: 0-255 minus the mean)"), ("imagenet", "torchvision's ImageNet")):
+        mean, std = data.normalization_stats(dc, mode)
+        rows.append({"mean/std": label, "mean": ", ".join(f"{m:.3f}" for m in mean),
+                     "std": ", ".join(f"{v:.4f}" for v in std),
+                     "top-1": f"{SQUEEZENET_TOP1[mode]}/{PHOTOS}"})
+    table = pd.DataFrame(rows)
+    scale = data.normalization_stats(dc, "imagenet")[1][0] / dc["std"][0]
+    md = (f"**A second example: SqueezeNet 1.1** (bundled; ImageNet weights from a Caffe model). On the {PHOTOS} "
+          "labelled ImageNet photos that ship with foolbox it names the right class for "
+          f"**{SQUEEZENET_TOP1['backbone']}/{PHOTOS}** with its own preprocessing and **{SQUEEZENET_TOP1['imagenet']}/"
+          f"{PHOTOS}** with torchvision's mean/std, which make every input about {scale:.0f} times too small.\n\n"
+          + "\n".join(f"- {r['mean/std']} mean/std (mean {r['mean']}; std {r['std']}): {r['top-1']}" for r in rows))
+    return table, md
+
+
 # ----------------------------------------------------------------------------- analysis (pure)
 
 
@@ -91,7 +123,9 @@ def analyse_normalization(cfg: LabSettings, recs: list[dict]) -> LabResult:
         headline = f"Accuracy gap from normalisation alone: **{p.mean * 100:.1f} points**" + (
             "." if p.single else f" (mean of {p.n} seeds; 95% interval {p.lo * 100:.1f} to {p.hi * 100:.1f}).")
     text, agrees = finish_text(headline, checks, missing, len(groups))
-    return LabResult(pd.DataFrame(rows), fig, text, agrees, checks, {"seeds": list(groups)})
+    table, example = squeezenet_case()
+    return LabResult(pd.DataFrame(rows), fig, f"{text}\n\n{example}", agrees, checks,
+                     {"seeds": list(groups), "squeezenet": table})
 
 
 def analyse(cfg: LabSettings, recs: list[dict], state: dict | None = None) -> LabResult:

@@ -4,7 +4,7 @@ config names), ``probes`` (CKA, features, Grad-CAM). Listed here: the names of t
 packages, pages and tests use; the rest through their module."""
 from .surgery import (
     BN_MODES, Hierarchy, is_module, hierarchy, dummy_input, BlockSetting, FreezePlan, block_modules, apply_plan,
-    count_params, param_groups, sequential_chain, fold_batchnorm,
+    count_params, param_groups, sequential_chain, fold_batchnorm, probe_at,
 )
 from .strategies import STRATEGIES, Phase, default_lr, group_decay, schedule
 from .text import (
@@ -15,9 +15,11 @@ from .glove import VOCAB_SIZE, DIM, WORD_PATTERN, glove_matrix, split_words, Wor
 from .backbones import (
     IMAGENET_CLASSES, WeightsError, BackboneSpec, CATALOGUE, local_backbones_dir, catalogue, get_spec,
     save_local_backbone, torchvision_url, is_online, weight_status, keep_weights, read_state_dict,
-    guess_backbone, create_text_model, text_tokenizer, check_weights, create_model, param_count,
+    guess_backbone, create_text_model, text_tokenizer, check_weights, create_model, param_count, converted_dir,
+    readable_weights, arch_definition, create_code,
 )
-from .arch import is_timm_arch, build_arch, modality, block_names, data_config_for, jsonable_data_config
+from .arch import (is_timm_arch, build_arch, modality, block_groups, block_names, data_config_for,
+                   jsonable_data_config)
 from .probes import (
     linear_cka, block_outputs, block_cka, penultimate_features, project_2d, nearest_centroid_accuracy,
     cam_layer, grad_cam,

