@@ -6,7 +6,7 @@ import streamlit as st
 
 from tl_core import labs
 
-from pages import _display
+from pages import _classroom, _display
 
 
 def config(lab: str) -> labs.LabConfig:
@@ -30,6 +30,9 @@ def _widget_values(cfg: labs.LabConfig) -> dict:
         f"{lab}_depths": labs.encode_value("depths", cfg.depths),
         f"{lab}_sizes": labs.encode_value("sizes", cfg.sizes),
         f"{lab}_source_epochs": cfg.source_epochs,
+        f"{lab}_head_epochs": cfg.head_epochs,
+        f"{lab}_source_per_class": cfg.source_per_class or 0,
+        f"{lab}_shifts": list(cfg.shifts),
         f"{lab}_max_tokens": cfg.max_tokens,
     }
 
@@ -38,9 +41,9 @@ def set_config(cfg: labs.LabConfig, to_url: bool = True) -> None:
     """Store a lab's config, show it in its widgets, and put it in the page address."""
     st.session_state[f"labcfg_{cfg.lab}"] = cfg.to_dict()
     st.session_state.update(_widget_values(cfg))
-    if to_url:  # the student's name stays in the address (a reload keeps it)
-        student = st.query_params.get("student")
-        st.query_params.from_dict({**cfg.to_query(), **({"student": student} if student else {})})
+    if to_url:  # the student's name and its signature stay in the address (a reload keeps them)
+        keep = {k: st.query_params[k] for k in _classroom.URL_KEYS if k in st.query_params}
+        st.query_params.from_dict({**cfg.to_query(), **keep})
         st.session_state["lab_url_seen"] = cfg.to_query_string()
 
 
@@ -168,12 +171,24 @@ def settings(lab: str) -> labs.LabConfig:
 
         st.multiselect("Strategies", list(STRATEGIES), key=f"{lab}_strategies", on_change=_edit,
                        args=(lab, "strategies"), format_func=lambda s: STRATEGIES[s].label)
-    if lab in ("freeze_depth", "yosinski"):
+    if "depths" in info.fields:
         st.text_input("Depths n to sweep (block groups)", key=f"{lab}_depths", on_change=_edit,
                       args=(lab, "depths", _ints), help="Comma-separated group counts, or 'auto' for every depth.")
-    if lab == "yosinski":
-        st.number_input("Epochs of the base networks A and B", *bounds["source_epochs"],
-                        key=f"{lab}_source_epochs", on_change=_edit, args=(lab, "source_epochs"))
+    if "shifts" in info.fields:
+        shifts(lab, cfg)
+    if "head_epochs" in info.fields:
+        st.number_input("Epochs of the head alone first (the linear probe)", *bounds["head_epochs"],
+                        key=f"{lab}_head_epochs", on_change=_edit, args=(lab, "head_epochs"))
+    if "source_epochs" in info.fields:
+        source = "the base networks A and B" if lab == "yosinski" else "the source network"
+        cols = st.columns(2)
+        cols[0].number_input(f"Epochs of {source}", *bounds["source_epochs"], key=f"{lab}_source_epochs",
+                             on_change=_edit, args=(lab, "source_epochs"))
+        if "source_per_class" in info.fields:
+            cols[1].number_input(f"Images per class of {source}", min_value=0, step=10,
+                                 max_value=bounds["source_per_class"][1], key=f"{lab}_source_per_class",
+                                 on_change=_edit, args=(lab, "source_per_class", lambda v: v or None),
+                                 help="0 = all.")
     if st.session_state.get(f"labcfg_err_{lab}"):
         st.error(f"Setting not applied: {_display.plain(st.session_state[f'labcfg_err_{lab}'])}. The form shows the "
                  "settings in use.")
@@ -184,6 +199,25 @@ def settings(lab: str) -> labs.LabConfig:
 def _options(common, bounds: tuple[int, int], value: int) -> list[int]:
     """A selectbox's choices: the common ones this server's limits allow, and the current value."""
     return sorted({v for v in common if bounds[0] <= v <= bounds[1]} | {value})
+
+
+def shifts(lab: str, cfg: labs.LabConfig) -> None:
+    """The shifts of the target (``data.SHIFTS``): only those this lab takes (AdaBN and LP-FT: input shifts)."""
+    from tl_core import data
+
+    def takes(shift: str) -> bool:
+        try:
+            labs.LabConfig.from_dict({**cfg.to_dict(), "shifts": [shift]}).validate()
+        except ValueError:
+            return False
+        return True
+
+    options = [s for s in data.SHIFTS if takes(s) or s in cfg.shifts]
+    st.multiselect("Shifts of the target", options, key=f"{lab}_shifts", on_change=_edit, args=(lab, "shifts"),
+                   help="What changes between the source data and the target: "
+                        + "; ".join(f"**{s}**: {data.SHIFTS[s]}" for s in options)
+                        + ". A lab that studies one shift takes the first.")
+    st.caption(" · ".join(f"**{s}**: {data.SHIFTS[s]}" for s in cfg.shifts))
 
 
 def only_seed(lab: str, cfg: labs.LabConfig) -> None:

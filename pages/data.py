@@ -217,4 +217,19 @@ with p3:
                  for _ in range(5)]
         st.image(views, caption=["augmented"] * 5, width=90)
 
+# ------------------------------------------------------------------ shifts (the labs on a shifted target)
+st.subheader("A shifted target", help="The labs on a shifted target (surgical fine-tuning, AdaBN) train or test on "
+                                      "these copies of the data: the same classes with other pixels, or the same "
+                                      "images with other labels. Here you only look: your own runs stay unshifted.")
+s1, s2 = st.columns([2, 3], gap="large")
+shift = s1.selectbox("Preview a shift", ["", *data.SHIFTS], key="shift_preview",
+                     format_func=lambda k: f"{k}: {data.SHIFTS[k]}" if k else "none")
+if shift:
+    with st.spinner("Shifting the data set…"):
+        view = data.shift_view(ds, int(idx), shift, dcfg, int(inp["image_size"]), inp["normalization"],
+                               seed=int(inp.get("seed", 0)))
+    s2.image([view["clean"], view["shifted"]], width=150,
+             caption=[f"network input: {_display.plain(view['label'])}",
+                      f"shifted ({shift}): trained as {_display.plain(view['shown_as'])}"])
+
 st.page_link("pages/train.py", label="Next: train →", icon=":material/model_training:")

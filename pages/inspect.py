@@ -1,7 +1,7 @@
 """Inspect page: what a finished run learned, where it fails, and what changed inside it.
 
-For every run: the confusion matrix, the mistakes, "What changed?" (linear CKA per block against the
-network it started from, next to the weight drift) and the feature space (random, pretrained and
+For every run: the confusion matrix (a click on a cell shows the validation items it counts), the mistakes,
+"What changed?" (linear CKA per block against the network it started from, next to the weight drift) and the feature space (random, pretrained and
 trained features in 2-D). Image runs add feature maps, Grad-CAM and first-layer filters; text runs add
 attention heatmaps and, for GloVe, nearest words and analogies (``pages/_examples.py``). The heavy work is
 cached per run (``pages/_models.py``) and runs on at most 200 validation items.
@@ -46,47 +46,101 @@ def pick_run():
     st.caption(f"{_display.strategy_label(cfg.strategy)} · {cfg.backbone} · "
                f"{_display.plain(_choices.data_label(cfg.to_dict()))} · "
                f"final validation accuracy {(s.get('final_val_acc') or 0):.1%}")
-    c1, c2 = st.columns([3, 2], gap="large")
-    if s.get("confusion"):
-        c1.plotly_chart(visuals.confusion_figure(s["confusion"], s["class_names"]), key="confusion", width="stretch")
-        c2.plotly_chart(visuals.per_class_figure(s["per_class_acc"], s["class_names"], height=360), key="per_class",
-                        width="stretch")
-        c2.caption("Rows of the matrix are the true classes; off-diagonal cells are mistakes. A bright cell away from "
-                   "the diagonal means two classes look alike to this model.")
     return run_id, run_dir, model, cfg, class_names
 
 
-def run_data(run_dir: str):
-    """(data dict, validation rows shown, predictions, confidences); stops the page when the data is gone."""
+def run_data(run_id: str, run_dir: str):
+    """(data dict, predictions {val_idx, label, pred, conf} of every validation item, whether the run stored
+    them); stops the page when the data is gone or changed."""
     try:
-        idx, preds, conf = _models.predictions(run_dir)
-        return _models.run_data(run_dir), idx, preds, conf
+        d, stored = _models.run_data(run_dir), store.predictions(run_id)
+        preds = stored if stored is not None else _models.predictions(run_dir)
     except (data.DataError, FileNotFoundError) as exc:
         st.error(f"The run's data is no longer available ({_display.plain(exc)}). "
                  "What to do: restore the dataset, or pick another run.")
         st.stop()
+    labels = d["ds"].labels.numpy()
+    if preds["val_idx"].max(initial=-1) >= len(labels) or (labels[preds["val_idx"]] != preds["label"]).any():
+        st.error("The run's data changed since it was trained: its validation images are not the ones it "
+                 "classified. What to do: restore the dataset, or train the run again.")
+        st.stop()
+    return d, preds, stored is not None
 
 
-def mistakes(d: dict, idx, preds, conf, class_names: list[str], text: bool) -> None:
+# ------------------------------------------------------------------ the confusion matrix and its cells
+CELL_PAGE = 48  # a cell's images shown at a time
+
+
+def _cell_clicked() -> None:
+    """A click on a cell of the matrix (its invisible marker: customdata [true, predicted, ...]) picks that cell."""
+    points = st.session_state["confusion"].selection.get("points", [])
+    if points and points[0].get("customdata"):
+        st.session_state["inspect_cell"] = tuple(int(v) for v in points[0]["customdata"][:2])
+
+
+def confusion(d: dict, preds: dict, class_names: list[str], stored: bool, text: bool) -> None:
+    """The matrix of the validation items' predictions, the accuracy per class, and the items of one cell
+    (picked by a click on the matrix or in the list): exactly the items that cell counts."""
     unit = "texts" if text else "images"
-    st.subheader("Misclassified examples", help=f"Validation {unit} the model got wrong, most confident first.")
-    ds = d["ds"]
-    labels = ds.labels[idx].numpy()
-    wrong = [i for i in (conf * -1).argsort() if preds[i] != labels[i]]
-    if not wrong:
-        st.success(f"No mistakes among the first {len(idx)} validation {unit}.")
-        return
+    cm = visuals.confusion_counts(preds["label"], preds["pred"], len(class_names))
+    cells = [(int(t), int(p)) for t, p in zip(*cm.nonzero())]
+    if st.session_state.get("inspect_cell") not in cells:  # the most frequent mistake (a new run, or none yet)
+        st.session_state["inspect_cell"] = max([c for c in cells if c[0] != c[1]] or cells, key=lambda c: cm[c])
+    c1, c2 = st.columns([3, 2], gap="large")
+    c1.plotly_chart(visuals.confusion_figure(cm, class_names, selected=st.session_state["inspect_cell"]),
+                    key="confusion", width="stretch", on_select=_cell_clicked, selection_mode="points")
+    c2.plotly_chart(visuals.per_class_figure(list(cm.diagonal() / cm.sum(1).clip(min=1)), class_names, height=360),
+                    key="per_class", width="stretch")
+    c2.caption("Rows of the matrix are the true classes; off-diagonal cells are mistakes. A bright cell away from "
+               f"the diagonal means two classes look alike to this model. **Click a cell** to see its {unit}."
+               + ("" if stored else f" This run is from an older version that kept no predictions: the matrix is "
+                  f"recomputed with its saved model on all {len(preds['label'])} validation {unit}."))
+    name = [_display.plain(c) for c in class_names]
+    pick, paging = st.columns([3, 1], vertical_alignment="bottom")
+    t, p = pick.selectbox(f"Cell of the matrix (true class → predicted class): its {unit}", cells,
+                          key="inspect_cell", format_func=lambda c: f"true {class_names[c[0]]} → predicted "
+                                                                    f"{class_names[c[1]]} · {cm[c]} {unit}")
+    rows = visuals.confusion_cell(preds["label"], preds["pred"], preds["conf"], t, p)
+    pages = -(-len(rows) // CELL_PAGE)
+    page = paging.number_input(f"Page (of {pages})", 1, pages, key=f"inspect_cell_page_{t}_{p}") if pages > 1 else 1
+    shown = rows[(page - 1) * CELL_PAGE:page * CELL_PAGE]
+    with st.container(key="inspect_cell_view"):
+        st.markdown(f"**{len(rows)} validation {unit}** of class **{name[t]}** "
+                    f"{'correctly predicted' if t == p else 'predicted as **' + name[p] + '**'}"
+                    + (f", most confident first: {(page - 1) * CELL_PAGE + 1}–{(page - 1) * CELL_PAGE + len(shown)} "
+                       "shown" if pages > 1 else ", most confident first") + ".")
+        items(d, shown, preds, class_names, text, key="inspect_cell_items")
+
+
+def items(d: dict, rows, preds: dict, class_names: list[str], text: bool, key: str) -> None:
+    """Validation items ``rows`` (positions in ``preds``): the image (or text), its true and predicted class
+    and the model's confidence."""
+    ds, idx = d["ds"], preds["val_idx"]
+    true, pred, conf = preds["label"], preds["pred"], preds["conf"]
     if text:
-        st.dataframe([{"text": ds.texts[int(idx[i])], "true": class_names[labels[i]],
-                       "predicted": class_names[preds[i]], "confidence": float(conf[i])} for i in wrong[:50]],
-                     hide_index=True, width="stretch", key="inspect_wrong_texts",
+        st.dataframe([{"text": ds.texts[int(idx[i])], "true": class_names[true[i]],
+                       "predicted": class_names[pred[i]], "confidence": float(conf[i])} for i in rows],
+                     hide_index=True, width="stretch", key=key,
                      column_config={"text": st.column_config.TextColumn(width="large"),
                                     "confidence": st.column_config.NumberColumn(format="percent")})
     else:
-        st.image([ds.images[int(idx[i])].expand(3, -1, -1).permute(1, 2, 0).numpy() for i in wrong[:16]],
-                 caption=[f"true {_display.plain(class_names[labels[i]])} → {_display.plain(class_names[preds[i]])} "
-                          f"({conf[i]:.0%})" for i in wrong[:16]], width=110)
-    st.caption(f"{len(wrong)} mistakes among the first {len(idx)} validation {unit}.")
+        st.image([ds.images[int(idx[i])].expand(3, -1, -1).permute(1, 2, 0).numpy() for i in rows],
+                 caption=[f"true {_display.plain(class_names[true[i]])} → {_display.plain(class_names[pred[i]])} "
+                          f"({conf[i]:.0%})" for i in rows], width=110)
+
+
+def mistakes(d: dict, preds: dict, class_names: list[str], text: bool) -> None:
+    unit = "texts" if text else "images"
+    st.subheader("Misclassified examples", help=f"Validation {unit} the model got wrong, most confident first.")
+    order = (-preds["conf"].astype(float)).argsort(kind="stable")
+    wrong = [i for i in order if preds["pred"][i] != preds["label"][i]]
+    if not wrong:
+        st.success(f"No mistakes among the {len(preds['label'])} validation {unit}.")
+        return
+    items(d, wrong[:50] if text else wrong[:16], preds, class_names, text, key="inspect_wrong_texts")
+    st.caption(f"{len(wrong)} mistakes among the {len(preds['label'])} validation {unit}"
+               + (f" (the {50 if text else 16} most confident shown; click a cell of the matrix for the others)."
+                  if len(wrong) > (50 if text else 16) else "."))
 
 
 # ------------------------------------------------------------------ what changed, what transfers
@@ -173,7 +227,11 @@ from tl_core.models.backbones import text_tokenizer
 x = text_tokenizer(cfg.backbone).encode(["a great product"], cfg.max_tokens)
 print(class_names[model(x).argmax(1).item()])""", language="python")
         return
-    st.code(f"""import json, timm
+    from tl_core.models import backbones
+
+    own = ("\nimport tl_core.models  # registers " + meta["timm_name"] + " (not in timm) with timm"
+           if backbones.arch_definition(meta["timm_name"]) else "")
+    st.code(f"""import json, timm{own}
 from safetensors.torch import load_file
 meta = json.load(open("{run_id}.json"))
 model = timm.create_model(meta["timm_name"], num_classes=meta["num_classes"])
@@ -184,8 +242,9 @@ model.eval()  # preprocess: resize to {meta.get('image_size')} px, mean/std = me
 # ------------------------------------------------------------------ the page
 run_id, run_dir, model, cfg, class_names = pick_run()
 is_text = cfg.modality == "text"
-d, idx, preds, conf = run_data(run_dir)
-mistakes(d, idx, preds, conf, class_names, is_text)
+d, preds, stored = run_data(run_id, run_dir)
+confusion(d, preds, class_names, stored, is_text)
+mistakes(d, preds, class_names, is_text)
 what_changed(run_id, run_dir, is_text)
 feature_space(run_dir, class_names, is_text)
 if is_text:

@@ -130,7 +130,7 @@ def test_generated_code_loads_a_user_weights_file(resnet, tmp_path):
     assert ns["model"].fc.out_features == 3
 
 
-@pytest.mark.parametrize("key", ["mobilenetv2", "efficientnet_lite0", "resnet18"])
+@pytest.mark.parametrize("key", ["mobilenetv2", "efficientnet_lite0", "resnet18", "squeezenet1_1"])
 def test_catalogue_code_compiles_with_the_right_weights_source(key):
     model, _ = backbones.create_model(key, num_classes=4, weights="random")
     hier = surgery.hierarchy(model, 64)
@@ -142,10 +142,29 @@ def test_catalogue_code_compiles_with_the_right_weights_source(key):
         compile(src, "<generated>", "exec")
     if key == "mobilenetv2":
         assert "torchvision.models.mobilenet_v2(weights='IMAGENET1K_V1')" in src
+    elif key == "squeezenet1_1":  # not a timm model: the class itself, and the lab's safetensors copy of the pickle
+        assert "class SqueezeNet(nn.Module):" in src and "model = SqueezeNet(num_classes=1000)" in src
+        assert f"WEIGHTS = {str(backbones.converted_dir() / 'squeezenet1_1.safetensors')!r}" in src
     else:
         assert f"timm.create_model({spec.pretrained_tag!r}, pretrained=True" in src
     own = codegen.generate_code({"weights": "pretrained"}, hier, bb, 4)
-    assert f"MEAN, STD = {list(round(m, 4) for m in bb['mean'])}".replace("(", "[") in own.replace("(", "[")
+    assert f"MEAN, STD = {list(round(m, 6) for m in bb['mean'])}".replace("(", "[") in own.replace("(", "[")
+
+
+def test_squeezenet_code_runs_with_the_labs_weights_and_freeze_plan():
+    """SqueezeNet is not in timm: the script defines the lab's class, loads the converted weights and
+    reproduces the feature-extraction plan (only the 1x1 convolution of the head trains)."""
+    torch.manual_seed(0)
+    model, _ = backbones.create_model("squeezenet1_1", num_classes=3)
+    hier = surgery.hierarchy(model, 64)
+    plan = surgery.FreezePlan.for_hierarchy(hier, len(hier.block_names) - 1)
+    expected = surgery.apply_plan(model, hier, plan)
+    torch.manual_seed(0)
+    ns = _run(codegen.generate_code({"weights": "pretrained", "plan": plan.to_dict(), "image_size": 64}, hier,
+                                    backbones.describe("squeezenet1_1"), 3))
+    assert (ns["trainable"], ns["total"]) == (expected["trainable"], expected["total"]) == (512 * 3 + 3, 724_035)
+    for name, tensor in model.state_dict().items():  # the same weights, the fresh head included (same seed)
+        torch.testing.assert_close(ns["model"].state_dict()[name], tensor, msg=name)
 
 
 # ------------------------------------------------------------------ text runs: plain PyTorch + transformers

@@ -15,6 +15,7 @@ from tl_core.models import surgery
 from tl_core.runs import worker
 from tl_core.training.checkpoint import load_model
 from tl_core.runs.store import RunStore
+from tl_core.viz import figures as visuals
 
 from test_text_training import reviews  # noqa: F401  (the fixture: a data root holding reviews.csv)
 
@@ -124,3 +125,55 @@ def test_inspect_a_glove_run_shows_nearest_words_and_the_analogy(reviews):
     at.text_input(key="inspect_word").input("qwxzvbnm").run()
     assert not at.exception
     assert any("not among the" in e.value and "common English word" in e.value for e in at.error)
+
+
+def test_the_confusion_figure_has_a_clickable_marker_on_every_non_empty_cell():
+    fig = visuals.confusion_figure([[5, 1, 0], [0, 4, 2], [0, 0, 3]], ["cat", "dog", "7"], selected=(1, 2))
+    heat, marks = fig.data
+    assert heat.type == "heatmap" and heat.hoverinfo == "skip" and heat.z[0][0] == pytest.approx(5 / 6)
+    assert marks.type == "scatter" and marks.marker.opacity == 0  # invisible: the heatmap's look stays
+    assert [c[:3] for c in marks.customdata] == [[0, 0, 5], [0, 1, 1], [1, 1, 4], [1, 2, 2], [2, 2, 3]]
+    assert list(zip(marks.y, marks.x)) == [("cat", "cat"), ("cat", "dog"), ("dog", "dog"), ("dog", "7"), ("7", "7")]
+    assert fig.layout.xaxis.type == "category" and fig.layout.clickmode == "event+select"
+    (box,) = fig.layout.shapes  # the selected cell, outlined
+    assert (box.x0, box.x1, box.y0, box.y1) == (1.5, 2.5, 0.5, 1.5)
+
+
+@pytest.mark.slow
+def test_a_confusion_cell_shows_exactly_the_validation_images_it_counts():
+    """More than the 600 validation images the page once classified: the run stores a prediction for each of them,
+    the matrix on the page is the training's own, and a cell's images are exactly as many as the cell counts."""
+    run_id = _finished_run(name="tiny digits run", backbone="mobilenetv2", strategy="feature_extraction",
+                           data="digits8", per_class=20, val_fraction=0.4, image_size=64)  # ~65% right: many cells
+    store = RunStore()
+    summary, preds = store.get(run_id).summary, store.predictions(run_id)
+    assert len(preds["val_idx"]) == store.get(run_id).info["num_val"] > 600
+    counts = visuals.confusion_counts(preds["label"], preds["pred"], len(summary["class_names"]))
+    assert counts.tolist() == summary["confusion"]  # the images the training's own count is made of
+
+    at = _inspect(run_id)
+    chart = json.loads(next(c.proto.spec for c in at.get("plotly_chart") if c.proto.id.endswith("confusion")))
+    assert chart["data"][0]["text"] == summary["confusion"]
+    names = summary["class_names"]
+    assert set(at.selectbox(key="inspect_cell").options) == {
+        f"true {names[t]} → predicted {names[p]} · {counts[t, p]} images" for t, p in zip(*counts.nonzero())}
+    big = max(zip(*counts.nonzero()), key=lambda c: counts[c])  # more images than one page shows
+    for t, p in [*[c for c in zip(*counts.nonzero()) if c[0] != c[1] and c != big][:1], big]:  # a mistake, big
+        at.selectbox(key="inspect_cell").set_value((int(t), int(p))).run()
+        assert not at.exception and not at.error
+        captions = at.image[0].captions  # the cell's images come first on the page
+        assert len(captions) == min(counts[t, p], 48)
+        assert all(c.startswith(f"true {names[t]} → {names[p]} (") for c in captions)
+        assert any(f"**{counts[t, p]} validation images**" in m.value for m in at.markdown)
+    assert counts[big] > 48  # the rest on the next page
+    at.number_input(key=f"inspect_cell_page_{big[0]}_{big[1]}").set_value(2).run()
+    assert len(at.image[0].captions) == min(counts[big] - 48, 48)
+
+    # a run from before predictions were stored: the page classifies every validation image with the saved model
+    (store.run_dir(run_id) / "predictions.npz").unlink()
+    at.run()
+    assert not at.exception and not at.error
+    assert any(f"recomputed with its saved model on all {len(preds['val_idx'])} validation images" in c.value
+               for c in at.caption)
+    chart = json.loads(next(c.proto.spec for c in at.get("plotly_chart") if c.proto.id.endswith("confusion")))
+    assert sum(map(sum, chart["data"][0]["text"])) == len(preds["val_idx"])

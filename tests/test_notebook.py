@@ -91,7 +91,8 @@ def test_notebook_executes_headless_and_reaches_the_labs_accuracy(kernel):
     dict(strategy="two_phase", head_epochs=1, freeze_blocks=14, lr_decay=2.6, weight_decay=0.01),
     dict(backbone="test_resnet", weights="random", strategy="gradual", epochs=3, optimizer="sgd", lr=0.02,
          augment={"flip": True}),
-], ids=["mobilenetv2-two_phase", "test_resnet-gradual-sgd-flip"])
+    dict(backbone="squeezenet1_1", strategy="two_phase", head_epochs=1, freeze_blocks=5),  # not in timm: defined here
+], ids=["mobilenetv2-two_phase", "test_resnet-gradual-sgd-flip", "squeezenet1_1-two_phase"])
 def test_notebook_fine_tuning_reproduces_the_lab(overrides):
     """Fine-tuning phases, discriminative LRs, gradual unfreezing (one cosine over the run), SGD and
     random augmentation, run in this process (the kernel test above covers headless execution)."""

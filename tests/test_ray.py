@@ -214,6 +214,10 @@ def test_runs_land_on_both_nodes_and_stream_into_the_hosts_store(cluster, host, 
         assert run.summary["final_val_acc"] is not None and run.info["num_train"] > 0
         model, saved_cfg, classes = load_model(store.model_dir(run_id))
         assert classes == run.summary["class_names"] and saved_cfg.data == run.config["data"]
+        preds = store.predictions(run_id)  # the Inspect page's confusion cells: every validation image, as counted
+        assert len(preds["val_idx"]) == run.info["num_val"]
+        assert np.bincount(preds["label"] * len(classes) + preds["pred"], minlength=len(classes) ** 2).reshape(
+            len(classes), -1).tolist() == run.summary["confusion"]
     where = {store.get(r).info["node"]["node_id"] for r in (plain, shipped)}
     assert where == set(cluster["ids"].values())  # one CPU per node: one run on each
     info = store.get(shipped).info

@@ -18,11 +18,12 @@ turns samples into what a backbone expects (size, interpolation, mean/std from
 
 One module per concept, bottom up: ``errors``, ``builtin`` (the built-in sets), ``sources`` (data root, caps,
 regular files, safe zips, stored uploads), ``images``, ``folders`` (ImageFolder trees, ``check_data``), ``sets``
-(``ImageSet``, ``split``), ``texts`` (text sets, tokenising), ``uploads``, ``transforms``. Listed here: the names
+(``ImageSet``, ``split``), ``texts`` (text sets, tokenising), ``uploads``, ``transforms``, ``shifts`` (input and
+label shifts, cached). Listed here: the names
 that other packages, pages and tests use (``from tl_core.data import X``); the rest through their module.
 """
 from .errors import DataError
-from .builtin import BUILTIN, list_datasets, builtin_arrays
+from .builtin import BUILTIN, list_datasets, builtin_arrays, unpickle_numpy
 from .sources import (
     UNRESTRICTED, Caps, data_root, check_regular, read_regular, resolve_data_path, safe_extract_zip,
     uploads_dir, find_upload, upload_name,
@@ -35,5 +36,7 @@ from .transforms import (
     IMAGENET_MEAN, IMAGENET_STD, NORMALIZATIONS, Augment, normalization_stats, make_transforms, TensorDataset,
     network_view,
 )
+from .shifts import (SHIFTS, INPUT_SHIFTS, NOISE_STD, BLUR_SIGMA, check_shift, shifted, shift_images,
+                     label_permutation, shift_view)
 
 __all__ = sorted(name for name in dir() if not name.startswith("_"))

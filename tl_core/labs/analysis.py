@@ -172,9 +172,11 @@ def _mark(agrees: bool | None, seeds: int, basis: str | None = None) -> str:
     return f"{word} ({basis})"
 
 
-def finish_text(headline: str, checks: list[dict], missing: list[str], seeds: int = 1) -> tuple[str, bool | None]:
+def finish_text(headline: str, checks: list[dict], missing: list[str], seeds: int = 1,
+                paired: bool = True) -> tuple[str, bool | None]:
     """The "what we measured" text and the overall verdict (None: no check decided). ``seeds``: how
-    many seeds the checks pool (1: single-seed rule; more: bootstrap intervals)."""
+    many seeds the checks pool (1: single-seed rule; more: bootstrap intervals); ``paired`` False: each
+    seed had its own split (``LabRun.paired``), so the seeds are independent repeats, not pairs."""
     lines = [headline, ""] if headline else []
     for c in checks:
         c.setdefault("verdict", verdict_of(c["agrees"]))
@@ -184,15 +186,19 @@ def finish_text(headline: str, checks: list[dict], missing: list[str], seeds: in
     if agrees is False:
         bad = [c["claim"] for c in checks if c["agrees"] is False]
         how = ("This is a small, single-seed experiment: run more seeds (and more images per class or epochs) "
-               "before concluding" if seeds <= 1 else f"Over {seeds} paired seeds the interval excludes the "
-               "prediction: that is a finding of this configuration (data, size, epochs), worth discussing")
+               "before concluding" if seeds <= 1 else f"Over {seeds} {'paired ' if paired else ''}seeds the "
+               "interval excludes the prediction: that is a finding of this configuration (data, size, epochs), "
+               "worth discussing")
         lines += ["", f"**The measurement disagrees with the prediction** on: {'; '.join(bad)}. {how}; but report "
                       "what was measured, not what was expected."]
     elif agrees:
         lines += ["", "The measurement agrees with the prediction."]
-    if seeds > 1:
+    if seeds > 1 and paired:
         lines += ["", f"Pooled over {seeds} seeds (same split, different initialisation and batch order): means, "
                       "with 95% bootstrap intervals of the paired differences in brackets."]
+    elif seeds > 1:
+        lines += ["", f"Pooled over {seeds} seeds, each with its own split (training and validation images), "
+                      "initialisation and batch order: means, with 95% bootstrap intervals in brackets."]
     if missing:
         lines += ["", f"Not included (no finished epochs): {', '.join(missing)}."]
     return "\n".join(lines), agrees

@@ -68,6 +68,12 @@ class LabSettings:
     domains: list[str] = field(default_factory=lambda: ["animal_shapes", "mnist"])
     # bn
     freeze_blocks: int | None = None
+    # kornblith
+    networks: list[str] = field(default_factory=list)  # the pretrained image backbones compared
+    # surgical, adabn: the shifts of the target (data.SHIFTS; adabn takes the first, an input shift)
+    shifts: list[str] = field(default_factory=lambda: ["noise", "labels"])
+    # lp_ft: epochs of the linear probe (the head alone) before LP-FT fine-tunes every block for ``epochs``
+    head_epochs: int = 10
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -131,6 +137,7 @@ class LabSettings:
                 "freeze_blocks": ("freeze_blocks", 0, 1000, ""),
                 "epochs": ("epochs", 1, lim.max_epochs, ""),
                 "source_epochs": ("source_epochs", 1, lim.max_epochs, ""),
+                "head_epochs": ("head_epochs", 1, lim.max_epochs, ""),
                 "image_size": ("image_size", lim.min_image_size, lim.max_image_size, " of pixels"),
                 "max_tokens": ("max_tokens", lim.min_tokens, lim.max_tokens, " of tokens"),
                 "batch_size": ("batch_size", 1, lim.max_batch_size, ""),

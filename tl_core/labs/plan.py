@@ -5,8 +5,9 @@ they run).
 Seeds: a lab module plans ONE seed; ``registry.plan_runs`` repeats that plan for every training seed of
 ``cfg.run_seeds()``, seed after seed. Each copy trains with its own seed (initialisation, batch order, the
 re-initialised rest of a transfer network) and the split of ``cfg.seed`` (TrainConfig's ``split_seed``), so
-the seeds are paired. With several seeds a run's key and label carry the seed ("scratch@s1", "From scratch ·
-seed 1"), its built weights go to ``weights/seed<s>/``.
+the seeds are paired (a run planned with ``paired=False`` splits by its own training seed instead: the seeds
+then differ in their data too). With several seeds a run's key and label carry the seed ("scratch@s1", "From
+scratch · seed 1"), its built weights go to ``weights/seed<s>/``.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class LabRun:
     build: dict | None = None  # a weights file to build right before the run (see build_weights)
     after: str | None = None  # what the lab's after_run does after it: "register_backbone" (yosinski)
     seed: int | None = None  # its training seed (set by seeded)
+    paired: bool = True  # False: each seed splits the data by its own seed (split seed = seed; kornblith)
 
     def to_dict(self) -> dict:
         return {"key": self.key, "label": self.label, "config": self.cfg.to_dict(), "stage": self.stage,
@@ -52,7 +54,7 @@ def seeded(runs: list[LabRun], cfg: LabSettings, seed: int, index: int, tag: str
     for r in runs:
         r.seed, r.cfg.seed, r.stage = seed, seed, r.stage + shift
         r.cfg.name = f"lab {tag} · {r.cfg.name}"
-        pair_split(r.cfg, cfg.seed)
+        pair_split(r.cfg, cfg.seed if r.paired else seed)
         if tagged:
             r.key, r.label = f"{r.key}@s{seed}", f"{r.label} · seed {seed}"
             r.cfg.name = f"{r.cfg.name} · seed {seed}"
@@ -74,6 +76,23 @@ def run_config(cfg: LabSettings, label: str, **kw):
              epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, val_fraction=cfg.val_fraction, seed=cfg.seed,
              device=cfg.device, cache_features=True)
     return TrainConfig(**{**d, **kw})
+
+
+SOURCE = "source"  # the source run of the labs on a shifted target (surgical, adabn)
+
+
+def source_run(cfg: LabSettings, wdir: Path, **kw) -> tuple[LabRun, dict]:
+    """Stage 0 of the labs on a shifted target: the backbone's ImageNet weights fine-tuned (all blocks) on the
+    CLEAN data, ``source_per_class`` images per class for ``source_epochs``; and the ``build`` that copies the
+    whole network it trained (head included) to the weights file the target runs start from."""
+    run = LabRun(SOURCE, "source (clean)", run_config(cfg, "source (clean)", strategy="full", weights="pretrained",
+                                                      per_class=cfg.source_per_class, epochs=cfg.source_epochs, **kw))
+    return run, {"kind": "run_model", "source": SOURCE, "path": str(wdir / "source.safetensors")}
+
+
+def from_source(cfg: LabSettings, build: dict, label: str, **kw):
+    """A target run's config: starts from the source network (its head kept: same classes) on shifted data."""
+    return run_config(cfg, label, weights="pretrained", weights_file=build["path"], **kw)
 
 
 def _hier(backbone: str, image_size: int, num_classes: int = 2):
@@ -173,6 +192,15 @@ def _run_source(build: dict, state: dict, store, num_classes: int, seed: int):
     import torch
 
     from tl_core.models.arch import build_arch
+
+    source, arch = _run_model(build, state, store)
+    torch.manual_seed(seed + 7919)  # the same re-initialised rest for every transfer file of this lab
+    rand, _ = build_arch(arch, num_classes, "random")
+    return source, rand, arch
+
+
+def _run_model(build: dict, state: dict, store):
+    """(model, backbone) of the earlier run ``build["source"]`` of the lab; RuntimeError if it did not complete."""
     from tl_core.training.checkpoint import load_model
 
     src = next(r for r in state["runs"] if r["key"] == build["source"])
@@ -180,11 +208,7 @@ def _run_source(build: dict, state: dict, store, num_classes: int, seed: int):
     if model_dir is None:
         raise RuntimeError(f"needs the {src['label']} network, which did not complete ({info.status}"
                            f"{': ' + info.reason if info.reason else ''})")
-    source, _, _ = load_model(model_dir)
-    arch = src["config"]["backbone"]
-    torch.manual_seed(seed + 7919)  # the same re-initialised rest for every transfer file of this lab
-    rand, _ = build_arch(arch, num_classes, "random")
-    return source, rand, arch
+    return load_model(model_dir)[0], src["config"]["backbone"]
 
 
 def build_weights(run: dict, state: dict, store) -> None:
@@ -192,6 +216,9 @@ def build_weights(run: dict, state: dict, store) -> None:
     build, cfgd = run["build"], run["config"]
     path = Path(build["path"])
     if path.exists():
+        return
+    if build["kind"] == "run_model":  # the whole network an earlier run trained, head included (surgical, adabn)
+        _save_sd(_run_model(build, state, store)[0].state_dict(), path)
         return
     seed = int(cfgd.get("seed", 0))
     num_classes = _num_classes(cfgd)

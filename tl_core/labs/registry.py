@@ -25,13 +25,14 @@ from types import ModuleType
 from urllib.parse import parse_qsl, urlencode
 
 from tl_core import limits
-from tl_core.labs import bn, freeze_depth, normalization, quadrant, race, text_race, what_changed, yosinski
+from tl_core.labs import (adabn, bn, freeze_depth, kornblith, layer_probe, lp_ft, normalization, quadrant, race,
+                          surgical, text_race, what_changed, yosinski)
 from tl_core.labs.analysis import LabResult
 from tl_core.labs.config import PRESETS, LabInfo, LabSettings, check_run_count, decode_value, encode_value
 from tl_core.labs.plan import LabRun, seeded
 
 MODULES: tuple[ModuleType, ...] = (race, freeze_depth, yosinski, quadrant, bn, normalization,  # the tab order
-                                   what_changed, text_race)
+                                   what_changed, text_race, kornblith, surgical, adabn, layer_probe, lp_ft)
 _BY_ID: dict[str, ModuleType] = {m.INFO.id: m for m in MODULES}
 LABS: dict[str, LabInfo] = {m.INFO.id: m.INFO for m in MODULES}
 

@@ -127,3 +127,80 @@ def interval_text(s: Spread | Paired | None, scale: float = 100.0, unit: str = "
         return "–"
     f = "{:+.1f}" if signed else "{:.1f}"
     return f"{f.format(s.lo * scale)}–{f.format(s.hi * scale)}{unit}"
+
+
+# ----------------------------------------------------------------------------- rank correlation (kornblith)
+
+
+def _spearman_rows(x: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Spearman's ρ of ``x`` [n] with each row of ``ys`` [rows, n] (ties share their mean rank; 0 for a row
+    or an ``x`` without spread: all values tied, no ordering to agree with)."""
+    from scipy.stats import rankdata
+
+    rx = rankdata(x) - (len(x) + 1) / 2
+    ry = rankdata(ys, axis=1)
+    ry -= ry.mean(axis=1, keepdims=True)
+    den = np.sqrt((rx ** 2).sum() * (ry ** 2).sum(axis=1))
+    return np.divide(ry @ rx, den, out=np.zeros(len(ys)), where=den > 0)
+
+
+def rank_correlation(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation of ``x`` and ``y`` (see ``_spearman_rows`` for ties)."""
+    x, y = np.asarray(list(x), dtype=float), np.asarray(list(y), dtype=float)
+    if len(x) != len(y) or len(x) < 2:
+        raise ValueError(f"rank_correlation needs two sequences of the same length >= 2, not {len(x)} and {len(y)}")
+    return float(_spearman_rows(x, y[None])[0])
+
+
+@dataclass(frozen=True)
+class RankCorrelation:
+    """Spearman's ρ between a score of each item (e.g. a network's ImageNet top-1) and its accuracy, with a
+    95% bootstrap interval over the seeds and the validation images, and each item's accuracy with its own
+    interval from the same resamples."""
+
+    rho: float
+    lo: float
+    hi: float
+    accuracy: tuple[float, ...]  # per item: mean over the seeds of its accuracy on that seed's images
+    acc_lo: tuple[float, ...]
+    acc_hi: tuple[float, ...]
+    seeds: int
+    images: tuple[int, ...]  # validation images of each seed
+
+    @property
+    def verdict(self) -> str:
+        """agrees (interval above 0) | disagrees (below 0) | inconclusive (contains 0)."""
+        return AGREES if self.lo > 0 else DISAGREES if self.hi < 0 else INCONCLUSIVE
+
+    @property
+    def agrees(self) -> bool | None:
+        return _AS_BOOL[self.verdict]
+
+
+def bootstrap_rank_correlation(score: Sequence[float], correct: Sequence, level: float = LEVEL,
+                               resamples: int = RESAMPLES, seed: int = BOOT_SEED) -> RankCorrelation:
+    """Spearman's ρ between ``score`` (one value per item) and the items' accuracy, with a two-level
+    percentile bootstrap: ``correct`` holds one 0/1 matrix per seed, [items, that seed's validation images]
+    (every item judged on the same images within a seed: resampling an image resamples it for every item).
+    Each resample draws the seeds with replacement, then within each drawn seed its images with replacement;
+    an item's accuracy is the mean over the drawn seeds. Deterministic (seeded generator)."""
+    x = np.asarray(list(score), dtype=float)
+    mats = [np.asarray(c, dtype=float) for c in correct]
+    if len(x) < 2 or not mats:
+        raise ValueError("bootstrap_rank_correlation needs at least two items and one seed")
+    for m in mats:
+        if m.ndim != 2 or m.shape[0] != len(x) or m.shape[1] < 1:
+            raise ValueError(f"each seed's correctness must be [{len(x)} items, >= 1 images], not {list(m.shape)}")
+    rng = np.random.default_rng(seed)
+    per_seed = np.stack([rng.multinomial(m.shape[1], np.full(m.shape[1], 1 / m.shape[1]), size=resamples)
+                         @ m.T / m.shape[1] for m in mats])  # [seeds, resamples, items]
+    draw = rng.integers(0, len(mats), size=(resamples, len(mats)))
+    boot = per_seed[draw, np.arange(resamples)[:, None]].mean(axis=1)  # [resamples, items]
+    rhos = _spearman_rows(x, boot)
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(rhos, [alpha, 1 - alpha])
+    acc = np.mean([m.mean(axis=1) for m in mats], axis=0)
+    acc_lo, acc_hi = np.quantile(boot, [alpha, 1 - alpha], axis=0)
+    return RankCorrelation(rank_correlation(x, acc), float(lo), float(hi), tuple(map(float, acc)),
+                           tuple(map(float, acc_lo)), tuple(map(float, acc_hi)), len(mats),
+                           tuple(m.shape[1] for m in mats))

@@ -14,15 +14,22 @@ def is_timm_arch(name: str) -> bool:
     return isinstance(name, str) and timm.is_model(name)
 
 
-def build_arch(backbone: str, num_classes: int, weights: str = "random", weights_file=None, allow_download=False):
-    """(model, WeightsStatus): a catalogue backbone, or any timm architecture with random init."""
+def build_arch(backbone: str, num_classes: int, weights: str = "random", weights_file=None, allow_download=False,
+               probe_depth: int | None = None, image_size: int = 64):
+    """(model, WeightsStatus): a catalogue backbone, or any timm architecture with random init. ``probe_depth``
+    (TrainConfig's): the network cut after that many block groups, a new linear classifier on their pooled
+    output (``surgery.probe_at``, traced at ``image_size``)."""
     if backbone in backbones.catalogue():
-        return backbones.create_model(backbone, num_classes, weights=weights, weights_file=weights_file,
-                                      allow_download=allow_download)
-    import timm
+        model, status = backbones.create_model(backbone, num_classes, weights=weights, weights_file=weights_file,
+                                               allow_download=allow_download)
+    else:
+        import timm
 
-    model = timm.create_model(backbone, pretrained=False, num_classes=num_classes)
-    return model, backbones.WeightsStatus("random", "", "random initialisation (from scratch)")
+        model = timm.create_model(backbone, pretrained=False, num_classes=num_classes)
+        status = backbones.WeightsStatus("random", "", "random initialisation (from scratch)")
+    if probe_depth is not None:
+        surgery.probe_at(model, probe_depth, num_classes, image_size)
+    return model, status
 
 
 def modality(backbone: str) -> str:
@@ -31,23 +38,32 @@ def modality(backbone: str) -> str:
     return cat[backbone].modality if backbone in cat else "image"
 
 
-BLOCK_NAMES: dict[tuple, list[str]] = {}  # (backbone, image_size) -> block names (``forget`` drops some)
+BLOCK_GROUPS: dict[tuple, list[list[str]]] = {}  # (backbone, image_size) -> block groups (``forget`` drops some)
 
 
-def block_names(backbone: str, image_size: int) -> list[str]:
-    """The toggleable blocks of ``backbone`` (stem first, head last), built once per (backbone, size)."""
+def block_groups(backbone: str, image_size: int) -> list[list[str]]:
+    """The block names of ``backbone`` grouped the coarse way (stem, each stage, neck, head; see
+    ``surgery.Hierarchy.groups``), built once per (backbone, size)."""
     key = (backbone, image_size)
-    if key not in BLOCK_NAMES:
+    if key not in BLOCK_GROUPS:
         model, _ = build_arch(backbone, 2, "random")
-        BLOCK_NAMES[key] = surgery.hierarchy(model, image_size).block_names
-    return BLOCK_NAMES[key]
+        BLOCK_GROUPS[key] = surgery.hierarchy(model, image_size).groups()
+    return BLOCK_GROUPS[key]
+
+
+def block_names(backbone: str, image_size: int, probe_depth: int | None = None) -> list[str]:
+    """The toggleable blocks of ``backbone`` (stem first, head last); with ``probe_depth``, of the network
+    cut after that many block groups (``build_arch``)."""
+    groups = block_groups(backbone, image_size)
+    kept = groups[:-1] if probe_depth is None else groups[:probe_depth]
+    return [n for g in [*kept, groups[-1]] for n in g]
 
 
 def forget(backbone: str) -> None:
     """Drop what is cached about ``backbone`` (block names, data config): a lab saved a new one under its key."""
     backbones.forget(backbone)
-    for key in [k for k in BLOCK_NAMES if k[0] == backbone]:
-        del BLOCK_NAMES[key]
+    for key in [k for k in BLOCK_GROUPS if k[0] == backbone]:
+        del BLOCK_GROUPS[key]
 
 
 def data_config_for(backbone: str, model: nn.Module | None = None) -> dict:

@@ -318,6 +318,33 @@ def apply_plan(model: nn.Module, hier: Hierarchy, plan: FreezePlan) -> dict:
     return count_params(model)
 
 
+def probe_at(model: nn.Module, depth: int, num_classes: int, image_size: int = 64) -> nn.Module:
+    """Cut ``model`` after its first ``depth`` block groups (``hierarchy(...).groups()`` without the head:
+    stem, stages, neck) and put a new linear classifier on their output, globally pooled by the model's own
+    head: a linear probe at that depth (CS231n's "classifier on activations earlier in the network",
+    Head2Toe). The later groups become ``nn.Identity`` (no parameters, so the model's hierarchy, freeze
+    plans, frozen-prefix cache and saved weights all see the shorter network); ``depth`` = every group
+    keeps the whole network with a new head. In place; returns ``model``."""
+    hier = hierarchy(model, image_size)
+    groups = hier.groups()[:-1]
+    if not 1 <= depth <= len(groups):
+        raise ValueError(f"probe depth must be 1..{len(groups)} ({len(groups)} block groups), not {depth}")
+    for name in (n for g in groups[depth:] for n in g):
+        for member in hier.block(name).members:
+            if not is_module(model, member):
+                raise ValueError(f"cannot cut {type(model).__name__} after group {depth}: {member} is not a module")
+            parent, _, leaf = member.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf, nn.Identity())
+    model.reset_classifier(0)  # the pooled features' width, then the new classifier on them
+    was = model.training
+    with torch.no_grad():
+        width = model.eval()(dummy_input(model, image_size)).shape[-1]
+    model.train(was)
+    model.num_features = width
+    model.reset_classifier(num_classes)
+    return model
+
+
 def count_params(model: nn.Module) -> dict:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

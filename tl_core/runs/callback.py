@@ -53,10 +53,18 @@ class StoreCallback:
         if maps:
             self.store.save_snapshot(self.run_id, epoch, maps)
 
-    def _after_fit(self, trainer, summary=None, **_):
-        """Save the model (not for a diverged or failed run: its weights are useless)."""
+    def _after_fit(self, trainer, summary=None, predictions=None, **_):
+        """Save the last validation's predictions and the model (not for a diverged or failed run: its
+        weights are useless). On a Ray host ``trainer`` is a stub without a model: the host saves it."""
         self.summary = summary
-        if (summary or {}).get("status") in ("completed", "stopped") and getattr(trainer, "model", None) is not None:
+        if (summary or {}).get("status") not in ("completed", "stopped"):
+            return
+        if predictions is not None:
+            try:
+                self.store.save_predictions(self.run_id, predictions)
+            except Exception:  # the Inspect page recomputes them from the model; the log has the cause
+                traceback.print_exc()
+        if getattr(trainer, "model", None) is not None:
             from tl_core.training.checkpoint import save_model
 
             try:

@@ -8,8 +8,8 @@ number of readers (pages, other tabs, the CLI).
 The store is one SQLite file in WAL mode (``runs.sqlite``: run rows, metric rows and the warm
 workers) plus one folder per run for artefacts (``run.json``: the run's row, rewritten when it is
 created and when it ends; ``metrics.jsonl``: its epoch and phase rows; ``worker.log``,
-``snapshots/epoch_NNN.npz``, ``model.safetensors``, ``model.json``, ``summary.json``). Nothing is ever
-pickled. Every SQL statement lives here; what the rows mean for execution (device slots, queue
+``snapshots/epoch_NNN.npz``, ``model.safetensors``, ``model.json``, ``summary.json``, ``predictions.npz``).
+Nothing is ever pickled. Every SQL statement lives here; what the rows mean for execution (device slots, queue
 order, when a worker counts as dead) is decided in ``tl_core.runs.policy``.
 
 Runs carry an ``owner`` (a student's name in classroom mode, None otherwise): only the owner or the
@@ -89,6 +89,7 @@ CREATE TABLE IF NOT EXISTS workers (             -- the warm pool (tl_core.runs.
 _RUN_COLUMNS = {"owner": "TEXT", "executor": "TEXT"}  # executor: "pool" | "process" | NULL (a lab, the CLI)
 RECORD = "run.json"  # the run's row, for rebuilding a damaged store
 METRICS_LOG = "metrics.jsonl"  # its epoch and phase rows, for the same
+PREDICTIONS = "predictions.npz"  # the last validation's prediction per image (the Inspect page's confusion cells)
 _RECORD_KEYS = ("id", "name", "status", "reason", "config", "device", "created", "started", "finished", "owner",
                 "executor")
 
@@ -565,6 +566,30 @@ class RunStore:
             with np.load(path, allow_pickle=False) as z:
                 out[epoch] = {str(name): z[f"m{i}"] for i, name in enumerate(z["layers"])}
         return out
+
+    def save_predictions(self, run_id: str, predictions: dict) -> Path:
+        """The last validation's per-image predictions (``after_fit``'s ``predictions``: ``val_idx``, true
+        ``label``, ``pred``, ``conf``) → predictions.npz, about 10 bytes an image (no pickle; written atomically)."""
+        label, pred = np.asarray(predictions["label"]), np.asarray(predictions["pred"])
+        cls = np.int16 if max(label.max(initial=0), pred.max(initial=0)) < 2**15 else np.int32
+        arrays = {"val_idx": np.asarray(predictions["val_idx"], dtype=np.int32), "label": label.astype(cls),
+                  "pred": pred.astype(cls), "conf": np.asarray(predictions["conf"], dtype=np.float16)}
+        if len({len(a) for a in arrays.values()}) != 1:
+            raise ValueError(f"predictions of unequal lengths: { {k: len(a) for k, a in arrays.items()} }")
+        path = self.run_dir(run_id) / PREDICTIONS
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, path)
+        return path
+
+    def predictions(self, run_id: str) -> dict[str, np.ndarray] | None:
+        """{val_idx, label, pred, conf} per validation image (the images the summary's confusion matrix
+        counts), or None for a run that saved none (before its first validation, or from an older version)."""
+        path = self.run_dir(run_id) / PREDICTIONS
+        if not path.exists():
+            return None
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in ("val_idx", "label", "pred", "conf")}
 
     def model_dir(self, run_id: str) -> Path | None:
         """The run folder if it holds a saved model (``checkpoint.load_model(path)``), else None."""

@@ -34,7 +34,8 @@ def load_model(out_dir) -> tuple[nn.Module, TrainConfig, list[str]]:
     out = Path(out_dir)
     meta = json.loads((out / "model.json").read_text())
     cfg, class_names = TrainConfig.from_dict(meta["config"]), meta["class_names"]
-    model, _ = arch.build_arch(cfg.backbone, len(class_names), "random")
+    model, _ = arch.build_arch(cfg.backbone, len(class_names), "random", probe_depth=cfg.probe_depth,
+                               image_size=cfg.sample_size)
     sd = backbones.read_state_dict(out / "model.safetensors")
     model.load_state_dict(sd, strict=True)
     return model.eval(), cfg, class_names

@@ -38,8 +38,11 @@ class TrainConfig:
     max_tokens: int = 64  # text backbones: texts are cut or padded to this many tokens
     augment: dict = field(default_factory=dict)  # fields of data.Augment
     normalization: str = "backbone"
+    shift: str = ""  # data.SHIFTS: applied to this run's data, training and validation ("": none)
+    ood_shift: str = ""  # an input shift: an extra validation pass on shifted clean images, metric val_acc_ood
     strategy: str = "feature_extraction"
     freeze_blocks: int | None = None  # None: the strategy's default
+    probe_depth: int | None = None  # a linear probe: cut after this many block groups, new head (surgery.probe_at)
     head_epochs: int = 1  # two_phase: epochs of phase 1 (head only)
     epochs: int = 3  # total over all phases
     batch_size: int = 32
@@ -192,6 +195,10 @@ def _check_data(c: TrainConfig, lim: limits.Limits, trusted: bool = False) -> No
     if c.modality == "text" and data.Augment(**(c.augment or {})).any:
         _bad("augmentation is for images: a text run takes none (augment={})")
     _one_of("normalization", c.normalization, data.NORMALIZATIONS)
+    data.check_shift(c.shift)
+    data.check_shift(c.ood_shift, "ood_shift", inputs_only=True)
+    if c.modality == "text" and (c.shift or c.ood_shift):
+        _bad("shifts are for images: a text run takes none (shift='' and ood_shift='')")
 
 
 def check_data_source(source: str, data_root=None, modality: str = "image") -> None:
@@ -273,9 +280,17 @@ def _check_blocks(c: TrainConfig, lim: limits.Limits) -> None:
     """freeze_blocks, plan and snapshot_layers against the backbone's blocks (built only when needed)."""
     if c.freeze_blocks is not None:
         limits.check_int("freeze_blocks", c.freeze_blocks, 0)
+    if c.probe_depth is not None:
+        limits.check_int("probe_depth", c.probe_depth, 1)
+        if c.modality == "text":
+            _bad("probe_depth is for image backbones: a text run takes none (probe_depth=None)")
+        groups = len(models.block_groups(c.backbone, c.sample_size)) - 1
+        if c.probe_depth > groups:
+            _bad(f"probe_depth={c.probe_depth} is beyond this backbone: {c.backbone} has {groups} block groups "
+                 f"below its head, so probe after 1..{groups}")
     if c.freeze_blocks is None and not c.plan and not c.snapshot_layers:
         return
-    names = models.block_names(c.backbone, c.sample_size)
+    names = models.block_names(c.backbone, c.sample_size, c.probe_depth)
     if c.freeze_blocks is not None and c.freeze_blocks >= len(names):
         _bad(f"freeze_blocks={c.freeze_blocks} is beyond this backbone: {c.backbone} has {len(names)} "
              f"blocks, so freeze 0..{len(names) - 1} (the head always trains)")

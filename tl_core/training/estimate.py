@@ -11,8 +11,10 @@ not fit (``check``, called by ``TrainConfig.validate``). Deliberately simple, an
   backward, and their gradients) and ``f = 0.1`` when it is frozen (``feature_extraction``: forward only,
   a few layers alive at once). On a GPU the last two terms must fit in the GPU's memory, the rest in RAM;
 - **time** = images × ``A`` × ``CORE_S_PER_ELEMENT`` core-seconds per trained image (a quarter of it for
-  a forward-only image), over the epochs (``feature_extraction`` with its cache: one forward pass),
-  divided by the CPU threads, or by ``GPU_SPEEDUP`` on a GPU.
+  a forward-only image), over the epochs (``feature_extraction`` with its cache: one forward pass), plus,
+  in a run with an ``ood_shift``, one forward pass of the validation images per epoch (the shifted copy runs
+  through the whole model: the prefix cache holds clean images only); divided by the CPU threads, or by
+  ``GPU_SPEEDUP`` on a GPU.
 
 ``CORE_S_PER_ELEMENT`` was measured on the development machine (2 cores, AdamW, batch 32): MobileNetV2 at
 96 px trains at 0.0126 s per image on 2 threads with A = 4.6 M elements (5.5e-9 core-s), ResNet-18 at
@@ -166,6 +168,8 @@ def estimate(cfg) -> Estimate:
         core_s = cfg.epochs * (train * per_image + val * per_image * FORWARD_SHARE)
     else:
         core_s = (train + val) * per_image * FORWARD_SHARE
+    if cfg.ood_shift:  # the extra validation pass on shifted images: whole model, every epoch
+        core_s += cfg.epochs * val * per_image * FORWARD_SHARE
     if device.startswith("cuda"):
         seconds = core_s / GPU_SPEEDUP
         return Estimate(int(host), int(model_bytes), seconds, device, train)

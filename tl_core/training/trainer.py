@@ -6,7 +6,10 @@
 
     before_fit(info) → [before_phase(phase, name, trainable, lrs, cache)
                         → [before_epoch(epoch, phase) → after_batch(...)* → after_epoch(metrics)
-                           → snapshot(epoch, maps)]*]* → after_fit(summary)
+                           → snapshot(epoch, maps)]*]* → after_fit(summary, predictions)
+
+``predictions`` are the last validation's, per image (``val_idx``, true ``label``, ``pred``, ``conf``: the
+predicted class's probability): exactly the images the summary's confusion matrix counts, or None.
 
 ``after_fit`` always runs. A callback stops a run by setting ``trainer.should_stop = "why"``
 (checked after every batch) or by raising ``CancelFit``. A NaN/inf loss raises ``Diverged``.
@@ -38,6 +41,7 @@ EVENTS = ("before_fit", "before_phase", "before_epoch", "after_batch", "after_va
           "after_fit")
 METRICS = ("epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_time", "train_time",
            "images_per_s", "lr", "drift", "grad_norm", "bn_stat_drift", "peak_mem_mb", "cached")  # after_epoch
+OOD_METRICS = ("val_loss_ood", "val_acc_ood")  # after_epoch too, in a run with an ood_shift
 
 
 class Diverged(RuntimeError):
@@ -71,7 +75,10 @@ def prepare(cfg: TrainConfig, data_cfg: dict | None = None) -> dict:
     if cfg.classes:
         ds = data.subset_classes(ds, cfg.classes)
     train_idx, val_idx = data.split(ds, cfg.val_fraction, cfg.effective_split_seed, cfg.per_class)
+    clean, ds = ds, data.shifted(ds, cfg.shift, cfg.effective_split_seed)  # after the split: the same split
     out = {"ds": ds, "train_idx": train_idx, "val_idx": val_idx, "augment": data.Augment(**(cfg.augment or {}))}
+    if cfg.ood_shift:  # the clean validation images, shifted, with the run's labels
+        out["ood"] = (data.shifted(clean, cfg.ood_shift, cfg.effective_split_seed).images[val_idx], ds.labels[val_idx])
     if data_cfg is None and cfg.backbone in backbones.catalogue():
         data_cfg = backbones.data_config(cfg.backbone)
     if data_cfg is not None:
@@ -163,6 +170,7 @@ class Trainer:
         self.info: dict = {}
         self.epoch = self.step = 0
         self.confusion: torch.Tensor | None = None  # of the last validation
+        self.val_predictions: dict | None = None  # of the last validation, per image: val_idx, label, pred, conf
         self.optimizer: torch.optim.Optimizer | None = None  # of the current phase: one param group per block
         self.scheduler = None
 
@@ -184,7 +192,8 @@ class Trainer:
         ds = self.data["ds"]
         seed_everything(cfg.seed)  # right before the model: same seed → same head init
         model, self.weights_status = models.build_arch(cfg.backbone, len(ds.class_names), cfg.effective_weights,
-                                                       cfg.weights_file, cfg.allow_download)
+                                                       cfg.weights_file, cfg.allow_download, cfg.probe_depth,
+                                                       cfg.sample_size)
         self.data_cfg = models.data_config_for(cfg.backbone, model)
         self.data.update(_transforms(cfg, self.data_cfg, self.data["augment"]))
         self.class_names = list(ds.class_names)
@@ -252,10 +261,11 @@ class Trainer:
         t0 = time.perf_counter()
         tr = self.train_one_epoch(loaders, self.optimizer, self.scheduler)
         va = self.validate(loaders)
+        ood = self.validate_ood() if "ood" in self.data else {}
         metrics = {"epoch": self.epoch, "phase": phase, **va, **tr, "epoch_time": time.perf_counter() - t0,
                    "drift": self.drift.weights(), "bn_stat_drift": self.drift.bn_stats(),
                    "peak_mem_mb": telemetry.peak_mem_mb(self.device), "cached": loaders["cached"]}
-        metrics = {k: metrics[k] for k in METRICS}
+        metrics = {**{k: metrics[k] for k in METRICS}, **ood}
         self.history.append(metrics)
         self.emit("after_epoch", metrics=metrics)
         self.emit("snapshot", epoch=self.epoch, maps=self.snapshots())
@@ -294,7 +304,7 @@ class Trainer:
         model, forward, dev = self.model, loaders["forward"], self.dev
         was = model.training
         model.eval()
-        preds, ys, loss_sum = [], [], 0.0
+        preds, confs, ys, loss_sum = [], [], [], 0.0
         try:
             for b, batch in enumerate(loaders["val"]):
                 x, y = dev.batch(*batch)
@@ -303,7 +313,9 @@ class Trainer:
                 with dev.autocast():
                     logits = forward(x).float()
                 loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-                preds.append(logits.argmax(1).cpu())
+                pred = logits.argmax(1)
+                preds.append(pred.cpu())
+                confs.append(logits.softmax(1).gather(1, pred[:, None])[:, 0].cpu())
                 ys.append(y.cpu())
                 self.emit("after_val_batch", epoch=self.epoch, batch=b + 1)
                 self._check_stop()
@@ -312,7 +324,30 @@ class Trainer:
         p, y = torch.cat(preds), torch.cat(ys)
         C = len(self.class_names)
         self.confusion = torch.bincount(y * C + p, minlength=C * C).reshape(C, C)
+        # the images each cell counts (the Inspect page shows them): the validation set in loader order
+        self.val_predictions = {"val_idx": self.data["val_idx"], "label": y, "pred": p, "conf": torch.cat(confs)}
         return {"val_loss": loss_sum / len(y), "val_acc": (p == y).float().mean().item()}
+
+    @torch.no_grad()
+    def validate_ood(self) -> dict:
+        """{"val_loss_ood", "val_acc_ood"} on the clean validation images shifted by ``cfg.ood_shift``
+        (``prepare``'s "ood"), through the whole model: the prefix cache holds the unshifted images only."""
+        (images, labels), model, n = self.data["ood"], self.model, 2 * self.cfg.batch_size
+        was = model.training
+        model.eval()
+        loss_sum, correct = 0.0, 0
+        try:
+            for b in range(0, len(labels), n):
+                x, y = self.dev.batch(self.data["eval_tf"](images[b:b + n]), labels[b:b + n])
+                with self.dev.autocast():
+                    logits = model(x).float()
+                loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+                correct += (logits.argmax(1) == y).sum().item()
+                self.emit("after_val_batch", epoch=self.epoch, batch=b // n + 1)
+                self._check_stop()
+        finally:
+            model.train(was)
+        return {"val_loss_ood": loss_sum / len(labels), "val_acc_ood": correct / len(labels)}
 
     # --- the run
     def fit(self) -> dict:
@@ -332,7 +367,7 @@ class Trainer:
             status, reason, error = outcome(exc, self.cfg)
         finally:
             self.summary = summarize(self, status, reason, time.time() - t_start)
-            self.emit("after_fit", summary=self.summary)
+            self.emit("after_fit", summary=self.summary, predictions=self.val_predictions)
         if error is not None:
             raise error
         return self.summary
@@ -387,6 +422,7 @@ def summarize(t: Trainer, status: str, reason: str, wall: float) -> dict:
         "best_val_acc": max((m["val_acc"] for m in h), default=None),
         "final_val_acc": h[-1]["val_acc"] if h else None,
         "final_val_loss": h[-1]["val_loss"] if h else None,
+        **({"final_val_acc_ood": h[-1]["val_acc_ood"]} if h and "val_acc_ood" in h[-1] else {}),
         "wall_s": wall,
         "images_per_s": (sum(m["images_per_s"] * m["train_time"] for m in h) / train_time) if train_time else None,
         "trainable_params": counts["trainable"], "total_params": counts["total"],

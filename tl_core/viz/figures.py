@@ -437,21 +437,55 @@ def _resize_nearest(img: np.ndarray, side: int) -> np.ndarray:
     return img[ys][:, xs].astype(np.uint8)
 
 
+def confusion_counts(label: Sequence[int], pred: Sequence[int], n: int) -> np.ndarray:
+    """The [n, n] confusion matrix of per-item true ``label`` and predicted ``pred`` classes (rows = true)."""
+    label, pred = np.asarray(label, dtype=np.int64), np.asarray(pred, dtype=np.int64)
+    return np.bincount(label * n + pred, minlength=n * n).reshape(n, n)
+
+
+def confusion_cell(label: Sequence[int], pred: Sequence[int], conf: Sequence[float], true: int,
+                   predicted: int) -> np.ndarray:
+    """Positions of the items in the cell (``true``, ``predicted``) of the matrix that ``confusion_counts``
+    makes of the same arrays (exactly as many as it counts), most confident first."""
+    label, pred, conf = np.asarray(label), np.asarray(pred), np.asarray(conf, dtype=float)
+    rows = np.flatnonzero((label == true) & (pred == predicted))
+    return rows[np.argsort(-conf[rows], kind="stable")]
+
+
 def confusion_figure(confusion: Sequence[Sequence[int]], class_names: Sequence[str], normalise: bool = True,
-                     height: int | None = None) -> go.Figure:
-    """Confusion matrix: rows = true class, columns = predicted; cells show counts (colour = row %)."""
+                     height: int | None = None, selected: tuple[int, int] | None = None) -> go.Figure:
+    """Confusion matrix: rows = true class, columns = predicted; cells show counts (colour = row %).
+
+    Each non-empty cell is clickable: a heatmap has no selectable points, so an invisible square marker
+    sits on each cell's centre (customdata: [true, predicted]; ``st.plotly_chart(on_select=...)`` returns
+    it). ``selected`` (true, predicted) outlines that cell."""
     cm = np.asarray(confusion, dtype=float)
     share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1) if normalise else cm
     n = len(class_names)
+    names = list(class_names)
     fig = go.Figure(go.Heatmap(
-        z=share, x=list(class_names), y=list(class_names), colorscale="Greens",
-        zmin=0, zmax=1 if normalise else None, showscale=False,
-        text=cm.astype(int), texttemplate="%{text}" if n <= 15 else None, textfont=dict(size=14),
-        hovertemplate="true %{y} → predicted %{x}<br>%{text} images (%{z:.0%} of the class)<extra></extra>",
+        z=share, x=names, y=names, colorscale="Greens", zmin=0, zmax=1 if normalise else None, showscale=False,
+        text=cm.astype(int).tolist(), texttemplate="%{text}" if n <= 15 else None, textfont=dict(size=14),
+        hoverinfo="skip",
     ))
-    fig.update_xaxes(title="predicted", side="bottom", tickangle=-40 if n > 6 else 0)
-    fig.update_yaxes(title="true class", autorange="reversed")
-    return layout(fig, "Confusion matrix", height=height or max(360, 60 + 42 * n))
+    t, p = np.nonzero(cm)
+    fig.add_trace(go.Scatter(
+        x=[names[j] for j in p], y=[names[i] for i in t], mode="markers", showlegend=False,
+        marker=dict(symbol="square", size=max(8, min(40, 400 // max(n, 1))), color="rgba(0,0,0,0)", opacity=0),
+        selected=dict(marker=dict(opacity=0)), unselected=dict(marker=dict(opacity=0)),
+        customdata=np.stack([t, p, cm[t, p].astype(int), share[t, p]], axis=1).tolist(),
+        hovertemplate="true %{y} → predicted %{x}<br>%{customdata[2]} images (%{customdata[3]:.0%} of the class)"
+                      "<br>click to see them<extra></extra>",
+    ))
+    if selected is not None:
+        i, j = selected
+        fig.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5, line=dict(color="#111", width=3))
+    fig.update_xaxes(title="predicted", side="bottom", tickangle=-40 if n > 6 else 0, type="category",
+                     categoryorder="array", categoryarray=names)
+    fig.update_yaxes(title="true class", autorange="reversed", type="category", categoryorder="array",
+                     categoryarray=names)
+    return layout(fig, "Confusion matrix", height=height or max(360, 60 + 42 * n), clickmode="event+select",
+                  hovermode="closest")
 
 
 def per_class_figure(per_class_acc: Sequence[float] | Mapping[str, float], class_names: Sequence[str] | None = None,
