@@ -1,9 +1,9 @@
-"""Transfer Learning Lab: the router (st.navigation) and the home page."""
+"""Transfer Learning Lab: the app server (``st.App``), the router (st.navigation) and the home page.
+
+``streamlit run app.py`` finds ``app = st.App(...)`` below, imports this file as a module and serves that App:
+its lifespan warms the server at its start (``pages/_server.py``). For every page of every session Streamlit
+runs this same file as ``__main__``: ``main()``, the router."""
 import streamlit as st
-
-st.set_page_config(page_title="Transfer Learning Lab", page_icon=":material/ac_unit:", layout="wide")
-
-from pages import _backbones, _classroom, _display, _inputs, _router, _store  # noqa: E402  (after set_page_config)
 
 
 # each page's step of the first experiment on the home page
@@ -29,9 +29,11 @@ def _input_label(row: dict) -> str:
 def home() -> None:
     import torch
 
+    from pages import _backbones, _classroom, _display, _router
     from tl_core.viz import figures as visuals
 
     st.title("Transfer Learning Lab")
+    _warming()
     st.markdown(
         "**Transfer learning** reuses a network trained on millions of photos (ImageNet) for a new task. "
         "Its early layers detect edges and textures, useful for almost any image; its late layers detect "
@@ -76,8 +78,37 @@ def home() -> None:
                          icon=":material/groups:")
 
 
-_display.setup_page()
-_inputs.inputs()  # the session's inputs dict exists from the first page on
-if _store.store().recovered:  # a damaged runs.sqlite was moved aside and rebuilt: say so, in one line
-    st.warning(_display.plain(_store.store().recovered), icon=":material/build:")
-_router.route(home, gate=_classroom.gate)
+@st.fragment(run_every=1.0)
+def _warming() -> None:
+    """While the server still loads what a first run needs: a progress bar, redrawn every second (the page
+    works meanwhile; a run launched now starts once the warm worker is ready)."""
+    from pages import _server
+
+    warming = _server.warming()
+    if warming is None:
+        if st.session_state.pop("warming_shown", False):
+            st.rerun()  # warm now: the Home page drops the bar (and this fragment)
+        return
+    st.session_state["warming_shown"] = True
+    done, now = warming
+    st.progress(done, text=f"The server is warming up: loading {now}. The first run starts as soon as it is "
+                           "ready; every page works meanwhile.")
+
+
+def main() -> None:
+    st.set_page_config(page_title="Transfer Learning Lab", page_icon=":material/ac_unit:", layout="wide")
+    from pages import _classroom, _display, _inputs, _router, _store
+
+    _display.setup_page()
+    _inputs.inputs()  # the session's inputs dict exists from the first page on
+    if _store.store().recovered:  # a damaged runs.sqlite was moved aside and rebuilt: say so, in one line
+        st.warning(_display.plain(_store.store().recovered), icon=":material/build:")
+    _router.route(home, gate=_classroom.gate)
+
+
+if __name__ == "__main__":  # a session's script run: the router and its page
+    main()
+else:  # `streamlit run app.py` imports this module and serves this App (at its start: pages/_server.lifespan)
+    from pages import _routes, _server
+
+    app = st.App(__file__, lifespan=_server.lifespan, routes=_routes.ROUTES)  # routes: the teacher's cookie

@@ -3,8 +3,11 @@ Streamlit's pages-folder mode.
 
 Streamlit decides at a server's first session whether the app "uses a pages directory" (a ``pages/``
 folder next to app.py does) and, until some session calls ``st.navigation``, runs every request in
-that legacy mode: a deep link (``/train?run=...``) that is the server's first request runs
-``pages/train.py`` alone, without app.py. Two supported pieces make that invisible:
+that legacy mode: a deep link (``/train?run=...``) that is the server's first request would run
+``pages/train.py`` alone, without app.py. ``streamlit run app.py`` serves app.py's ``st.App``, whose
+lifespan decides it for the whole server at its start (``pages/_server.route_from_the_start``): every
+request, the first one too, runs app.py's router. Should the legacy mode run anyway (a server started
+some other way), two pieces keep it invisible:
 
 - ``.streamlit/config.toml`` sets ``client.showSidebarNavigation = false``, so that mode never lists
   the files of ``pages/`` (its navigation is hidden from the first paint);
@@ -51,8 +54,14 @@ def route(home, gate=None) -> None:
     page.run()
 
 
+def _home() -> None:
+    """Stands for app.py's Home page in ``ensure_routed`` (the rerun goes through app.py at once)."""
+
+
 def ensure_routed() -> None:
     """In a page: if app.py's router has not run yet, switch the server to it and rerun through it."""
     if not _state["ran"]:
-        st.navigation(_file_pages(), position="hidden")  # resolves this same page; nothing is listed
+        # resolves this same page, nothing is listed; a Home stands first, as the default page (which has no
+        # address of its own): the page asked for keeps its address, so no "Page not found"
+        st.navigation([st.Page(_home, title="Home", default=True), *_file_pages()], position="hidden")
         st.rerun()

@@ -1,6 +1,6 @@
 """Class board: everyone's runs in one table and one chart, pooled by strategy, frozen depth or seed.
 
-In classroom mode only the teacher opens it (with the password); without a password it is the
+In classroom mode only the teacher opens it (the password, or a teacher's sign-in); without either it is the
 "All runs" page, reached from Home and Compare. It refreshes itself: every 2 s while runs are
 queued or running, every 10 s otherwise (so a student's new run appears without a click)."""
 import streamlit as st
@@ -19,8 +19,12 @@ store = _store.store()
 CLASS = _classroom.on()
 st.title("Class board" if CLASS else "All runs")
 if CLASS and not _classroom.is_teacher():
-    st.info("The class board shows every student's runs: it is for the teacher. Enter the password to open it.")
-    _classroom.teacher_form("board")
+    if _classroom.sign_in():
+        st.info("The class board shows every student's runs: it is for the teachers (TL_TEACHERS). What to do: "
+                "sign in with a teacher's account.")
+    else:
+        st.info("The class board shows every student's runs: it is for the teacher. Enter the password to open it.")
+        _classroom.teacher_form("board")
     st.stop()
 st.markdown("Split a sweep across the class: each student launches one strategy, one frozen depth or one seed, "
             "then read the **pooled** result here. A bar is the mean final validation accuracy of a group's "

@@ -490,3 +490,27 @@ def test_two_students_see_their_own_runs_and_the_class_board_shows_both(classroo
             assert not page.locator("[data-testid='stException']").count(), "an exception box is on the page"
         assert not errors, errors
         browser.close()
+
+
+def test_the_layer_probe_lab_runs_from_a_shared_link(server):
+    """Issue 22: one of the labs on a shifted target, run from the Labs page: a shared link opens "Which layer to
+    probe" with a tiny setup (MobileNetV2 at 32 px, two depths, a near and a far target, one seed), and its
+    background lab process trains the four probes; the page then shows its chart and the verdict on its claim."""
+    from playwright.sync_api import expect, sync_playwright
+
+    url, tmp = server
+    with sync_playwright() as p:
+        browser, page, errors = _open(p, f"{url}/labs?lab=layer_probe&domains=faces,digits8&depths=1,2&per_class=5"
+                                         "&image_size=32&epochs=1&seeds=1")
+        expect(page.get_by_role("tab", name="Which layer to probe", selected=True)).to_be_visible()
+        panel = page.get_by_role("tabpanel")
+        expect(panel.get_by_role("textbox", name="Depths n to sweep (block groups)")).to_have_value("1,2")
+        panel.get_by_role("button", name="Run this lab").click()
+        panel.locator("[data-testid='stAlert']", has_text="What we measured").wait_for(timeout=240_000)
+        assert _wait_for_points(panel.locator("[data-testid='stPlotlyChart']").first) >= 4  # 2 targets × 2 depths
+        _settle(page)
+        expect(panel.get_by_text("for the far target (digits8) the best probe sits earlier")).to_be_visible()
+        _shot(page, "labs_layer_probe")
+        assert not page.locator("[data-testid='stException']").count(), "an exception box is on the page"
+        assert not errors, errors
+        browser.close()

@@ -1,7 +1,10 @@
 """Classroom mode: students' names, who sees and stops which run, the teacher's board (AppTest), and
-the board's pooled numbers and figure (pure)."""
+the board's pooled numbers and figure (pure); signed join links, the teacher's cookie and one-time tickets
+(pure), and the school sign-in's pages (AppTest with ``at.user``; tests/test_browser_signin.py signs in for real)."""
 import io
 import math
+import os
+import stat
 import zipfile
 from pathlib import Path
 
@@ -28,6 +31,13 @@ def _app_env(app_env, tmp_path, monkeypatch):
 @pytest.fixture
 def classroom_on(monkeypatch):
     monkeypatch.setenv(classroom.PASSWORD_ENV, PASSWORD)
+
+
+@pytest.fixture(autouse=True)
+def _no_sign_in_left_over():
+    """The sign-in flag is process-wide (like Streamlit's secrets): a test that turned it on turns it off."""
+    yield
+    classroom.use_sign_in(False)
 
 
 def _finished(store: RunStore, owner, acc: float, **cfg) -> str:
@@ -299,3 +309,198 @@ def _zip_bytes(n: int = 6) -> bytes:
                 Image.fromarray(np.full((20, 20, 3), 40 * ci + i, np.uint8)).save(b, format="PNG")
                 zf.writestr(f"set/{c}/{i}.png", b.getvalue())
     return buf.getvalue()
+
+
+# ------------------------------------------------------------------ signed join links, the teacher's cookie (pure)
+
+
+def test_class_secret_is_made_once_owner_only_and_a_damaged_one_is_named(tmp_path):
+    secret = classroom.class_secret(tmp_path / "runs")
+    path = tmp_path / "runs" / classroom.SECRET_FILE
+    assert len(secret) == 32 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert classroom.class_secret(tmp_path / "runs") == secret  # kept: links handed out stay good
+    path.chmod(0o644)
+    assert classroom.class_secret(tmp_path / "runs") == secret and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == [classroom.SECRET_FILE]  # no temporary file left
+    path.write_text("not hex")
+    with pytest.raises(ValueError, match="damaged. What to do: delete it"):
+        classroom.class_secret(tmp_path / "runs")
+    assert classroom.class_secret(tmp_path / "other") != secret  # every server makes its own
+
+
+def test_signed_join_links_admit_their_name_and_refuse_a_changed_one(monkeypatch, tmp_path):
+    monkeypatch.delenv(classroom.SIGNED_LINKS_ENV, raising=False)
+    secret, other = classroom.class_secret(tmp_path / "a"), classroom.class_secret(tmp_path / "b")
+    link = classroom.student_link("http://h:8501/", " Ada  L ", secret=secret)
+    query = dict(pair.split("=") for pair in link.split("?")[1].split("&"))
+    assert query["student"] == "Ada+L" and classroom.join_name("Ada L", query["sig"], secret) == "Ada L"
+    assert classroom.join_name("  Ada   L", query["sig"], secret) == "Ada L"  # the cleaned name is signed
+    for name, sig, key in (("Ben", query["sig"], secret), ("Ada L", query["sig"][:-1] + "A", secret),
+                           ("Ada L", query["sig"], other), ("Ada L", "ü", secret)):
+        with pytest.raises(ValueError, match="was changed.*What to do: open the link exactly"):
+            classroom.join_name(name, sig, key)
+    assert classroom.join_name("Ben", None, secret) == "Ben"  # a typed name is a label by default
+    monkeypatch.setenv(classroom.SIGNED_LINKS_ENV, "1")
+    with pytest.raises(ValueError, match="personal links only, and the name 'Ben' came without one"):
+        classroom.join_name("Ben", "", secret)
+    assert classroom.join_name("Ada L", query["sig"], secret) == "Ada L"
+    with pytest.raises(ValueError, match="at most 40"):  # a bad name is named before its signature
+        classroom.join_name("x" * 41, query["sig"], secret)
+
+    links = classroom.join_links("http://h:8501", "Ada\n\n  ada \n<b>Ben</b>\n", secret)
+    assert links["name"].tolist() == ["Ada", "<b>Ben</b>"]  # blank lines and repeats skipped
+    assert links["link"][0] == classroom.student_link("http://h:8501", "Ada", secret=secret)
+    page = classroom.join_links_page(links)
+    assert "&lt;b&gt;Ben&lt;/b&gt;" in page and "<b>Ben</b>" not in page and page.count('class="slip"') == 2
+    for names, words in (("Ada\nteacher", "Line 2: 'teacher' is kept"), ("  \n", "No names yet")):
+        with pytest.raises(ValueError, match=words):
+            classroom.join_links("http://h", names, secret)
+
+
+def test_teacher_cookie_expires_and_is_bound_to_secret_and_password(monkeypatch, tmp_path):
+    monkeypatch.setenv(classroom.PASSWORD_ENV, PASSWORD)
+    secret = classroom.class_secret(tmp_path)
+    cookie = classroom.teacher_cookie(secret, now=1000.0, hours=1)
+    assert cookie.startswith("4600.") and PASSWORD not in cookie
+    assert classroom.check_teacher_cookie(cookie, secret, now=4599.0)
+    assert not classroom.check_teacher_cookie(cookie, secret, now=4600.0)  # expired
+    expires, mac = cookie.split(".")
+    for forged in ("9999999999." + mac, cookie[:-1] + ("A" if cookie[-1] != "A" else "B"), "", None, "x.y", mac):
+        assert not classroom.check_teacher_cookie(forged, secret, now=1000.0)
+    assert not classroom.check_teacher_cookie(cookie, classroom.class_secret(tmp_path / "b"), now=1000.0)
+    monkeypatch.setenv(classroom.PASSWORD_ENV, "a new password")
+    assert not classroom.check_teacher_cookie(cookie, secret, now=1000.0)  # a new password voids old cookies
+    monkeypatch.delenv(classroom.PASSWORD_ENV)
+    assert not classroom.check_teacher_cookie(classroom.teacher_cookie(secret), secret)  # no password, no teacher
+
+    tickets = classroom.Tickets(ttl=60)
+    t1, t2 = tickets.issue(now=0.0), tickets.issue(now=0.0)
+    assert t1 != t2 and len(t1) >= 40
+    assert tickets.redeem(t1, now=59.0) and not tickets.redeem(t1, now=59.0)  # good once
+    assert not tickets.redeem(t2, now=60.0) and not tickets.redeem(t2, now=1.0)  # too old, then gone
+    assert not tickets.redeem("made up") and not tickets.redeem(None)
+
+
+def test_signed_in_identity_and_the_teachers_list(monkeypatch):
+    assert classroom.identity({"sub": "ada", "email": "ada@school.example"}) == "ada@school.example"
+    assert classroom.identity({"sub": "ada", "email": "ada@x.example", "email_verified": False}) == "ada"
+    assert classroom.identity({"sub": "  ben "}) == "ben" and classroom.identity({"name": "Ada"}) is None
+    monkeypatch.setenv(classroom.TEACHERS_ENV, " Miss@School.example, t42 ,,")
+    assert classroom.listed_teacher("miss@school.example") and classroom.listed_teacher("t42")
+    assert not classroom.listed_teacher("ada@school.example") and not classroom.listed_teacher(None)
+    monkeypatch.delenv(classroom.PASSWORD_ENV, raising=False)
+    assert not classroom.classroom_mode()
+    classroom.use_sign_in(True)  # a sign-in alone is classroom mode: own runs, stop only one's own
+    assert classroom.classroom_mode() and not classroom.may_stop("ben", "ada", teacher=False)
+    assert classroom.stop_rights("ada", False) == {"by": "ada", "teacher": False}
+
+
+# ------------------------------------------------------------------ signed links, the teacher's cookie and switch (pages)
+
+
+def test_with_signed_links_only_a_signed_link_admits_a_name(classroom_on, monkeypatch):
+    monkeypatch.setenv(classroom.SIGNED_LINKS_ENV, "1")
+    _class_runs()
+    sig = classroom.sign_name("Alice", classroom.class_secret(os.environ["TL_RUNS_DIR"]))
+    for query, words in (({"student": "Alice"}, "personal links only"),
+                         ({"student": "Bob", "sig": sig}, "was changed"),  # Alice's signature, Bob's name
+                         ({}, None)):
+        at = _app(**query)
+        assert at.title[0].value == "Transfer Learning Lab · class" and "student" not in at.query_params
+        assert "join_name" not in [t.key for t in at.text_input]
+        assert any("personal links" in m.value for m in at.markdown)  # says how to join instead of a name field
+        assert not words or any(words in e.value and "What to do" in e.value for e in at.error)
+    at = _app(student="Alice", sig=sig)
+    assert at.session_state["student"] == "Alice" and at.title[0].value == "Transfer Learning Lab"
+    _page(at, "compare")  # the signature stays in the address: a reload joins again
+    assert (_query(at, "student"), _query(at, "sig")) == ("Alice", sig)
+    assert at.dataframe[0].value["run"].tolist() == ["alice done"]
+
+
+def test_teacher_unlock_posts_a_ticket_and_hands_out_links_as_downloads_only(classroom_on):
+    from pages import _routes
+
+    _class_runs()
+    at = _app()
+    at.text_input(key="teacher_pw_gate").input(PASSWORD)
+    at.button(key="unlock_gate").click().run()
+    assert at.session_state["teacher"]
+    post = at.get("html")[0].proto.body  # the page posts a one-time ticket to the cookie route, not the password
+    assert f'action="{_routes.UNLOCK}"' in post and PASSWORD not in post
+    ticket = post.split('name="ticket" value="')[1].split('"')[0]
+    assert _routes.TICKETS.redeem(ticket) and not _routes.TICKETS.redeem(ticket)
+    at.run()
+    assert not at.get("html")  # posted once
+
+    at.text_area(key="join_link_names").input("Ada\nBen").run()
+    assert [d.proto.label for d in at.get("download_button")][-2:] == ["Printable page (2 links)", "Table (CSV)"]
+    shown = " ".join(str(e.value) for kind in ("markdown", "text", "caption", "code") for e in at.get(kind)
+                     if hasattr(e, "value"))
+    assert "sig=" not in shown and "student=" not in shown  # the links are never drawn on screen
+    at.text_area(key="join_link_names").input("Ada\nTeacher").run()
+    assert any("Line 2" in e.value for e in at.error)
+
+    at.button(key="teacher_lock").click().run()
+    assert not at.session_state["teacher"] and f'action="{_routes.LOCK}"' in at.get("html")[0].proto.body
+
+
+def test_teacher_switch_lists_every_students_runs_on_compare_and_inspect(classroom_on):
+    runs = _class_runs()
+    for rid in (runs["alice_done"], runs["bob_done"]):  # a model file, so Inspect lists the run
+        (runs["store"].run_dir(rid) / "model.safetensors").write_bytes(b"")
+    alice = _page(_join(_app(), "Alice"), "inspect")
+    assert alice.selectbox(key="inspect_pick").options == [f"alice done · completed · {runs['alice_done']}"]
+    teacher = _app()
+    teacher.text_input(key="teacher_pw_gate").input(PASSWORD)
+    teacher.button(key="unlock_gate").click().run()
+    _page(teacher, "compare")
+    assert any("No runs to compare" in i.value for i in teacher.info)  # the teacher's own runs: none yet
+
+    def every_run(page: str) -> AppTest:  # the switch is in the sidebar, which AppTest draws on Home only
+        teacher.switch_page("app.py")
+        teacher.run()
+        teacher.toggle(key="teacher_all").set_value(True).run()
+        return _page(teacher, page)
+
+    assert sorted(every_run("compare").dataframe[0].value["run"]) == ["alice done", "bob done"]
+    assert len(every_run("inspect").selectbox(key="inspect_pick").options) == 2
+    teacher.switch_page("app.py")
+    teacher.run()
+    teacher.toggle(key="teacher_all").set_value(False).run()
+    assert any("No finished run" in i.value for i in _page(teacher, "inspect").info)
+
+
+# ------------------------------------------------------------------ the school sign-in (pages)
+
+AUTH = {"auth": {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "x" * 32,
+                 "client_id": "lab", "client_secret": "s", "server_metadata_url":
+                 "http://localhost:9400/.well-known/openid-configuration"}}
+
+
+def _signed_in(user: dict, page: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.secrets, at.user = dict(AUTH), dict(user)
+    at.run()
+    assert not at.exception, at.exception
+    return _page(at, page) if page else at
+
+
+def test_sign_in_replaces_names_and_password_with_the_verified_identity(monkeypatch):
+    monkeypatch.delenv(classroom.PASSWORD_ENV, raising=False)
+    monkeypatch.setenv(classroom.TEACHERS_ENV, "miss@school.example")
+    store = RunStore()
+    _finished(store, "ada@school.example", 0.8, name="ada's run")
+    _finished(store, "ben@school.example", 0.6, name="ben's run")
+    out = _signed_in({"is_logged_in": False})
+    assert "sign_in" in [b.key for b in out.button] and not out.text_input  # no name field, no password
+    ada = _signed_in({"is_logged_in": True, "email": "ada@school.example", "sub": "ada"})
+    assert any(t.value == "Signed in as: ada@school.example" for t in ada.sidebar.text)
+    assert "sign_out" in [b.key for b in ada.button] and not ada.toggle  # no teacher's switch
+    assert _page(ada, "compare").dataframe[0].value["run"].tolist() == ["ada's run"]
+    _page(ada, "board")
+    assert any("for the teachers" in i.value for i in ada.info) and not ada.text_input
+    miss = _signed_in({"is_logged_in": True, "email": "miss@school.example", "sub": "m"}, "board")
+    assert miss.title[0].value == "Class board"
+    assert set(next(d.value for d in miss.dataframe if "student" in d.value.columns)["student"]) == {
+        "ada@school.example", "ben@school.example"}
+

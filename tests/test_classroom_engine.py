@@ -332,3 +332,70 @@ def test_the_app_works_on_a_damaged_store_and_says_so_in_one_line(app_env, tmp_p
     assert "1 run(s) recovered" in warning.replace("\\", "") and "\n" not in warning
     at.switch_page("pages/train.py").run()
     assert not at.exception
+
+
+# --- warm from the start; background preloading yields ---------------------------------------------------
+@pytest.mark.slow
+def test_the_server_start_warms_the_pool_and_the_home_page_shows_it_meanwhile(app_env, store, monkeypatch):
+    """What app.py's st.App lifespan does at the server's start (``_server.warm``, no run, no browser): a warm
+    worker starts and loads libraries, data and backbone; meanwhile the Home page (never blocked) shows a
+    progress bar; once the worker is ready the bar is gone."""
+    from streamlit.testing.v1 import AppTest
+
+    from pages import _server
+
+    monkeypatch.setenv("TL_RUNS_DIR", str(store.runs_dir))
+    _server.warm()
+    assert len(executor.live_workers(store, "cpu")) == 1 and not store.list_runs()
+    done, now = executor.warming(store, "cpu")
+    assert done < len(executor.WARM_STEPS) and now in executor.WARM_STEPS
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    assert not at.exception
+    assert "warming up" in at.get("progress")[0].proto.text
+    wait_until(lambda: executor.warming(store, "cpu") is None, timeout=120)
+    at.run()
+    assert not at.get("progress") and not at.exception
+    assert executor.LocalExecutor(store).warm() == []  # one lives and is ready: nothing more starts
+
+
+def test_a_background_preload_waits_while_the_worker_holds_a_run():
+    from tl_core.runs import worker
+
+    gate, steps = worker.Yielding(), []
+
+    def preload():  # stands for the text model's loading: many Python calls
+        for i in range(100):
+            steps.append(i)
+
+    gate.set_busy(True)  # the worker holds a run
+    thread = __import__("threading").Thread(target=gate.call, args=(preload,), daemon=True)
+    thread.start()
+    wait_until(lambda: gate.waits >= 1, timeout=30)
+    assert steps == []  # it waits at its first call, for as long as the run is held
+    gate.set_busy(False)  # idle again: it goes on
+    thread.join(30)
+    assert steps == list(range(100)) and not thread.is_alive()
+
+
+def test_a_paused_preload_never_holds_up_a_run_that_imports_the_same_module(tmp_path, monkeypatch):
+    """Paused mid-import, the preload holds that module's import lock: a run thread importing the same module
+    makes it go on at once (no deadlock, no waiting for the run to end)."""
+    import threading
+
+    from tl_core.runs import worker
+
+    (tmp_path / "tl_slow_module.py").write_text("def f():\n    return 1\n\nVALUE = [f() for _ in range(3)]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    gate = worker.Yielding(max_wait_s=600)  # only the import check can let it go on within the test
+    gate.set_busy(True)
+    preload = threading.Thread(target=gate.call, args=(__import__, "tl_slow_module"), daemon=True)
+    preload.start()
+    wait_until(lambda: gate.waits >= 1, timeout=30)  # paused inside the module's body
+    run = threading.Thread(target=__import__, args=("tl_slow_module",), daemon=True)
+    run.start()
+    run.join(60)
+    preload.join(60)
+    assert not run.is_alive() and not preload.is_alive()
+    assert sys.modules["tl_slow_module"].VALUE == [1, 1, 1]
+    gate.set_busy(False)
+    del sys.modules["tl_slow_module"]

@@ -1,25 +1,38 @@
-"""Classroom mode: students with names, a teacher with a password, and the class board's numbers.
+"""Classroom mode: who is who (a school sign-in, or names with a teacher's password), and the class board's numbers.
 
-Classroom mode is on when ``$TL_TEACHER_PASSWORD`` is set and not empty. Then every student gives
-a name once per browser session (or the teacher's link carries it: ``?student=NAME``); runs and
-uploads carry that name as their owner, and a student sees and stops only their own. The teacher
-unlocks with the password: the class board and "stop any run". Without a password nothing of
-this applies: no name is asked, everyone sees every run and anyone can stop any run.
+Classroom mode is on when ``$TL_TEACHER_PASSWORD`` is set and not empty, or when the app has a school
+sign-in (an ``[auth]`` section in Streamlit's secrets: the pages call :func:`use_sign_in`). Runs and
+uploads carry their owner's name, and a student sees and stops only their own. Without either, nothing
+of this applies: no name is asked, everyone sees every run and anyone can stop any run.
 
-A name is a label, not a login: it keeps a class's runs apart, it does not protect them from a
-student who types another's name. The password is what guards the board and "stop any run".
+- **Sign-in** (OpenID Connect): the owner name is the verified identity (:func:`identity`: the email,
+  else the subject); the teachers are listed in ``$TL_TEACHERS`` (emails or subjects, comma-separated).
+- **Password**: a student gives a name, or opens a join link that carries the name and its HMAC
+  (:func:`student_link`, :func:`join_name`), keyed by a secret generated once in the runs folder
+  (:func:`class_secret`, mode 0600). With ``$TL_CLASS_SIGNED_LINKS=1`` only a signed link admits a name,
+  so nobody becomes "Ada" without Ada's link; otherwise a typed name is a label, not a login. The
+  teacher unlocks with the password; the page then trades a one-time ticket (:class:`Tickets`) at a
+  server route for an expiring signed cookie (:func:`teacher_cookie`), so a reload stays unlocked.
 
 The board (:func:`board_table`) puts everyone's runs in one table, one row per run, and pools the
 final validation accuracy per group (strategy, frozen depth or seed) as mean, spread and count, so
 a class can split a sweep (each student one freeze depth or one seed) and read the pooled result.
-Pure: no streamlit here (``pages/_classroom.py`` and ``pages/board.py`` draw it).
+Pure: no streamlit here (``pages/_classroom.py``, ``pages/_routes.py`` and ``pages/board.py`` use it).
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
+import html
 import os
+import secrets
+import tempfile
+import threading
+import time
 import unicodedata
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlencode
 
@@ -28,6 +41,12 @@ import pandas as pd
 from tl_core.models.strategies import STRATEGIES
 
 PASSWORD_ENV = "TL_TEACHER_PASSWORD"
+TEACHERS_ENV = "TL_TEACHERS"  # with a sign-in: the teachers' emails or subjects, comma-separated
+SIGNED_LINKS_ENV = "TL_CLASS_SIGNED_LINKS"  # "1": a name is admitted only from a signed join link
+SECRET_FILE = "class_secret"  # in the runs folder: the key of join links and of the teacher's cookie
+TEACHER_COOKIE = "tl_teacher"
+TEACHER_HOURS = 12  # how long the teacher's cookie keeps the board unlocked
+MAX_IDENTITY = 254  # an email address's longest
 TEACHER = "teacher"  # the owner of the runs a teacher launches without giving a name
 MAX_NAME = 40
 # group_by key -> the column it groups by (and its heading on the board)
@@ -36,9 +55,22 @@ UNKNOWN = "unknown"
 
 
 # ------------------------------------------------------------------ who is who
+_SIGN_IN = {"on": False}
+
+
+def use_sign_in(on: bool) -> None:
+    """Tell this module whether the app has a school sign-in (an ``[auth]`` section in its secrets: a
+    process-wide setting, like the secrets). The pages call it before anything here is asked."""
+    _SIGN_IN["on"] = bool(on)
+
+
+def sign_in_mode() -> bool:
+    return _SIGN_IN["on"]
+
+
 def classroom_mode() -> bool:
-    """Whether a teacher password is set (``$TL_TEACHER_PASSWORD``, not empty)."""
-    return bool(os.environ.get(PASSWORD_ENV, ""))
+    """Whether a teacher password is set (``$TL_TEACHER_PASSWORD``, not empty) or the app has a sign-in."""
+    return bool(os.environ.get(PASSWORD_ENV, "")) or sign_in_mode()
 
 
 def check_teacher(password: str | None) -> bool:
@@ -64,9 +96,171 @@ def clean_student_name(text) -> str:
     return name
 
 
-def student_link(base_url: str, name: str, page: str = "") -> str:
-    """A link that opens the app with ``name`` already given (the teacher hands these out)."""
-    return f"{base_url.rstrip('/')}/{page.strip('/')}?{urlencode({'student': clean_student_name(name)})}"
+def identity(claims: Mapping) -> str | None:
+    """The owner name of a signed-in user (``st.user``'s claims): the email, unless the provider says it is
+    not verified; else the subject (``sub``); None when neither is there."""
+    email = " ".join(str(claims.get("email") or "").split())
+    if email and claims.get("email_verified", True) is not False:
+        return email[:MAX_IDENTITY]
+    sub = " ".join(str(claims.get("sub") or "").split())
+    return sub[:MAX_IDENTITY] or None
+
+
+def listed_teacher(who: str | None) -> bool:
+    """Whether ``who`` (an :func:`identity`) is one of ``$TL_TEACHERS`` (case does not matter)."""
+    listed = {t.strip().casefold() for t in os.environ.get(TEACHERS_ENV, "").split(",") if t.strip()}
+    return bool(who) and who.casefold() in listed
+
+
+# ------------------------------------------------------------------ signed join links
+def class_secret(runs_dir) -> bytes:
+    """The server's secret (32 random bytes): generated once, kept in ``runs_dir/class_secret``, readable
+    by its owner only (mode 0600; a looser mode is tightened). It keys the join links and the teacher's
+    cookie: deleting the file voids every link handed out."""
+    path = Path(runs_dir) / SECRET_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{SECRET_FILE}.")  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+            try:
+                os.link(tmp, path)  # atomic: a second process that raced us keeps the first secret
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(tmp)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+    try:
+        secret = bytes.fromhex(path.read_text().strip())
+    except ValueError:
+        secret = b""
+    if len(secret) < 32:
+        raise ValueError(f"The class secret {path} is damaged. What to do: delete it; the app makes a new one "
+                         "(the join links handed out with the old one stop working).")
+    return secret
+
+
+def _mac(secret: bytes, purpose: str, *parts: str) -> str:
+    """A URL-safe HMAC-SHA256 (144 bits) of ``parts`` for one ``purpose`` (a link's MAC is no cookie's)."""
+    digest = hmac.new(secret, "\0".join((purpose, *parts)).encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest[:18]).decode()
+
+
+def _same(a, b: str) -> bool:
+    return hmac.compare_digest(str(a).encode(), b.encode())
+
+
+def signed_links_required() -> bool:
+    """Whether only a signed join link admits a name (``$TL_CLASS_SIGNED_LINKS=1``)."""
+    return os.environ.get(SIGNED_LINKS_ENV, "").strip() == "1"
+
+
+def sign_name(name: str, secret: bytes) -> str:
+    """The signature of a student's (cleaned) name, as a join link carries it."""
+    return _mac(secret, "join", clean_student_name(name))
+
+
+def join_name(name, signature, secret: bytes) -> str:
+    """The name a student joins with (typed, or from a link with its ``signature``), cleaned. Raises
+    ValueError (one line that says what to do) for a bad name, a signature that does not match it (a
+    changed link), and a name without a signature while ``$TL_CLASS_SIGNED_LINKS=1``."""
+    clean = clean_student_name(name)
+    if signature:
+        if not _same(signature, sign_name(clean, secret)):
+            raise ValueError("This join link was changed: its name and its signature do not match. "
+                             "What to do: open the link exactly as your teacher gave it.")
+    elif signed_links_required():
+        raise ValueError(f"This class joins with personal links only, and the name '{clean}' came without one. "
+                         "What to do: open the join link your teacher gave you.")
+    return clean
+
+
+def student_link(base_url: str, name: str, page: str = "", secret: bytes | None = None) -> str:
+    """A link that opens the app with ``name`` already given (the teacher hands these out); signed with
+    ``secret``, it admits that name when ``$TL_CLASS_SIGNED_LINKS=1``."""
+    query = {"student": clean_student_name(name)}
+    if secret is not None:
+        query["sig"] = sign_name(query["student"], secret)
+    return f"{base_url.rstrip('/')}/{page.strip('/')}?{urlencode(query)}"
+
+
+def join_links(base_url: str, names: str, secret: bytes) -> pd.DataFrame:
+    """One signed join link per name (``names``: one per line; blank lines and repeats skipped), as a table
+    with the columns name and link. Raises ValueError naming the line of a bad name."""
+    rows = {}
+    for i, line in enumerate(str(names or "").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            name = clean_student_name(line)
+        except ValueError as exc:
+            raise ValueError(f"Line {i}: {exc}") from None
+        rows.setdefault(name.casefold(), {"name": name, "link": student_link(base_url, name, secret=secret)})
+    if not rows:
+        raise ValueError("No names yet. What to do: type the students' names, one per line.")
+    return pd.DataFrame(list(rows.values()), columns=["name", "link"])
+
+
+def join_links_page(links: pd.DataFrame, title: str = "Transfer Learning Lab: join links") -> str:
+    """A printable HTML page of join links (cut along the lines: one slip per student). Names and links
+    are escaped: a name is text, never markup."""
+    slips = "\n".join(
+        f'<div class="slip"><b>{html.escape(r.name)}</b><br><a href="{html.escape(r.link)}">{html.escape(r.link)}</a>'
+        "<br><small>Your personal link: open it to join the class. Keep it to yourself.</small></div>"
+        for r in links.itertuples())
+    return (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>'
+            "body{font-family:sans-serif;margin:1cm}.slip{border-bottom:1px dashed #888;padding:.5cm 0;"
+            "break-inside:avoid;word-break:break-all}</style></head>"
+            f"<body><h1>{html.escape(title)}</h1>\n{slips}\n</body></html>\n")
+
+
+# ------------------------------------------------------------------ the teacher's cookie
+def _password_tag() -> str:
+    """Binds a teacher cookie to the password it was earned with: a new password voids the old cookies."""
+    return hashlib.sha256(os.environ.get(PASSWORD_ENV, "").encode()).hexdigest()
+
+
+def teacher_cookie(secret: bytes, now: float | None = None, hours: float = TEACHER_HOURS) -> str:
+    """The value of the teacher's cookie: its expiry time and a MAC of it (nothing secret in it)."""
+    expires = str(int((time.time() if now is None else now) + hours * 3600))
+    return f"{expires}.{_mac(secret, 'teacher', expires, _password_tag())}"
+
+
+def check_teacher_cookie(value, secret: bytes, now: float | None = None) -> bool:
+    """Whether ``value`` is a teacher cookie made with ``secret`` and the current password, not expired."""
+    if not value or not os.environ.get(PASSWORD_ENV, ""):
+        return False
+    expires, _, mac = str(value).partition(".")
+    if not expires.isdigit() or int(expires) <= (time.time() if now is None else now):
+        return False
+    return _same(mac, _mac(secret, "teacher", expires, _password_tag()))
+
+
+class Tickets:
+    """One-time tickets, kept in this process: after the password is checked, the page hands the browser a
+    ticket (never the password) to trade at a server route for the teacher's cookie. A ticket is good
+    once, for ``ttl`` seconds."""
+
+    def __init__(self, ttl: float = 60.0):
+        self.ttl = ttl
+        self._open: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def issue(self, now: float | None = None) -> str:
+        now = time.time() if now is None else now
+        ticket = secrets.token_urlsafe(32)
+        with self._lock:
+            self._open = {t: exp for t, exp in self._open.items() if exp > now}  # forget expired ones
+            self._open[ticket] = now + self.ttl
+        return ticket
+
+    def redeem(self, ticket, now: float | None = None) -> bool:
+        """True once for a ticket issued here and not expired; False for anything else."""
+        with self._lock:
+            expires = self._open.pop(str(ticket or ""), None)
+        return expires is not None and expires > (time.time() if now is None else now)
 
 
 def may_see(run_owner: str | None, me: str | None, teacher: bool) -> bool:

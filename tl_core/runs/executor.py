@@ -13,10 +13,13 @@ order, device slots, liveness); this module gives queued runs a worker:
   - ``ProcessExecutor``: one new ``python -m tl_core.runs.worker RUN_ID`` process per run;
 
 - ``reap(store)``: the store's reaper (dead runs end as failed), and a new pool for a device whose
-  queued runs wait for one that died. Whoever shows or serves runs calls it as it refreshes.
+  queued runs wait for one that died. Whoever shows or serves runs calls it as it refreshes;
+- ``LocalExecutor.warm()``: the app server's start (app.py's ``st.App`` lifespan) starts the pool of the default
+  device before any run; ``warming(store, device)`` says how far its new workers have loaded (``WARM_STEPS``).
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -79,6 +82,40 @@ def pool_log(runs_dir: str | os.PathLike, device: str) -> Path:
     return folder / f"{device.replace(':', '-')}.log"
 
 
+WARM_STEPS = ("libraries", "data", "backbone")  # what a new warm worker loads before it takes a run
+
+
+def _stage_path(runs_dir: str | os.PathLike, pid: int) -> Path:
+    return Path(runs_dir) / "workers" / f"{pid}.stage.json"
+
+
+def set_stage(runs_dir: str | os.PathLike, pid: int, done: int) -> None:
+    """A warm worker says how far it has loaded: ``done`` of the ``WARM_STEPS`` (all of them: ready). Atomic."""
+    path = _stage_path(runs_dir, pid)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"done": done}), encoding="utf-8")
+    tmp.replace(path)
+
+
+def clear_stage(runs_dir: str | os.PathLike, pid: int) -> None:
+    _stage_path(runs_dir, pid).unlink(missing_ok=True)
+
+
+def warming(store, device: str) -> tuple[int, str] | None:
+    """While the warm pool of ``device`` is still loading and none of its live workers is ready:
+    (steps done, the step it loads now), of ``WARM_STEPS``. None when one is ready, or none lives."""
+    done = []
+    for w in live_workers(store, device):
+        try:
+            done.append(json.loads(_stage_path(store.runs_dir, w["pid"]).read_text(encoding="utf-8"))["done"])
+        except (OSError, ValueError, KeyError):
+            done.append(0)  # started, has not said anything yet
+    if not done or max(done) >= len(WARM_STEPS):
+        return None
+    return max(done), WARM_STEPS[max(done)]
+
+
 def live_workers(store, device: str, now: float | None = None) -> list:
     """The registered warm workers of ``device`` whose process lives and beats (read only)."""
     now = time.time() if now is None else now
@@ -105,6 +142,7 @@ def ensure_pool(store, device: str) -> list[int]:
             if pid_alive(w["pid"])[0]:
                 _kill(w["pid"], signal.SIGKILL)
             store.end_worker(w["pid"], reason)
+            clear_stage(store.runs_dir, w["pid"])
         if store.failed_starts(device, since=now - RESPAWN_S):
             return []
         return [start_worker(store, device) for _ in range(wanted - live)]
@@ -155,6 +193,13 @@ class LocalExecutor:
 
     def stop(self, run_id: str, **rights) -> str:
         return self.store.request_stop(run_id, **rights)
+
+    def warm(self, device: str = "auto") -> list[int]:
+        """Start the pool of ``device`` (``auto``: the default runs' device) now, before any run, so that the
+        first run finds its libraries, backbone and data loaded. Returns the new pids (none if one lives)."""
+        from tl_core.devices import device_key
+
+        return ensure_pool(self.store, device_key(device))
 
 
 def reap(store) -> list[str]:

@@ -17,9 +17,11 @@ Both train with ``training.fit(cfg, [StoreCallback])`` and record the final stat
 """
 from __future__ import annotations
 
+import _imp
 import argparse
 import contextlib
 import gc
+import importlib
 import os
 import signal
 import sys
@@ -28,7 +30,8 @@ import time
 import traceback
 
 from tl_core.runs.callback import StoreCallback
-from tl_core.runs.executor import ORPHAN_IDLE_S, WORKER_POLL_S, reap, worker_idle_s
+from tl_core.runs.executor import (ORPHAN_IDLE_S, WARM_STEPS, WORKER_POLL_S, clear_stage, reap, set_stage,
+                                   worker_idle_s)
 from tl_core.runs.policy import device_limit, env_int
 from tl_core.runs.store import HEARTBEAT_S, RunStore
 from tl_core.runs.turns import TurnCallback, Turns
@@ -195,16 +198,20 @@ def train(store: RunStore, run_id: str, say=_say, callbacks=(), turns: Turns | N
 
 
 # --- the warm worker -----------------------------------------------------------------------------
-def _prewarm() -> None:
-    """Import torch and timm, and load what the Train page's default run needs (its data set, decoded,
-    and its backbone's weights), so that the first run of the day starts like every later one."""
-    from tl_core.models import backbones
+def _prewarm(done=lambda steps: None) -> None:
+    """Import torch, timm and the trainer, and load what the Train page's default run needs (its data set,
+    decoded, and its backbone's weights), so that the first run of the day starts like every later one.
+    ``done(n)``: n of ``executor.WARM_STEPS`` are loaded."""
     from tl_core import data
+    from tl_core.models import backbones
+    from tl_core.training import trainer  # noqa: F401  (what a run imports first)
     from tl_core.training.config import TrainConfig
 
+    done(1)
     default = TrainConfig()
     try:
         data.load_dataset(default.data, default.data_root)
+        done(2)
         status = backbones.weight_status(default.backbone)
         if status.source:
             backbones.read_state_dict(status.source)
@@ -221,14 +228,71 @@ def _off_main_thread(fn) -> threading.Thread:
     return thread
 
 
-def _prewarm_text() -> bool:
+class Yielding:
+    """Background loading that never delays a run: while ``busy`` is set (the worker holds runs), the
+    thread that runs ``call`` waits at its next Python function call, and goes on once the worker is idle
+    again; or sooner, if a run waits for a module it is importing (``_import_waited_for``), and at the
+    latest after ``max_wait_s`` (a lock it holds can never keep a run waiting for good)."""
+
+    def __init__(self, max_wait_s: float = 30.0):
+        self.busy, self.idle, self.max_wait_s = threading.Event(), threading.Event(), max_wait_s
+        self.idle.set()
+        self.waits = 0  # how often it gave way to a run (for tests and logs)
+
+    def set_busy(self, busy: bool) -> None:
+        if busy:
+            self.idle.clear()
+            self.busy.set()
+        else:
+            self.busy.clear()
+            self.idle.set()
+
+    def _trace(self, frame, event, arg):
+        if self.busy.is_set() and not _in_import_machinery(frame):
+            self.waits += 1
+            me, deadline = threading.get_ident(), time.monotonic() + self.max_wait_s
+            while not self.idle.wait(0.05) and time.monotonic() < deadline and not _import_waited_for(me):
+                pass
+        return None  # no line events: only calls are looked at
+
+    def call(self, fn, *args):
+        sys.settrace(self._trace)  # this thread only
+        try:
+            return fn(*args)
+        finally:
+            sys.settrace(None)
+
+
+def _in_import_machinery(frame) -> bool:
+    """Whether ``frame`` is the import system's own code, or the global import lock is held: waiting there
+    could hold a lock that no thread can see (only module bodies, where module locks are held, may wait)."""
+    return frame.f_code.co_filename.startswith("<frozen importlib") or _imp.lock_held()
+
+
+def _import_waited_for(thread_id: int) -> bool:
+    """Whether another thread waits for a module lock that thread ``thread_id`` holds (it is mid-import of that
+    module): Python's own record of who waits for which module lock (``importlib._bootstrap``), as its deadlock
+    detection reads it. An interpreter that keeps it otherwise: True (never wait inside an import)."""
+    blocking = getattr(importlib._bootstrap, "_blocking_on", None)
+    if not isinstance(blocking, dict):
+        return True
+    for locks in list(blocking.values()):
+        for lock in locks if isinstance(locks, list) else [locks]:
+            if getattr(lock, "owner", None) == thread_id:
+                return True
+    return False
+
+
+def _prewarm_text(gate: Yielding | None = None) -> bool:
     """Load what the default text run needs (``trainer.prewarm``: transformers, the tokenizer, the
-    weights, the texts): about 3 s, done once the worker is first idle (``TL_PREWARM_TEXT=0``: never).
-    True (tried) either way."""
+    weights, the texts): about 3 s, done once the worker is first idle (``TL_PREWARM_TEXT=0``: never),
+    giving way to any run that arrives meanwhile (``gate``). True (tried) either way."""
     try:
         from tl_core.training import trainer
 
-        _say(f"[pool] text model loaded: {trainer.prewarm()}")
+        took = (gate or Yielding()).call(trainer.prewarm)
+        _say(f"[pool] text model loaded: {took}" + (f" (gave way to runs {gate.waits} times)" if gate and gate.waits
+                                                    else ""))
     except Exception:  # only a head start (transformers may be absent): a text run says what is wrong
         traceback.print_exc()
     return True
@@ -307,10 +371,12 @@ def serve(runs_dir=None, device: str = "cpu", idle_s: float | None = None, poll_
         from tl_core.models import backbones
 
         backbones.keep_weights()
-        _off_main_thread(_prewarm).join()
+        set_stage(store.runs_dir, pid, 0)
+        _off_main_thread(lambda: _prewarm(lambda n: set_stage(store.runs_dir, pid, n))).join()
+        set_stage(store.runs_dir, pid, len(WARM_STEPS))
         _say(f"[pool] warm worker {pid} ready")
         last = reaped = time.monotonic()
-        text_ready = False
+        text_ready, preload = False, Yielding()
         from tl_core.training.estimate import ram_bytes
 
         cap, ram_budget = interleave(device), HOLD_RAM_FRACTION * ram_bytes()
@@ -323,8 +389,10 @@ def serve(runs_dir=None, device: str = "cpu", idle_s: float | None = None, poll_
                     time.sleep(poll_s)
                     continue
                 beat.run_id = None
-                if not text_ready:  # idle: load the text model too, beside any run that comes meanwhile
-                    text_ready = os.environ.get("TL_PREWARM_TEXT", "1") == "0" or bool(_off_main_thread(_prewarm_text))
+                preload.set_busy(False)
+                if not text_ready:  # idle: load the text model too, giving way to any run that comes meanwhile
+                    text_ready = os.environ.get("TL_PREWARM_TEXT", "1") == "0" or bool(
+                        _off_main_thread(lambda: _prewarm_text(preload)))
                 if time.monotonic() - reaped > HEARTBEAT_S:  # a slot held by a dead worker frees up
                     reap(store)
                     reaped = time.monotonic()
@@ -339,6 +407,7 @@ def serve(runs_dir=None, device: str = "cpu", idle_s: float | None = None, poll_
                 time.sleep(poll_s)
                 continue
             beat.run_id = run_id
+            preload.set_busy(True)  # before the run's thread starts: the preload waits from its next call
             turns.join(run_id)
             threads[run_id] = threading.Thread(target=_train_held, args=(store, run_id, turns), daemon=True,
                                                name=f"run-{run_id}")
@@ -353,6 +422,7 @@ def serve(runs_dir=None, device: str = "cpu", idle_s: float | None = None, poll_
         beat.done.set()
         with contextlib.suppress(Exception):
             store.end_worker(pid, reason)
+            clear_stage(store.runs_dir, pid)
         _say(f"[pool] warm worker {pid} {reason}")
     return reason
 
