@@ -176,7 +176,9 @@ def _section(labs, lab, cfg, res, wall, n_runs, png, info, load, cpu) -> str:
     sec = [f"<!-- lab:{lab} -->", f'<a id="{lab}"></a>', "", f"## {li.title}", "", f"**Question.** {li.question}", "",
            f"**Theory predicts.** {li.prediction}", "",
            f"Configuration: `{cfg.to_query_string()}` ({li.timing}).", "",
-           f"**Seeds: {len(res.seeds)}** (training seeds {', '.join(map(str, res.seeds))}; split seed {cfg.seed}).",
+           f"**Seeds: {len(res.seeds)}** (training seeds {', '.join(map(str, res.seeds))}; "
+           + (f"split seed {cfg.seed})." if all(r.paired for r in labs.plan_runs(cfg, Path(tempfile.gettempdir())))
+              else "each seed its own split: split seed = training seed)."),
            "",
            f"**Time: {wall / 60:.1f} min** ({wall:.0f} s wall for {n_runs} runs, including data loading and "
            f"model building), measured {time.strftime('%Y-%m-%d %H:%M')} on {info} "
