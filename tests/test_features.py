@@ -213,7 +213,7 @@ def test_writes_are_atomic_and_leave_no_temporary_files(tmp_path):
 
 
 def test_keys_of_a_thousand_images_and_a_mobilenet_prefix_are_stable_and_per_split():
-    # (their cost is measured in benchmarks/bench_classroom.py, not asserted here)
+    # (their cost is measured by benchmarks/bench_feature_extraction.py --cache-key, not asserted here)
     model = timm.create_model("mobilenetv2_100", num_classes=10).eval()
     hier = surgery.hierarchy(model, 96)
     plan = surgery.FreezePlan.for_hierarchy(hier, frozen_upto=len(hier.block_names) - 1)

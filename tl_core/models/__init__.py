@@ -1,6 +1,6 @@
 """Networks: ``backbones`` (the catalogue, weights, preprocessing), ``surgery`` (hierarchy, freeze plans,
 BatchNorm), ``strategies`` (presets to phases), ``text`` and ``glove`` (text backbones), ``arch`` (what a
-config names), ``probes`` (CKA, features, Grad-CAM). Listed here: the names of these modules that other
+config names), ``weight_files`` (reading weights safely, key converters), ``probes`` (CKA, features, Grad-CAM). Listed here: the names of these modules that other
 packages, pages and tests use; the rest through their module."""
 from .surgery import (
     BN_MODES, Hierarchy, is_module, hierarchy, dummy_input, BlockSetting, FreezePlan, block_modules, apply_plan,
@@ -13,11 +13,12 @@ from .text import (
 )
 from .glove import VOCAB_SIZE, DIM, WORD_PATTERN, glove_matrix, split_words, WordVectors, nearest_words, analogy
 from .backbones import (
-    IMAGENET_CLASSES, WeightsError, BackboneSpec, CATALOGUE, local_backbones_dir, catalogue, get_spec,
-    save_local_backbone, torchvision_url, is_online, weight_status, keep_weights, read_state_dict,
+    IMAGENET_CLASSES, BackboneSpec, CATALOGUE, local_backbones_dir, catalogue, get_spec,
+    save_local_backbone, torchvision_url, is_online, weight_status,
     guess_backbone, create_text_model, text_tokenizer, check_weights, create_model, param_count, converted_dir,
     readable_weights, arch_definition, create_code,
 )
+from .weight_files import WeightsError, keep_weights, read_state_dict
 from .arch import (is_timm_arch, build_arch, modality, block_groups, block_names, data_config_for,
                    jsonable_data_config)
 from .probes import (

@@ -7,7 +7,7 @@ the host's ``Inbox`` actor, and each push's reply says whether the run was asked
 (``trainer.should_stop``). The trained model returns as safetensors bytes in the task's result.
 
 A node's worker processes are kept between runs (``max_calls=0``): torch, timm, the built-in data
-sets, the weight files read (``backbones.keep_weights``) and the feature cache's memory layer stay warm
+sets, the weight files read (``weight_files.keep_weights``) and the feature cache's memory layer stay warm
 there; the feature cache files and decoded data live in the node's folder. Nothing here touches the
 host's run store.
 """
@@ -153,11 +153,11 @@ def train_remote(run_id: str, config: dict, inputs: list[dict], inbox) -> dict:
         here = node_dir()
         _node_env(here)
         config = materialize(inputs, config, here)
-        from tl_core.models import backbones
+        from tl_core.models import weight_files
         from tl_core.training import trainer as training
         from tl_core.training.config import TrainConfig
 
-        backbones.keep_weights()  # weight files stay in this warm worker's memory for the next runs
+        weight_files.keep_weights()  # weight files stay in this warm worker's memory for the next runs
         summary = training.fit(TrainConfig.from_dict(config), [callback])
         status, reason = worker.ending(summary)
     except BaseException as exc:  # record every ending

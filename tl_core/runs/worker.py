@@ -2,7 +2,7 @@
 
 - ``python -m tl_core.runs.worker --serve --device cpu --runs-dir DIR``: a **warm worker** of the pool
   (``executor.LocalExecutor``, the default). It starts once, imports torch and timm, keeps the weights
-  it has read (``backbones.keep_weights``) and the decoded data sets (``tl_core.data``'s own cache) in
+  it has read (``weight_files.keep_weights``) and the decoded data sets (``tl_core.data``'s own cache) in
   memory, and loops: claim the next queued run of its device (``RunStore.claim_next``: atomic, in
   the queue policy's fair order), train it in-process, repeat. It looks at the queue every
   ``executor.WORKER_POLL_S`` and exits after ``$TL_WORKER_IDLE_S`` idle (900 s), after
@@ -368,9 +368,9 @@ def serve(runs_dir=None, device: str = "cpu", idle_s: float | None = None, poll_
     try:
         _say(f"[pool] warm worker {pid} for {device} on {store.runs_dir}: loading libraries")
         os.environ.setdefault("TL_RUNS_DIR", str(store.runs_dir))  # what lives "under the runs folder" (backbones)
-        from tl_core.models import backbones
+        from tl_core.models import weight_files
 
-        backbones.keep_weights()
+        weight_files.keep_weights()
         set_stage(store.runs_dir, pid, 0)
         _off_main_thread(lambda: _prewarm(lambda n: set_stage(store.runs_dir, pid, n))).join()
         set_stage(store.runs_dir, pid, len(WARM_STEPS))
