@@ -120,6 +120,30 @@ def test_adabn_analysis_recomputes_its_verdicts():
     assert paired([0.3 - 0.8 + TOL] * 3, lambda d: d >= 0).agrees is False
 
 
+def test_adapt_bn_sets_each_batchnorm_to_the_target_images_statistics():
+    """AdaBN's statistics are the target's own: the first BatchNorm's running mean and (unbiased) variance equal
+    its input's per-channel mean and variance over the images, averaged over equal batches; weights stay."""
+    import timm
+    import torch
+
+    model = timm.create_model("resnet10t", num_classes=3).eval()
+    images = torch.randint(0, 256, (48, 3, 32, 32), dtype=torch.uint8)
+    transform = lambda x: x.float() / 255 * 4 - 1  # noqa: E731 (a shifted input: values in [-1, 3])
+    seen = []
+    first = adabn.bn_layers(model)[0]
+    hook = first.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    adabn.adapt_bn(model, images, transform, batch_size=16)
+    hook.remove()
+    assert len(seen) == 3 and not model.training
+    means = torch.stack([x.mean((0, 2, 3)) for x in seen]).mean(0)
+    variances = torch.stack([x.var((0, 2, 3), unbiased=True) for x in seen]).mean(0)
+    torch.testing.assert_close(first.running_mean, means, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(first.running_var, variances, rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())  # no weight moved
+    assert first.momentum == 0.1  # the layer's own momentum is back
+
+
 def test_a_tiny_adabn_lab_changes_bn_statistics_and_no_weight():
     """End to end, one seed: the source trains, AdaBN re-estimates its statistics (saved as adabn.json), the
     head fine-tune starts from the source network; the accuracy before AdaBN is the source's own ood metric."""
