@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from tl_core import labs
+from tl_core import data, labs
+from tl_core.models import backbones
 
 from pages import _classroom, _display
 
@@ -33,6 +34,8 @@ def _widget_values(cfg: labs.LabConfig) -> dict:
         f"{lab}_head_epochs": cfg.head_epochs,
         f"{lab}_source_per_class": cfg.source_per_class or 0,
         f"{lab}_shifts": list(cfg.shifts),
+        f"{lab}_networks": list(cfg.networks),
+        f"{lab}_domains": list(cfg.domains),
         f"{lab}_max_tokens": cfg.max_tokens,
     }
 
@@ -161,10 +164,13 @@ def settings(lab: str) -> labs.LabConfig:
     c[2].number_input("Epochs" + (" (transfer runs)" if lab == "yosinski" else ""), *bounds["epochs"],
                       key=f"{lab}_epochs", on_change=_edit, args=(lab, "epochs"))
     c[3].number_input("Seed", *bounds["seed"], key=f"{lab}_seed", on_change=_edit, args=(lab, "seed"),
-                      help="The data split's seed (the same for every run of the lab) and the first training seed.")
+                      help="The data split's seed (the same for every run of the lab) and the first training seed."
+                      if info.paired else "The first seed: each seed splits the data and trains with its own seed.")
     c[4].number_input("Seeds", *bounds["seeds"], key=f"{lab}_seeds", on_change=_edit,
-                      args=(lab, "seeds"), help="How many times the lab runs, with training seeds seed, seed+1, …: "
-                      "same split, different initialisation and batch order. Two or more give a 95% interval.")
+                      args=(lab, "seeds"), help="How many times the lab runs, with seeds seed, seed+1, …: "
+                      + ("same split, different initialisation and batch order" if info.paired else
+                         "each seed with its own split of the data, its own initialisation and batch order")
+                      + ". Two or more give a 95% interval.")
     only_seed(lab, cfg)
     if lab in ("race", "quadrant", "text_race"):
         from tl_core.models.strategies import STRATEGIES
@@ -174,6 +180,14 @@ def settings(lab: str) -> labs.LabConfig:
     if "depths" in info.fields:
         st.text_input("Depths n to sweep (block groups)", key=f"{lab}_depths", on_change=_edit,
                       args=(lab, "depths", _ints), help="Comma-separated group counts, or 'auto' for every depth.")
+    if "networks" in info.fields:
+        pick(lab, cfg, "networks", "Pretrained networks compared", labs.default_config(lab).networks,
+             "The lab ranks these networks (at least two) by their published ImageNet top-1.",
+             lambda k: backbones.CATALOGUE[k].label if k in backbones.CATALOGUE else k)
+    if "domains" in info.fields:
+        pick(lab, cfg, "domains", "Target data sets", list(data.BUILTIN),
+             "; ".join(f"**{d.name}**: {d.similarity} to ImageNet" for d in data.BUILTIN.values()),
+             lambda k: f"{data.BUILTIN[k].name} ({data.BUILTIN[k].similarity})" if k in data.BUILTIN else k)
     if "shifts" in info.fields:
         shifts(lab, cfg)
     if "head_epochs" in info.fields:
@@ -203,8 +217,6 @@ def _options(common, bounds: tuple[int, int], value: int) -> list[int]:
 
 def shifts(lab: str, cfg: labs.LabConfig) -> None:
     """The shifts of the target (``data.SHIFTS``): only those this lab takes (AdaBN and LP-FT: input shifts)."""
-    from tl_core import data
-
     def takes(shift: str) -> bool:
         try:
             labs.LabConfig.from_dict({**cfg.to_dict(), "shifts": [shift]}).validate()
@@ -212,12 +224,18 @@ def shifts(lab: str, cfg: labs.LabConfig) -> None:
             return False
         return True
 
-    options = [s for s in data.SHIFTS if takes(s) or s in cfg.shifts]
-    st.multiselect("Shifts of the target", options, key=f"{lab}_shifts", on_change=_edit, args=(lab, "shifts"),
-                   help="What changes between the source data and the target: "
-                        + "; ".join(f"**{s}**: {data.SHIFTS[s]}" for s in options)
-                        + ". A lab that studies one shift takes the first.")
+    options = [s for s in data.SHIFTS if takes(s)]
+    pick(lab, cfg, "shifts", "Shifts of the target", options, "What changes between the source data and the "
+         "target: " + "; ".join(f"**{s}**: {data.SHIFTS[s]}" for s in options) + ". A lab that studies one shift "
+         "takes the first.")
     st.caption(" · ".join(f"**{s}**: {data.SHIFTS[s]}" for s in cfg.shifts))
+
+
+def pick(lab: str, cfg: labs.LabConfig, field: str, label: str, options, help: str, name=str) -> None:
+    """A list field's multiselect: the options, and whatever the config holds (a link or a file may name
+    others). A choice the lab cannot take is refused by ``_edit`` with its reason."""
+    st.multiselect(label, list(dict.fromkeys([*options, *getattr(cfg, field)])), key=f"{lab}_{field}",
+                   on_change=_edit, args=(lab, field), format_func=name, help=help)
 
 
 def only_seed(lab: str, cfg: labs.LabConfig) -> None:
@@ -238,7 +256,8 @@ def share(lab: str, cfg: labs.LabConfig) -> None:
         st.markdown("**Link for students** (append to the app's address; it opens this lab with these settings):")
         st.code("labs?" + cfg.to_query_string(), language=None)
         if cfg.seeds > 1:
-            st.markdown("**One seed per student** (student *i* runs seed *i* only; same split for all):")
+            st.markdown("**One seed per student** (student *i* runs seed *i* only; "
+                        + ("same split for all):" if labs.LABS[lab].paired else "each seed its own split):"))
             one = [labs.LabConfig.from_dict({**cfg.to_dict(), "only_seed": i}) for i in range(cfg.seeds)]
             st.code("\n".join("labs?" + c.to_query_string() for c in one), language=None)
         st.download_button("Save configuration (JSON)", cfg.to_json(), file_name=f"{lab}.json",

@@ -204,3 +204,24 @@ def test_a_link_to_an_unknown_lab_names_the_labs_and_opens_the_first():
     assert "'nope'" in found[0] and all(f"`{k}`" in found[0] for k in labs.LABS)
     assert f"opened the first lab, {labs.LABS[next(iter(labs.LABS))].title}" in found[0]
     assert at.session_state["labcfg_race"]["epochs"] == labs.default_config("race").epochs  # not the link's 3
+
+
+def test_the_networks_and_targets_of_a_lab_are_picked_on_the_form_and_its_seeds_say_how_they_split():
+    at = _page(lab="kornblith")
+    nets = at.multiselect(key="kornblith_networks")
+    assert nets.value == labs.default_config("kornblith").networks and len(nets.value) == 5
+    assert nets.format_func("efficientnet_lite1") == "EfficientNet-Lite1"
+    nets.set_value(["mobilenetv2", "squeezenet1_1"]).run()
+    assert not at.exception and not at.error
+    assert at.session_state["labcfg_kornblith"]["networks"] == ["mobilenetv2", "squeezenet1_1"]
+    q = {k: (v[-1] if isinstance(v, list) else v) for k, v in at.query_params.items()}
+    assert "mobilenetv2" in q["networks"] and "efficientnet_lite0" not in q["networks"]
+    at.multiselect(key="kornblith_networks").set_value(["mobilenetv2"]).run()  # one network cannot be ranked
+    assert any("at least two different networks" in e.value for e in at.error)
+    assert at.session_state["labcfg_kornblith"]["networks"] == ["mobilenetv2", "squeezenet1_1"]  # what runs
+    assert at.multiselect(key="kornblith_networks").value == ["mobilenetv2", "squeezenet1_1"]  # and the form shows it
+    at.multiselect(key="layer_probe_domains").set_value(["mnist"]).run()
+    assert at.session_state["labcfg_layer_probe"]["domains"] == ["mnist"]
+    # Kornblith's seeds each split the data by their own seed; the other labs' seeds share one split
+    assert "its own split" in at.number_input(key="kornblith_seeds").help
+    assert "same split" in at.number_input(key="race_seeds").help

@@ -27,6 +27,7 @@ class LabInfo:
     fields: tuple[str, ...]  # the fields this lab uses (the query string carries only these)
     timing: str  # what keeps the default under 5 minutes on a 2-core CPU
     tag: str | None = None  # the lab's name in its run names ("lab freeze-depth · ..."); None: the id
+    paired: bool = True  # its seeds share one split (paired); False: each seed splits the data by its own seed
 
     @property
     def run_tag(self) -> str:

@@ -40,6 +40,7 @@ INFO = LabInfo(
      "seeds", "only_seed", "device"),
     "50 images per class at 64 px, 12 epochs of a linear probe on cached features, validation on 10% of the "
     "data; 5 networks × 2 targets × 3 seeds, each seed with its own split",
+    paired=False,
 )
 
 
@@ -80,7 +81,7 @@ def plan(cfg: LabSettings, wdir: Path) -> list[LabRun]:
     check_run_count(cfg, n_net * n_dom, f"{n_net} network(s) × {n_dom} target(s)")
     return [LabRun(f"k:{dom}:{net}", f"{dom} · {_label(net)}",
                    run_config(cfg, f"{dom} · {_label(net)}", backbone=net, data=dom, strategy="feature_extraction"),
-                   paired=False)
+                   paired=INFO.paired)
             for dom in cfg.domains for net in cfg.networks]
 
 
@@ -232,7 +233,7 @@ def analyse_kornblith(cfg: LabSettings, recs: list[dict], similarity: dict[str, 
         checks.append(c)
         per_target[dom] = d
     table = pd.DataFrame(rows)
-    text, agrees = finish_text(_headline(table), checks, missing, len(groups), paired=False)
+    text, agrees = finish_text(_headline(table), checks, missing, len(groups), paired=INFO.paired)
     extra = {"seeds": list(groups), "rho": {dom: d["rho"] for dom, d in per_target.items()}}
     return LabResult(table, _figure(per_target, len(groups)), text, agrees, checks, extra)
 
