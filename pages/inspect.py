@@ -13,6 +13,7 @@ import streamlit as st
 
 from pages import _choices, _classroom, _display, _examples, _inputs, _models, _store
 from tl_core import data
+from tl_core.training.checkpoint import load_code
 from tl_core.viz import figures as visuals
 
 _inputs.start_page()
@@ -209,7 +210,7 @@ def feature_space(run_dir: str, class_names: list[str], text: bool) -> None:
 # ------------------------------------------------------------------ download
 
 
-def download(run_id: str, text: bool) -> None:
+def download(run_id: str) -> None:
     st.subheader("Download the model")
     folder = store.model_dir(run_id)
     dl1, dl2, _ = st.columns([1, 1, 2])
@@ -219,24 +220,7 @@ def download(run_id: str, text: bool) -> None:
     dl2.download_button("Config (model.json)", (folder / "model.json").read_bytes(), file_name=f"{run_id}.json",
                         mime="application/json", key="dl_config", icon=":material/download:", width="stretch")
     meta = json.loads((folder / "model.json").read_text())
-    if text:
-        st.code(f"""from tl_core.training.checkpoint import load_model
-# put the two files in a folder "{run_id}", named model.safetensors and model.json
-model, cfg, class_names = load_model("{run_id}")  # {meta['timm_name']}, {meta.get('max_tokens')} tokens
-from tl_core.models.backbones import text_tokenizer
-x = text_tokenizer(cfg.backbone).encode(["a great product"], cfg.max_tokens)
-print(class_names[model(x).argmax(1).item()])""", language="python")
-        return
-    from tl_core.models import backbones
-
-    own = ("\nimport tl_core.models  # registers " + meta["timm_name"] + " (not in timm) with timm"
-           if backbones.arch_definition(meta["timm_name"]) else "")
-    st.code(f"""import json, timm{own}
-from safetensors.torch import load_file
-meta = json.load(open("{run_id}.json"))
-model = timm.create_model(meta["timm_name"], num_classes=meta["num_classes"])
-model.load_state_dict(load_file("{run_id}.safetensors"))
-model.eval()  # preprocess: resize to {meta.get('image_size')} px, mean/std = meta["data_config"]""", language="python")
+    st.code(load_code(run_id, meta), language="python")
 
 
 # ------------------------------------------------------------------ the page
@@ -254,4 +238,4 @@ if is_text:
 else:
     _examples.one_image(run_dir, d, model, cfg, class_names)
     _examples.filters(run_dir, model)
-download(run_id, is_text)
+download(run_id)

@@ -396,3 +396,39 @@ def test_config_json_round_trip_and_scratch_forces_random():
     with pytest.raises(ValueError, match="only weights='random'"):
         tiny(weights="pretrained").validate()
     assert surgery.BN_MODES == ("frozen", "train")
+
+
+def test_the_download_snippet_rebuilds_a_vit_a_linear_probe_and_a_cnn_in_a_fresh_python(tmp_path):
+    """The Inspect page's "Download the model" code (``checkpoint.load_code``), run as a user would: the two
+    downloaded files beside it, a fresh Python. A ViT trained at 32 px needs its dynamic image size; a linear
+    probe cut after two block groups is no timm model (``load_model`` builds it)."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from tl_core.models import arch
+    from tl_core.training.checkpoint import load_code
+
+    cases = {"vit": ("vit_tiny", None), "probe": ("test_resnet", 2), "cnn": ("mobilenetv2", None)}
+    script, expected = ["import torch"], {}
+    for name, (backbone, depth) in cases.items():
+        cfg = TrainConfig(backbone=backbone, weights="random", data="digits8", image_size=32, probe_depth=depth)
+        torch.manual_seed(0)
+        model, _ = arch.build_arch(backbone, 3, "random", probe_depth=depth, image_size=32)
+        folder = save_model(model, cfg, ["a", "b", "c"], tmp_path / "runs" / name)
+        for ext in ("json", "safetensors"):  # as the two download buttons name them
+            shutil.copy(folder / f"model.{ext}", tmp_path / f"{name}.{ext}")
+        shutil.copytree(folder, tmp_path / name)  # the folder load_model's snippet asks for
+        code = load_code(name, json.loads((folder / "model.json").read_text()))
+        assert ("load_model" in code) == (depth is not None) and ("dynamic_img_size=True" in code) == (name == "vit")
+        x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            expected[name] = model.eval()(x)
+        script += [code, "x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))",
+                   f"torch.save(model(x).detach(), '{name}.out.pt')"]
+    done = subprocess.run([sys.executable, "-c", "\n".join(script)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name, out in expected.items():
+        torch.testing.assert_close(torch.load(tmp_path / f"{name}.out.pt", weights_only=True), out)
