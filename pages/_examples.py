@@ -11,6 +11,7 @@ import streamlit as st
 from tl_core import data
 from tl_core import devices
 from tl_core.viz import figures as visuals
+from tl_core.viz import probes as probe_figures
 
 from pages import _display, _models, _store
 
@@ -110,7 +111,7 @@ def grad_cam(run_dir: str, model, cfg, image, key: str) -> None:
                               "less class-specific maps.")
     res = _models.grad_cams(run_dir, key, size, layer, image)
     panels = {f"{who}: {html.escape(name)}": cam for (who, name), cam in res["cams"].items()}
-    st.plotly_chart(visuals.grad_cam_overlay(res["picture"], panels, height=380), key="inspect_gradcam",
+    st.plotly_chart(probe_figures.grad_cam_overlay(res["picture"], panels, height=380), key="inspect_gradcam",
                     width="stretch")
     note = "" if len(panels) > 1 else " The pretrained network's weights are not available here, so it is left out."
     st.caption("Left: the trained network, for the class it predicts; right: the pretrained network with its own "

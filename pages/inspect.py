@@ -15,6 +15,7 @@ from pages import _choices, _classroom, _display, _examples, _inputs, _models, _
 from tl_core import data
 from tl_core.training.checkpoint import load_code
 from tl_core.viz import figures as visuals
+from tl_core.viz import probes as probe_figures
 
 _inputs.start_page()
 store = _store.store()
@@ -159,7 +160,7 @@ def what_changed(run_id: str, run_dir: str, text: bool) -> None:
         res = {**res, "labels": {r["name"]: r["short"] for r in rows}}
     left, right = st.columns(2, gap="large")
     with left:
-        st.plotly_chart(visuals.cka_bars(res["cka"], labels=res["labels"], frozen=frozen, title=None),
+        st.plotly_chart(probe_figures.cka_bars(res["cka"], labels=res["labels"], frozen=frozen, title=None),
                         key="inspect_cka", width="stretch")
         st.caption(f"CKA compares what a block computes for the same {res['images']} validation {unit} in both "
                    "networks: **1 = the same representation**, lower = fine-tuning changed what the block computes. "
@@ -199,7 +200,7 @@ def feature_space(run_dir: str, class_names: list[str], text: bool) -> None:
     st.subheader("What transfers: the feature space", help=f"The {what} the classifier reads (its input), "
                  "projected to 2-D with PCA, for the same validation items.")
     fs = _models.feature_space(run_dir)
-    st.plotly_chart(visuals.projection_scatter(fs["panels"], fs["labels"], [html.escape(c) for c in class_names],
+    st.plotly_chart(probe_figures.projection_scatter(fs["panels"], fs["labels"], [html.escape(c) for c in class_names],
                                                height=430), key="inspect_projection", width="stretch")
     acc = " · ".join(f"{name} **{a:.0%}**" for name, a in fs["accuracy"].items())
     st.caption(f"Each dot is one of {len(fs['labels'])} validation items, coloured by its class. Clusters that the "

@@ -205,7 +205,7 @@ def _row(recs: list[dict], multi: bool) -> dict:
 
 def cka_figure(cfg: LabSettings, runs: dict[str, list[dict]]) -> go.Figure:
     """Grouped bars, one per block per strategy: the mean CKA over the seeds, error bars min–max."""
-    from tl_core.viz import figures as visuals
+    from tl_core.viz import probes as probe_figures
 
     means, spans = {}, {}
     for recs in runs.values():
@@ -216,7 +216,7 @@ def cka_figure(cfg: LabSettings, runs: dict[str, list[dict]]) -> go.Figure:
         spans[label] = [(min(v), max(v)) for v in vals.values()]
     seeds = max(len(v) for v in runs.values())
     labels = next(iter(runs.values()))[0]["cka"].get("labels")
-    fig = visuals.cka_bars(means, labels, title=f"What changed: pretrained vs fine-tuned, {cfg.backbone}"
+    fig = probe_figures.cka_bars(means, labels, title=f"What changed: pretrained vs fine-tuned, {cfg.backbone}"
                            + (f" · mean of {seeds} seeds, error bars: min–max" if seeds > 1 else ""), height=420)
     if seeds > 1:
         for trace in fig.data:
