@@ -24,7 +24,7 @@ st.title("Labs")
 st.markdown(
     "Small, real experiments that put a claim of transfer-learning theory to the test. Each lab runs "
     "several trainings on **the same data and split**, repeated over a few **seeds** (different initialisation "
-    "and batch order), then compares what we **measured** with what theory **predicts**, and says so plainly "
+    "and batch order; a lab whose seeds each split the data their own way says so), then compares what we **measured** with what theory **predicts**, and says so plainly "
     "when they disagree. Every run also appears on the Compare page."
 )
 
@@ -157,7 +157,7 @@ def tab(lab: str) -> None:
     st.subheader(info.title)
     st.markdown(f"**Question.** {info.question}")
     st.markdown(f"**Theory predicts.** {info.prediction}")
-    st.caption(labs.VERDICT_RULE)
+    st.caption(labs.VERDICT_RULE if info.paired else labs.UNPAIRED_VERDICT_RULE)
     with st.container(border=True):
         cfg = _lab_settings.settings(lab)
     if lab == "normalization":

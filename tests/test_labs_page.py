@@ -225,3 +225,5 @@ def test_the_networks_and_targets_of_a_lab_are_picked_on_the_form_and_its_seeds_
     # Kornblith's seeds each split the data by their own seed; the other labs' seeds share one split
     assert "its own split" in at.number_input(key="kornblith_seeds").help
     assert "same split" in at.number_input(key="race_seeds").help
+    rules = [c.value for c in at.caption if c.value.startswith("Verdict rule")]
+    assert rules.count(labs.UNPAIRED_VERDICT_RULE) == 1 and rules.count(labs.VERDICT_RULE) == len(labs.LABS) - 1

@@ -25,8 +25,9 @@ The package, bottom up (each module imports only those above it in this list):
 - ``runner``: lab folders and state, ``launch_lab`` / ``execute`` / ``stop_lab`` / ``run_lab``, ``records``,
   ``progress``, ``result``, the ``python -m tl_core.labs`` command line.
 """
-from tl_core.labs.stats import (TOL, VERDICT_RULE, Paired, RankCorrelation, Spread, bootstrap_interval,
-                                 bootstrap_rank_correlation, paired, rank_correlation, spread, tol_rule)
+from tl_core.labs.stats import (TOL, VERDICT_RULE, UNPAIRED_VERDICT_RULE, Paired, RankCorrelation, Spread,
+                                 bootstrap_interval, bootstrap_rank_correlation, paired, rank_correlation, spread,
+                                 tol_rule)
 from tl_core.labs.analysis import LabResult, base_key, by_seed, result_csv, seed_of
 from tl_core.labs.config import PRESETS, LabInfo, LabSettings, check_run_count, decode_value, encode_value
 from tl_core.labs.plan import LabRun, depth_groups, mix_state_dicts, pair_split

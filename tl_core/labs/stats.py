@@ -27,6 +27,11 @@ VERDICT_RULE = ("Verdict rule: each claim compares runs seed by seed (same split
                 "**inconclusive** when it contains 0 (with a single seed there is no interval: a difference "
                 f"beyond {TOL * 100:.0f} points decides, labelled \"single seed\").")
 
+UNPAIRED_VERDICT_RULE = ("Verdict rule: each seed splits the data its own way, so the seeds are independent repeats, "
+                         "not pairs; a claim **agrees** when the 95% bootstrap interval (over the seeds and their "
+                         "validation images) lies entirely on the side theory predicts, **disagrees** when it lies "
+                         "entirely on the other side and is **inconclusive** when it contains 0.")
+
 AGREES, DISAGREES, INCONCLUSIVE = "agrees", "disagrees", "inconclusive"
 _AS_BOOL = {AGREES: True, DISAGREES: False, INCONCLUSIVE: None}
 
