@@ -172,7 +172,14 @@ def tab(lab: str) -> None:
     results(lab)
 
 
-tabs = st.tabs([TITLES[k] for k in ORDER], default=TITLES[url_lab] if url_lab else None)
+def _tab_changed() -> None:
+    """A click on a tab: the page address follows it (lab and settings), so the address shares the lab on screen."""
+    lab = next(k for k in ORDER if TITLES[k] == st.session_state["labs_tab"])
+    _lab_settings.set_config(_lab_settings.config(lab))
+
+
+tabs = st.tabs([TITLES[k] for k in ORDER], default=TITLES[url_lab] if url_lab else None, key="labs_tab",
+               on_change=_tab_changed)
 for t, lab in zip(tabs, ORDER):
     with t:
         tab(lab)

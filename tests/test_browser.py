@@ -357,8 +357,9 @@ def test_first_experiment_in_a_real_browser(server):
         # the text lab: its tab opens with its question and its Run button
         text_lab = page.get_by_role("tab", name=re.compile(r"^Text"))
         expect(text_lab).to_have_count(1)
-        text_lab.click()  # tabs switch in the browser: no rerun
+        text_lab.click()
         expect(page.get_by_role("tab", name=re.compile(r"^Text"), selected=True)).to_be_visible()
+        expect(page).to_have_url(re.compile(r"[?&]lab=text_race(&|$)"))  # the address follows the tab on screen
         panel = page.get_by_role("tabpanel")
         expect(panel.get_by_role("button", name="Run this lab")).to_be_visible()
         _shot(page, "labs_text")
