@@ -200,8 +200,9 @@ def feature_space(run_dir: str, class_names: list[str], text: bool) -> None:
     st.subheader("What transfers: the feature space", help=f"The {what} the classifier reads (its input), "
                  "projected to 2-D with PCA, for the same validation items.")
     fs = _models.feature_space(run_dir)
-    st.plotly_chart(probe_figures.projection_scatter(fs["panels"], fs["labels"], [html.escape(c) for c in class_names],
-                                               height=430), key="inspect_projection", width="stretch")
+    names = [html.escape(c) for c in class_names]
+    st.plotly_chart(probe_figures.projection_scatter(fs["panels"], fs["labels"], names, height=430),
+                    key="inspect_projection", width="stretch")
     acc = " · ".join(f"{name} **{a:.0%}**" for name, a in fs["accuracy"].items())
     st.caption(f"Each dot is one of {len(fs['labels'])} validation items, coloured by its class. Clusters that the "
                f"pretrained {what} already form, before any training, are what transfers. Nearest-class-mean "

@@ -24,8 +24,8 @@ st.title("Labs")
 st.markdown(
     "Small, real experiments that put a claim of transfer-learning theory to the test. Each lab runs "
     "several trainings on **the same data and split**, repeated over a few **seeds** (different initialisation "
-    "and batch order; a lab whose seeds each split the data their own way says so), then compares what we **measured** with what theory **predicts**, and says so plainly "
-    "when they disagree. Every run also appears on the Compare page."
+    "and batch order; a lab whose seeds each split the data their own way says so), then compares what we "
+    "**measured** with what theory **predicts**, and says so plainly when they disagree. Every run also appears on the Compare page."
 )
 
 ORDER = list(labs.LABS)

@@ -1,7 +1,8 @@
 """Networks: ``backbones`` (the catalogue, weights, preprocessing), ``surgery`` (hierarchy, freeze plans,
 BatchNorm), ``strategies`` (presets to phases), ``text`` and ``glove`` (text backbones), ``arch`` (what a
-config names), ``weight_files`` (reading weights safely, key converters), ``probes`` (CKA, features, Grad-CAM). Listed here: the names of these modules that other
-packages, pages and tests use; the rest through their module."""
+config names), ``weight_files`` (reading weights safely, key converters), ``probes`` (CKA, features,
+Grad-CAM). Listed here: the names of these modules that other packages, pages and tests use; the rest
+through their module."""
 from .surgery import (
     BN_MODES, Hierarchy, is_module, hierarchy, dummy_input, BlockSetting, FreezePlan, block_modules, apply_plan,
     count_params, param_groups, sequential_chain, fold_batchnorm, probe_at,

@@ -17,7 +17,7 @@ def save_model(model: nn.Module, cfg: TrainConfig, class_names: list[str], out_d
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    spec = backbones.get_spec(cfg.backbone) if cfg.backbone in backbones.catalogue() else None
+    spec = backbones.catalogue().get(cfg.backbone)
     save_file(sd, str(out / "model.safetensors"))
     meta = {"format": "tl_lab.model/1", "config": cfg.to_dict(), "class_names": list(class_names),
             "num_classes": len(class_names),
@@ -47,16 +47,15 @@ def load_code(name: str, meta: dict) -> str:
     ``<name>.json`` (``meta``: that ``model.json``). Plain timm where it can; ``load_model`` for a text model
     and for a linear probe cut after a block group (``probe_depth``), which only tl_core builds."""
     cfg = meta["config"]
-    if meta.get("modality") == "text" or cfg.get("probe_depth") is not None:
-        how = (f"# put the two files in a folder \"{name}\", named model.safetensors and model.json\n"
-               f"model, cfg, class_names = load_model(\"{name}\")")
-        if meta.get("modality") == "text":
-            return (f"from tl_core.training.checkpoint import load_model\n{how}  # {meta['timm_name']}, "
-                    f"{meta.get('max_tokens')} tokens\nfrom tl_core.models.backbones import text_tokenizer\n"
-                    "x = text_tokenizer(cfg.backbone).encode([\"a great product\"], cfg.max_tokens)\n"
-                    "print(class_names[model(x).argmax(1).item()])")
-        return (f"from tl_core.training.checkpoint import load_model\n{how}  # {meta['timm_name']} cut after "
-                f"{cfg['probe_depth']} block groups, a new linear head\n"
+    by_tl_core = (f"from tl_core.training.checkpoint import load_model\n"
+                  f"# put the two files in a folder \"{name}\", named model.safetensors and model.json\n"
+                  f"model, cfg, class_names = load_model(\"{name}\")  # {meta['timm_name']}")
+    if meta.get("modality") == "text":
+        return (f"{by_tl_core}, {meta.get('max_tokens')} tokens\nfrom tl_core.models.backbones import text_tokenizer\n"
+                "x = text_tokenizer(cfg.backbone).encode([\"a great product\"], cfg.max_tokens)\n"
+                "print(class_names[model(x).argmax(1).item()])")
+    if cfg.get("probe_depth") is not None:
+        return (f"{by_tl_core} cut after {cfg['probe_depth']} block groups, a new linear head\n"
                 f"# preprocess: resize to {meta.get('image_size')} px, mean/std = cfg's data config")
     own = (f"\nimport tl_core.models  # registers {meta['timm_name']} (not in timm) with timm"
            if backbones.arch_definition(meta["timm_name"]) else "")
